@@ -1,0 +1,105 @@
+"""Checkpoint files: atomic writes, safe loading, and where a run's checkpoints live.
+
+What goes *into* a checkpoint (LoRA weights, RNG, data position) is decided by `LitLora.on_save_checkpoint`
+and `LitLoraData.state_dict`; this module only moves bytes safely through Lightning's CheckpointIO hook.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from lit_lora.errors import LitLoraError
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> int:
+    """torch.save to a temporary file beside `path`, fsync, then os.replace: a reader (or a crash) sees the
+    old file or the new one, never half of one. Returns the size in bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise LitLoraError(
+            f"could not write checkpoint {str(path)!r}: {err.strerror or err}; the previous file there is intact"
+        ) from err
+    return path.stat().st_size
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a lit_lora checkpoint with weights_only=True, turning every failure into one clear line."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise LitLoraError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
+        raise LitLoraError(
+            f"checkpoint {path!r} cannot be read (truncated, corrupt or not a PyTorch checkpoint): "
+            f"{type(err).__name__}"
+        ) from err
+    if not isinstance(ckpt, dict) or "lit_lora" not in ckpt:
+        raise LitLoraError(f"checkpoint {path!r} was not written by lit_lora (no 'lit_lora' section)")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's CheckpointIO with atomic writes, size reporting and weights_only loading."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
+        size = atomic_torch_save(checkpoint, path)
+        n_weights = sum(v.numel() for v in checkpoint.get("state_dict", {}).values())
+        print(f"lit_lora: saved {path} ({size / 1e6:.2f} MB, LoRA-only: {n_weights:,} weights)", flush=True)
+
+    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        return load_checkpoint_file(path)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose default folder is the logger's run folder (`lightning_logs/NAME/version_N/
+    checkpoints`), which `fit --ckpt_path last` finds again and reuses."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.dirpath is None and trainer.logger is not None and trainer.logger.log_dir:
+            self.dirpath = os.path.join(trainer.logger.log_dir, "checkpoints")
+        if getattr(trainer.datamodule, "val_ds", 1) is None and self.monitor:
+            # No validation data: keep only last.ckpt instead of failing on a missing metric.
+            self.monitor, self.save_top_k = None, 1
+        super().setup(trainer, pl_module, stage)
+
+
+_VERSION = re.compile(r"^version_(\d+)$")
+
+
+def find_last_checkpoint(save_dir: str, name: str) -> Optional[str]:
+    """`last.ckpt` of the newest version under save_dir/name that has one."""
+    root = Path(save_dir) / name
+    if not root.is_dir():
+        return None
+    versions = sorted(
+        (int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _VERSION.match(d.name))
+    )
+    for _, d in reversed(versions):
+        last = d / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+    return None
+
+
+def run_version_of(ckpt_path: str) -> Optional[int]:
+    """The logger version a checkpoint was written under, if it lives in `.../version_N/checkpoints/`."""
+    p = Path(ckpt_path).resolve()
+    m = _VERSION.match(p.parent.parent.name) if p.parent.name == "checkpoints" else None
+    return int(m.group(1)) if m else None

@@ -1,0 +1,288 @@
+"""Reading a corpus into `datasets` rows, tokenizing it and packing it, with an on-disk cache.
+
+Three stages, each cached by `datasets` under a fingerprint of its inputs, so a second run on the same
+files and tokenizer reads Arrow files and never calls the tokenizer:
+
+1. rows: text files are read in ~256 KB chunks cut at line starts (a file is one document; the last
+   chunk of a file carries `doc_end`); JSONL lines become one row each.
+2. tokens: `Dataset.map(batched=True, num_proc=...)`; EOS is appended at every document end.
+3. blocks: a streaming pass packs the token stream into `block_size` blocks, carrying the remainder
+   from row to row (only the corpus's final partial block is dropped).
+
+Prompt/completion data skips packing: each example is one row with its own labels.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional
+
+from lit_lora.errors import LitLoraError
+
+CHUNK_BYTES = 256 * 1024
+IGNORE_INDEX = -100
+
+
+def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
+    """Expand files and globs in order; each pattern must match at least one readable file."""
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise LitLoraError(f"{option}: no file matches {pattern!r}")
+        for m in matches:
+            if not os.access(m, os.R_OK):
+                raise LitLoraError(f"{option}: file {m!r} is not readable")
+        files.extend(matches)
+    return files
+
+
+def detect_format(files: list[str]) -> str:
+    """'text' for plain files; for .jsonl/.json, 'prompt_completion' or 'jsonl' by the first record's fields."""
+    if not all(f.endswith((".jsonl", ".json")) for f in files):
+        if any(f.endswith((".jsonl", ".json")) for f in files):
+            raise LitLoraError(f"cannot mix JSONL and plain-text files in one split: {files}")
+        return "text"
+    with open(files[0], encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise LitLoraError(f"{files[0]}:1: line is not valid JSON") from None
+                return "prompt_completion" if isinstance(record, dict) and "prompt" in record else "jsonl"
+    raise LitLoraError(f"{files[0]} is empty")
+
+
+def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
+    """What identifies a file's content for caching: path, size and modification time."""
+    return [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+
+
+def _decode(data: bytes, path: str, offset: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LitLoraError(
+            f"{path} is not UTF-8: invalid byte 0x{data[err.start]:02x} at byte offset {offset + err.start}"
+        ) from None
+
+
+def _cut_point(buf: bytes) -> int:
+    """Index just after the last newline that is followed by a non-space byte; GPT-2's pre-tokenizer
+    never joins tokens across such a point, so chunked and whole-file tokenization agree."""
+    i = len(buf) - 2
+    while i >= 0:
+        i = buf.rfind(b"\n", 0, i + 1)
+        if i < 0 or i + 1 >= len(buf):
+            return -1
+        if buf[i + 1 : i + 2] not in (b" ", b"\t", b"\r", b"\n"):
+            return i + 1
+        i -= 1
+    return -1
+
+
+def read_text_rows(files: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+    """Rows of ~CHUNK_BYTES of text; a file is one document."""
+    for path, _, _ in files:
+        offset = 0
+        carry = b""
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(CHUNK_BYTES)
+                buf = carry + block
+                if not block:
+                    if buf or offset:  # an empty file is no document at all
+                        yield {"text": _decode(buf, path, offset), "doc_end": True}
+                    break
+                cut = _cut_point(buf) if len(buf) >= CHUNK_BYTES else -1
+                if cut <= 0:
+                    carry = buf
+                    continue
+                yield {"text": _decode(buf[:cut], path, offset), "doc_end": False}
+                offset += cut
+                carry = buf[cut:]
+
+
+def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    for path, _, _ in files:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                line = _decode(raw, path, 0).strip() if raw.strip() else ""
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise LitLoraError(f"{path}:{lineno}: line is not valid JSON") from None
+                if not isinstance(record, dict):
+                    raise LitLoraError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
+                missing = [f for f in fields if not isinstance(record.get(f), str)]
+                if missing:
+                    raise LitLoraError(f"{path}:{lineno}: missing string field {missing[0]!r}")
+                row = {f: record[f] for f in fields}
+                if "prompt" not in fields:
+                    row["doc_end"] = True
+                yield row
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}".encode()).hexdigest()[:16]
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _num_proc(rows: int, num_proc: Optional[int]) -> Optional[int]:
+    if num_proc is not None:
+        return num_proc if num_proc > 1 and rows >= num_proc else None
+    cpus = os.cpu_count() or 1
+    # Worker processes only pay off on corpora of several MB (rows are ~256 KB each).
+    return min(cpus, rows // 8) if rows >= 16 and cpus > 1 else None
+
+
+def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return {"ids": [i + [eos] if end else i for i, end in zip(ids, batch["doc_end"])]}
+
+
+def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
+    completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
+    for p, c in zip(prompts, completions):
+        c = c + [eos]  # so the model learns to stop
+        truncated = len(p) + len(c) > block_size
+        if truncated:
+            # Policy: keep the prompt (its last block_size - 1 tokens at most) and cut the completion's end.
+            p = p[-(block_size - 1) :]
+            c = c[: block_size - len(p)]
+        out["input_ids"].append(p + c)
+        out["labels"].append([IGNORE_INDEX] * len(p) + c)
+        out["truncated"].append(truncated)
+    return out
+
+
+def pack_blocks(arrow_files: list[str], block_size: int) -> Iterator[dict[str, list[int]]]:
+    """Stream token rows from Arrow files and cut them into full blocks, carrying the remainder over."""
+    from datasets import Dataset
+
+    buf: list[int] = []
+    for path in arrow_files:
+        table = Dataset.from_file(path)
+        for batch in table.iter(batch_size=64):
+            for ids in batch["ids"]:
+                buf.extend(ids)
+                n_full = len(buf) // block_size
+                for k in range(n_full):
+                    yield {"input_ids": buf[k * block_size : (k + 1) * block_size]}
+                buf = buf[n_full * block_size :]
+
+
+def build_split(
+    files: list[str],
+    fmt: str,
+    tokenizer: Any,
+    block_size: int,
+    cache_dir: Optional[str],
+    text_field: str = "text",
+    num_proc: Optional[int] = None,
+    hf_rows: Any = None,
+) -> Any:
+    """Tokenized dataset for one split: packed `input_ids` blocks, or prompt/completion examples with labels.
+
+    `hf_rows` is an already loaded `datasets.Dataset` (a hub or local HF dataset) used instead of files.
+    """
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    if hf_rows is not None:
+        rows = hf_rows
+        source_fp = rows._fingerprint
+    else:
+        fingerprint = file_fingerprint(files)
+        empty = f"the corpus {files} is empty"
+        if fmt == "text":
+            rows = _from_generator(
+                read_text_rows, {"files": fingerprint}, cache_dir, {"text": "string", "doc_end": "bool"}, empty
+            )
+        else:
+            fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
+            columns = {f: "string" for f in fields} | ({} if fmt == "prompt_completion" else {"doc_end": "bool"})
+            rows = _from_generator(
+                read_jsonl_rows, {"files": fingerprint, "fields": fields}, cache_dir, columns, empty
+            )
+        source_fp = _hash(fingerprint, fmt, text_field)
+    if len(rows) == 0:
+        raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
+
+    proc = _num_proc(len(rows), num_proc)
+    if fmt == "prompt_completion":
+        return rows.map(
+            _tokenize_pairs,
+            batched=True,
+            fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
+            remove_columns=rows.column_names,
+            num_proc=proc,
+            new_fingerprint=_hash("pairs", source_fp, tok_fp, block_size),
+            desc="tokenizing",
+        )
+    if text_field != "text" and text_field in rows.column_names:
+        rows = rows.rename_column(text_field, "text")
+    if "doc_end" not in rows.column_names:
+        rows = rows.add_column("doc_end", [True] * len(rows))
+    tokens = rows.map(
+        _tokenize_text,
+        batched=True,
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=rows.column_names,
+        num_proc=proc,
+        new_fingerprint=_hash("tokens", source_fp, tok_fp),
+        desc="tokenizing",
+    )
+    arrow_files = [f["filename"] for f in tokens.cache_files]
+    if not arrow_files:  # in-memory dataset (tiny HF datasets): write it so the packer can stream it
+        path = Path(cache_dir or Path.home() / ".cache" / "lit_lora") / f"tokens-{_hash(source_fp, tok_fp)}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokens = tokens.flatten_indices(cache_file_name=str(path))
+        arrow_files = [f["filename"] for f in tokens.cache_files]
+    short = (
+        f"the corpus {files or 'dataset'} is shorter than one block of data.block_size={block_size} tokens; "
+        "add text or lower --data.block_size"
+    )
+    return _from_generator(
+        pack_blocks, {"arrow_files": arrow_files, "block_size": block_size}, cache_dir, {"input_ids": ["int32"]}, short
+    )
+
+
+def _from_generator(
+    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str
+) -> Any:
+    """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
+    the generator come out as themselves, not wrapped in DatasetGenerationError."""
+    from datasets import Dataset, Features, List, Value
+    from datasets.exceptions import DatasetGenerationError
+
+    features = Features({k: List(Value(v[0])) if isinstance(v, list) else Value(v) for k, v in columns.items()})
+    try:
+        return Dataset.from_generator(fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features)
+    except DatasetGenerationError as err:
+        cause = err.__cause__
+        if isinstance(cause, LitLoraError):
+            raise cause from None
+        raise
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # the generator yielded nothing
+            raise LitLoraError(empty_message) from None
+        raise

@@ -1,0 +1,193 @@
+"""`LitLoraCLI`: LightningCLI with our defaults, forced callbacks and checkpoint-aware resume."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_lora.checkpointing import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    find_last_checkpoint,
+    load_checkpoint_file,
+    run_version_of,
+)
+from lit_lora.data import LitLoraData
+from lit_lora.errors import LitLoraError
+from lit_lora.model import LitLora
+
+# Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
+DEFAULT_SEED = 1234
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 3,
+    "gradient_clip_val": 1.0,
+    "log_every_n_steps": 10,
+    # Our sampler splits the data across ranks itself and can resume mid-epoch; Lightning's replacement
+    # DistributedSampler could not.
+    "use_distributed_sampler": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "lightning_logs", "name": "lit_lora", "default_hp_metric": False},
+    },
+}
+
+# Model fields a resumed run may not change: the checkpoint's tensors would not fit (rank, targets) or
+# would mean something else (another architecture). The base model's *path* may change: the weights
+# themselves are checked by fingerprint when the checkpoint loads.
+PROTECTED_LORA_FIELDS = ("r", "alpha", "target_modules", "use_dora", "modules_to_save")
+
+
+def _tokenizer_source(tokenizer: Optional[str], model: str) -> str:
+    return tokenizer or model
+
+
+class LitLoraCLI(LightningCLI):
+    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites, not aborts
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        # The module builds its own AdamW + warm-up/cosine schedule; no generic --optimizer groups.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(LitLora, LitLoraData, args=args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step:06d}-val_loss{val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {"early_stopping.monitor": "val_loss", "early_stopping.mode": "min", "early_stopping.patience": 3}
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments(
+            ("model.tokenizer_name_or_path", "model.model_name_or_path"),
+            "data.tokenizer_name_or_path",
+            compute_fn=_tokenizer_source,
+        )
+
+    # -- checkpoint-aware resume ---------------------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's version, which loads the checkpoint's hyperparameters over the flags the
+        user typed and fails with a raw error on a bad file."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if ckpt_path == "last":
+            init = _init_args(cfg.trainer.get("logger"))
+            save_dir, name = init.get("save_dir", "lightning_logs"), init.get("name", "lit_lora")
+            found = find_last_checkpoint(save_dir, name)
+            if found is None:
+                raise LitLoraError(
+                    f"--ckpt_path last: no last.ckpt under {save_dir}/{name}/version_*/checkpoints; "
+                    "pass the checkpoint file with --ckpt_path FILE"
+                )
+            ckpt_path = found
+            print(f"lit_lora: resuming from {ckpt_path}")
+        elif ckpt_path in ("best", "hpc", "registry"):
+            raise LitLoraError(f"--ckpt_path {ckpt_path!r} is not supported here; give a checkpoint file or 'last'")
+        ckpt = load_checkpoint_file(ckpt_path)
+        cfg.ckpt_path = ckpt_path
+        self._merge_checkpoint_hparams(sub, ckpt.get("hyper_parameters") or {})
+        version = run_version_of(ckpt_path)
+        if sub == "fit" and version is not None:
+            # Continue the same TensorBoard run and checkpoint folder instead of starting version_N+1.
+            _set_logger_version(cfg.trainer, version)
+
+    def _merge_checkpoint_hparams(self, sub: str, saved: dict[str, Any]) -> None:
+        """Model options the user left at their defaults come from the checkpoint; options the user set are
+        kept, except those that would not fit the checkpoint's tensors, which stop with a clear message."""
+        saved = {k: v for k, v in saved.items() if not k.startswith("_")}
+        model_cfg = self.config[sub].model
+        defaults = self._parser(sub).get_defaults().model
+        for key, saved_value in saved.items():
+            if key not in model_cfg or key == "block_size":
+                continue
+            current = _plain(model_cfg[key])
+            default = _plain(defaults.get(key))
+            if key == "lora":
+                current, default, saved_value = dict(current or {}), dict(default or {}), dict(saved_value or {})
+                for field, value in saved_value.items():
+                    typed = current.get(field)
+                    if typed != default.get(field) and typed != value and field in PROTECTED_LORA_FIELDS:
+                        raise LitLoraError(
+                            f"--model.lora.{field} is {typed!r} but the checkpoint was trained with {value!r}; "
+                            "drop the flag to resume, or start a new run without --ckpt_path"
+                        )
+                    if typed == default.get(field):
+                        model_cfg.lora[field] = value
+                continue
+            if current == default:
+                model_cfg[key] = saved_value
+            elif key == "model_config" and current != saved_value:
+                raise LitLoraError(
+                    f"--model.model_config is {current!r} but the checkpoint was trained with {saved_value!r}"
+                )
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
+        if trainer_cfg.get("precision") is None:
+            trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
+
+    # -- trainer -------------------------------------------------------------------------------------------
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Atomic, size-reporting, weights_only checkpoint I/O for every strategy.
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
+
+def default_precision(accelerator: Any) -> str:
+    """bf16-mixed where a CUDA GPU supports it (half the activation memory, tensor cores), else fp32."""
+    import torch
+
+    on_gpu = accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    return value
+
+
+def _init_args(logger: Any) -> dict[str, Any]:
+    if logger is None or logger is False or logger is True:
+        return {}
+    logger = _plain(logger)
+    if isinstance(logger, list):
+        logger = logger[0] if logger else {}
+    return dict(logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+
+
+def _set_logger_version(trainer_cfg: Any, version: int) -> None:
+    logger = trainer_cfg.get("logger")
+    if logger is None or isinstance(logger, bool):
+        return
+    target = logger[0] if isinstance(logger, list) else logger
+    if hasattr(target, "init_args") and "version" in target.init_args:
+        target.init_args.version = version

@@ -1,0 +1,132 @@
+"""LoRA settings in PEFT's own terms, and applying them to a base model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from lit_lora.errors import LitLoraError
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings, passed to `peft.LoraConfig` under PEFT's names.
+
+    Args:
+        r: LoRA rank (the inner dimension of A and B).
+        alpha: LoRA scaling numerator (`lora_alpha`); the update is scaled by alpha / r. Usually alpha = 2 * r.
+        dropout: Dropout on the LoRA branch input (`lora_dropout`).
+        target_modules: Module names (or suffixes) to adapt, or "all-linear". GPT-2: c_attn, c_proj, c_fc.
+        bias: Which biases train: "none", "all" or "lora_only".
+        use_rslora: Scale by alpha / sqrt(r) (rank-stabilised LoRA).
+        use_dora: Weight-decomposed LoRA (DoRA).
+        init_lora_weights: True (B = 0), False (random), or a PEFT init scheme such as "gaussian", "pissa", "olora".
+        modules_to_save: Extra modules trained fully and saved with the adapter (e.g. ["lm_head"]).
+        extra: Any other `peft.LoraConfig` field, passed through unchanged (e.g. {"layers_to_transform": [0, 1]}).
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Union[list[str], str] = field(default_factory=lambda: ["c_attn", "c_proj"])
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: Union[bool, str] = True
+    modules_to_save: Optional[list[str]] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise LitLoraError(f"model.lora.r must be a positive integer, got {self.r!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise LitLoraError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, (list, tuple)) and not self.target_modules:
+            raise LitLoraError("model.lora.target_modules is empty; expected module names such as ['c_attn', 'c_proj']")
+
+    @classmethod
+    def coerce(cls, value: "LoraSettings | dict | None") -> "LoraSettings":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        raise LitLoraError(f"model.lora must be a mapping of LoRA settings, got {value!r}")
+
+    @classmethod
+    def from_peft_config(cls, config: Any) -> "LoraSettings":
+        targets = config.target_modules
+        return cls(
+            r=config.r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+            target_modules=sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            bias=config.bias,
+            use_rslora=config.use_rslora,
+            use_dora=bool(config.use_dora),
+            init_lora_weights=config.init_lora_weights,
+            modules_to_save=list(config.modules_to_save) if config.modules_to_save else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_peft_config(self, model: Any) -> Any:
+        from peft import LoraConfig, TaskType
+
+        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        kwargs: dict[str, Any] = dict(
+            task_type=TaskType.CAUSAL_LM,
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=targets,
+            bias=self.bias,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            init_lora_weights=self.init_lora_weights,
+            modules_to_save=self.modules_to_save,
+            # GPT-2 stores its projections as Conv1D (weight is in x out); PEFT must transpose for them.
+            fan_in_fan_out=uses_conv1d(model),
+        )
+        unknown = set(self.extra) - set(LoraConfig.__dataclass_fields__)
+        if unknown:
+            raise LitLoraError(f"model.lora.extra has unknown LoraConfig fields {sorted(unknown)}")
+        kwargs.update(self.extra)
+        try:
+            return LoraConfig(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise LitLoraError(f"invalid LoRA settings for PEFT's LoraConfig: {err}") from err
+
+
+def uses_conv1d(model: Any) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def _leaf_module_names(model: Any) -> list[str]:
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def apply_lora(model: Any, settings: LoraSettings) -> Any:
+    """Wrap `model` in a PEFT LoRA model; only LoRA (and modules_to_save) parameters stay trainable."""
+    from peft import get_peft_model
+
+    config = settings.to_peft_config(model)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        if "not found in the base model" in str(err) or "Target modules" in str(err):
+            raise LitLoraError(
+                f"model.lora.target_modules {settings.target_modules!r} match no module of the model; "
+                f"its linear/Conv1D module names are {_leaf_module_names(model)}"
+            ) from err
+        raise

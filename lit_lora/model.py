@@ -1,0 +1,302 @@
+"""`LitLora`: the LightningModule that fine-tunes a PEFT-LoRA-adapted causal LM.
+
+    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import SumMetric
+
+from lit_lora.corpus import IGNORE_INDEX
+from lit_lora.errors import LitLoraError
+from lit_lora.lora import LoraSettings, apply_lora
+
+CHECKPOINT_FORMAT = 1
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token negative log-likelihood and the number of predicted tokens.
+
+    logits: (B, T, V); labels: (B, T), -100 where nothing is predicted (prompt, padding).
+    """
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return nll, (targets != IGNORE_INDEX).sum()
+
+
+class LitLora(pl.LightningModule):
+    def __init__(
+        self,
+        model_name_or_path: str = "gpt2",
+        model_config: Optional[dict[str, Any]] = None,
+        tokenizer_name_or_path: Optional[str] = None,
+        lora: LoraSettings = LoraSettings(),  # noqa: B008  (dataclass default: jsonargparse expands its fields)
+        adapter_path: Optional[str] = None,
+        gradient_checkpointing: bool = True,
+        learning_rate: float = 2e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        block_size: int = 512,
+        base_dtype: Optional[str] = None,
+        attn_implementation: Optional[str] = "sdpa",
+        trust_remote_code: bool = False,
+    ) -> None:
+        """
+        Args:
+            model_name_or_path: Hub id or local directory of the base causal LM (`from_pretrained`).
+            model_config: GPT2Config fields; when given, a randomly initialised GPT-2 of that shape is built
+                instead of loading weights (no download). `{}` is GPT-2 small's shape.
+            tokenizer_name_or_path: Tokenizer hub id or directory; default: model_name_or_path. Required with
+                model_config, so nothing is fetched from the hub behind your back.
+            lora: LoRA settings (PEFT's LoraConfig names).
+            adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
+            gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+            learning_rate: Peak AdamW learning rate.
+            weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
+            betas: AdamW betas.
+            warmup_steps: Linear warm-up steps before cosine decay.
+            min_lr_ratio: Cosine decay floor, as a fraction of the peak learning rate.
+            block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
+            base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
+                optimizer state stay float32. Default: float32.
+            attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...).
+            trust_remote_code: Allow model repositories to run their own code. Off unless you turn it on.
+        """
+        super().__init__()
+        lora = LoraSettings.coerce(lora)
+        self.save_hyperparameters()
+        # Hyperparameters must be plain values so checkpoints load with torch.load(weights_only=True).
+        self.hparams["lora"] = lora.as_dict()
+        if model_config is not None and not tokenizer_name_or_path:
+            raise LitLoraError(
+                "model.model_config builds a model without downloading it, so model.tokenizer_name_or_path must "
+                "name a local tokenizer directory too (nothing falls back to the hub)"
+            )
+        if warmup_steps < 0:
+            raise LitLoraError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
+        if learning_rate <= 0:
+            raise LitLoraError(f"model.learning_rate must be > 0, got {learning_rate}")
+        self.lora_settings = lora
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.warmup_steps = warmup_steps
+        self.min_lr_ratio = min_lr_ratio
+        self.gradient_checkpointing = gradient_checkpointing
+        self.model = self._build_model()
+        n_ctx = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+        if n_ctx is not None and block_size > n_ctx:
+            raise LitLoraError(
+                f"data.block_size={block_size} is larger than the model's context of {n_ctx} tokens"
+            )
+        self.block_size = block_size
+        self.val_nll = SumMetric()
+        self.val_tokens = SumMetric()
+        self._total_steps: Optional[int] = None
+        self._rng_to_restore: Optional[dict[str, Any]] = None
+        # Checkpoints hold only the trainable LoRA weights; the frozen base is rebuilt from
+        # model_name_or_path, so loading must not demand its keys.
+        self.strict_loading = False
+
+    # -- model ---------------------------------------------------------------------------------------------
+
+    def _build_model(self) -> Any:
+        from lit_lora.hf_loading import load_base_model
+
+        hp = self.hparams
+        base = load_base_model(
+            hp.model_name_or_path, hp.model_config, hp.base_dtype, hp.attn_implementation, hp.trust_remote_code
+        )
+        if hp.adapter_path:
+            from lit_lora.adapter_io import load_adapter_for_training
+
+            model = load_adapter_for_training(base, hp.adapter_path)
+            self.lora_settings = LoraSettings.from_peft_config(model.peft_config["default"])
+            self.hparams["lora"] = self.lora_settings.as_dict()
+        else:
+            model = apply_lora(base, self.lora_settings)
+        # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16.
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        if self.gradient_checkpointing:
+            enable_checkpointing(model)
+        # from_pretrained returns eval mode, and Lightning keeps each module's mode: without this the
+        # base model's dropout would silently stay off during training.
+        return model.train()
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable (LoRA) tensors, under the same keys as `self.state_dict()`."""
+        names = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["input_ids"], batch.get("attention_mask"))
+        return token_nll(logits, batch["labels"])
+
+    def on_fit_start(self) -> None:
+        from lit_lora.summary import count_parameters, format_counts
+
+        if self.trainer.is_global_zero:
+            print(f"lit_lora: {format_counts(count_parameters(self.model))}", flush=True)
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nll, n = self._nll(batch)
+        # Mean over the real target tokens of this micro-batch (padding and prompts excluded).
+        loss = nll / n.clamp(min=1)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        nll, n = self._nll(batch)
+        self.val_nll.update(nll)
+        self.val_tokens.update(n)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, split: str) -> None:
+        # Token-weighted: exp(total NLL / total tokens), not a mean of per-batch values.
+        nll, n = self.val_nll.compute(), self.val_tokens.compute()
+        self.val_nll.reset()
+        self.val_tokens.reset()
+        if n == 0:
+            return
+        loss = nll / n
+        self.log(f"{split}_loss", loss, prog_bar=True, sync_dist=False)
+        self.log(f"{split}_ppl", torch.exp(loss), sync_dist=False)
+
+    # -- optimisation ------------------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = all(p.is_cuda for p in params) and torch.cuda.is_available()
+        optimizer = torch.optim.AdamW(
+            params, lr=self.learning_rate, weight_decay=self.weight_decay, betas=self.betas, fused=fused or None
+        )
+        # The schedule's length is read lazily (see on_train_start): calling
+        # trainer.estimated_stepping_batches here drops a restored dataloader position in Lightning 2.6.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        total = self._total_steps
+        if not total or total <= self.warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / (total - self.warmup_steps))
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_train_start(self) -> None:
+        total = self.trainer.estimated_stepping_batches
+        self._total_steps = int(total) if math.isfinite(total) else None
+        # After the sanity check, so its draws do not shift the restored dropout masks.
+        restore_rng(self._rng_to_restore)
+        self._rng_to_restore = None
+
+    # -- checkpoints: LoRA weights + what resume needs -------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["lit_lora"] = {
+            "format": CHECKPOINT_FORMAT,
+            "rng": capture_rng(),
+            "base_fingerprint": self.base_fingerprint(),
+            "log_version": _log_version(self.trainer),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("lit_lora")
+        if not isinstance(meta, dict):
+            raise LitLoraError("the checkpoint was not written by lit_lora (no 'lit_lora' section)")
+        expected = set(self.trainable_state_dict())
+        got = set(checkpoint.get("state_dict", {}))
+        if got != expected:
+            missing, extra = sorted(expected - got), sorted(got - expected)
+            raise LitLoraError(
+                f"the checkpoint's LoRA weights do not match this model: {len(missing)} missing "
+                f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); "
+                "were the LoRA settings or base model changed?"
+            )
+        fingerprint = meta.get("base_fingerprint")
+        if fingerprint and fingerprint != self.base_fingerprint():
+            raise LitLoraError(
+                f"the base model's weights differ from those the checkpoint was trained on "
+                f"(fingerprint {self.base_fingerprint()} != {fingerprint}); check model.model_name_or_path"
+            )
+        self._rng_to_restore = meta.get("rng")
+
+    def base_fingerprint(self) -> str:
+        """A cheap fingerprint of the frozen base weights: first values and sums of a few tensors."""
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            frozen = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad]
+            for n, p in frozen[:4] + frozen[-4:]:
+                flat = p.detach().flatten()
+                h.update(n.replace(".base_layer", "").encode())
+                h.update(repr([round(float(x), 6) for x in flat[:16]]).encode())
+                h.update(repr(round(float(flat.double().sum()), 3)).encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing that also trains adapters over a frozen base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # With reentrant checkpointing a frozen embedding output would cut the graph; harmless otherwise.
+    base.enable_input_require_grads()
+
+
+def capture_rng() -> dict[str, Any]:
+    """Global RNG states as tensors and plain values (no numpy state: it breaks weights_only loading)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Optional[dict[str, Any]]) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _log_version(trainer: Any) -> Any:
+    logger = trainer.logger if trainer is not None else None
+    return getattr(logger, "version", None) if logger is not None else None

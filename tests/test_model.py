@@ -1,0 +1,125 @@
+"""The LightningModule: parameter counts, LoRA wiring, gradient checkpointing, loss masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_lora.errors import LitLoraError
+from lit_lora.lora import LoraSettings
+from lit_lora.model import LitLora, token_nll
+from lit_lora.summary import count_parameters, format_counts
+from tests.conftest import QUICKSTART
+
+
+def test_gpt2_small_reference_counts():
+    model = LitLora(model_config={}, tokenizer_name_or_path=str(QUICKSTART / "tokenizer"), gradient_checkpointing=False)
+    counts = count_parameters(model.model)
+    assert (counts.base, counts.trainable, counts.total) == (124_439_808, 811_008, 125_250_816)
+    assert format_counts(counts) == "124,439,808 base, 811,008 trainable, 125,250,816 total, 0.6475% trainable"
+    # Only LoRA tensors train, and a LoRA-only state dict is megabytes, not the 500 MB of the full model.
+    trainable = model.trainable_state_dict()
+    assert trainable and all("lora_" in k for k in trainable)
+    assert sum(v.numel() * v.element_size() for v in trainable.values()) == 811_008 * 4
+
+
+def test_loads_from_local_dir_and_adapts_conv1d_without_warning(tiny_model_dir, recwarn):
+    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32)
+    assert model.model.peft_config["default"].fan_in_fan_out is True
+    assert not [w for w in recwarn if "fan_in_fan_out" in str(w.message)]
+    assert all(m.training for m in model.model.modules()), "from_pretrained's eval mode must not leak into training"
+
+
+def test_lora_config_passthrough(tiny_model_dir):
+    lora = LoraSettings(r=4, alpha=8, target_modules="all-linear", use_rslora=True, use_dora=True)
+    model = LitLora(model_name_or_path=str(tiny_model_dir), lora=lora, block_size=32)
+    cfg = model.model.peft_config["default"]
+    assert cfg.use_rslora and cfg.use_dora and cfg.r == 4
+    names = [n for n, p in model.model.named_parameters() if p.requires_grad]
+    assert any("c_fc" in n for n in names) and any("magnitude" in n for n in names)  # all-linear + DoRA
+
+    lora = LoraSettings(target_modules=["c_attn"], extra={"layers_to_transform": [0]})
+    names = [n for n, p in LitLora(model_name_or_path=str(tiny_model_dir), lora=lora, block_size=32)
+             .model.named_parameters() if p.requires_grad]
+    assert names and all(".h.0." in n and "c_attn" in n for n in names)
+
+
+def test_invalid_peft_combination_is_a_clear_error(tiny_model_dir):
+    with pytest.raises(LitLoraError, match="invalid LoRA settings.*layers_to_transform"):
+        LoraSettings(target_modules="all-linear", extra={"layers_to_transform": [0]}).to_peft_config(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_bad_rank_is_a_clear_error(bad):
+    with pytest.raises(LitLoraError, match=f"model.lora.r must be a positive integer, got {bad}"):
+        LoraSettings(r=bad)
+
+
+def test_unmatched_target_modules_lists_existing(tiny_model_dir):
+    with pytest.raises(LitLoraError, match=r"match no module.*c_attn"):
+        LitLora(model_name_or_path=str(tiny_model_dir), lora=LoraSettings(target_modules=["q_proj"]), block_size=32)
+
+
+def test_model_config_requires_local_tokenizer():
+    with pytest.raises(LitLoraError, match="tokenizer_name_or_path"):
+        LitLora(model_config={"n_layer": 1})
+
+
+def _grads(gc: bool, tiny_model_dir, steps: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = LitLora(
+        model_name_or_path=str(tiny_model_dir), lora=LoraSettings(dropout=0.0), gradient_checkpointing=gc, block_size=32
+    )
+    for m in model.modules():  # no dropout anywhere, so both runs see identical computations
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    for _ in range(steps + 1):
+        opt.zero_grad()
+        nll, n = model._nll({"input_ids": batch, "labels": batch})
+        loss = nll / n
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt.step()
+    return grads
+
+
+def test_gradient_checkpointing_gives_same_lora_gradients(tiny_model_dir):
+    on0, off0 = _grads(True, tiny_model_dir, 0), _grads(False, tiny_model_dir, 0)
+    assert on0.keys() == off0.keys() and on0
+    for name in on0:
+        if "lora_A" in name:  # B is zero at init, so A gets exactly zero gradient
+            assert torch.count_nonzero(on0[name]) == 0 and torch.count_nonzero(off0[name]) == 0
+        else:
+            assert torch.count_nonzero(on0[name]) > 0
+            torch.testing.assert_close(on0[name], off0[name], rtol=1e-5, atol=1e-7)
+    on1, off1 = _grads(True, tiny_model_dir, 1), _grads(False, tiny_model_dir, 1)
+    for name in on1:  # after one step B != 0: every LoRA tensor has a gradient, equal with and without
+        assert torch.count_nonzero(on1[name]) > 0, name
+        torch.testing.assert_close(on1[name], off1[name], rtol=1e-5, atol=1e-7)
+
+
+def test_token_nll_ignores_masked_positions_not_pad_ids():
+    # EOS (id 0 here) doubles as pad: the real EOS at the completion's end is a target, padding is not.
+    logits = torch.randn(1, 5, 8)
+    labels = torch.tensor([[-100, 3, 0, -100, -100]])
+    nll, n = token_nll(logits, labels)
+    assert n == 2
+    expected = -(logits[0, 0].log_softmax(-1)[3] + logits[0, 1].log_softmax(-1)[0])
+    torch.testing.assert_close(nll, expected)
+
+
+def test_training_step_updates_lora_weights(tiny_model_dir):
+    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32)
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    opt = model.configure_optimizers()["optimizer"]
+    batch = torch.randint(0, 512, (2, 32))
+    for _ in range(2):
+        opt.zero_grad()
+        nll, n = model._nll({"input_ids": batch, "labels": batch})
+        (nll / n).backward()
+        opt.step()
+    after = model.trainable_state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before), "every LoRA tensor must move after two steps"
