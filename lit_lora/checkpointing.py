@@ -79,6 +79,21 @@ class RunCheckpoint(ModelCheckpoint):
             self.monitor, self.save_top_k = None, 1
         super().setup(trainer, pl_module, stage)
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        time_checked = self._last_time_checked
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        # Lightning defers an interval save until val_loss exists; last.ckpt must not wait, or a crash
+        # between validations would lose every step since the previous one.
+        every = self._every_n_train_steps
+        due = (every >= 1 and trainer.global_step % every == 0) or self._last_time_checked != time_checked
+        if due and self.save_last and self._last_global_step_saved < trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # A run that stops on max_steps between validations would otherwise end with an older last.ckpt.
+        if self.save_last and not trainer.interrupted and self._last_global_step_saved < trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
 
 _VERSION = re.compile(r"^version_(\d+)$")
 

@@ -23,6 +23,9 @@ TRAINER_COMMANDS = {
 # Our own subcommands: name -> (module with main(argv), one-line help). Imported only when used.
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("lit_lora.commands.summary", "Parameter counts and a training-memory estimate for a config."),
+    "export": ("lit_lora.commands.export", "Export a LoRA-only checkpoint as a PEFT adapter folder."),
+    "merge": ("lit_lora.commands.merge", "Merge LoRA into the base model: a plain transformers model folder."),
+    "generate": ("lit_lora.commands.generate", "Complete prompts with a checkpoint, adapter, merged or base model."),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
@@ -17,6 +18,7 @@ from lit_lora.checkpointing import (
 from lit_lora.data import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.model import LitLora
+from lit_lora.prediction import JsonlPredictionWriter
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -67,10 +69,19 @@ class LitLoraCLI(LightningCLI):
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.set_defaults(
-            {"early_stopping.monitor": "val_loss", "early_stopping.mode": "min", "early_stopping.patience": 3}
+            {
+                "early_stopping.monitor": "val_loss",
+                "early_stopping.mode": "min",
+                "early_stopping.patience": 3,
+                # Judge after each validation only: a run that ends on max_steps before its first
+                # validation must not fail for want of val_loss.
+                "early_stopping.check_on_train_epoch_end": False,
+            }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predict_writer")
         parser.link_arguments("data.block_size", "model.block_size")
         parser.link_arguments(
             ("model.tokenizer_name_or_path", "model.model_name_or_path"),
@@ -146,6 +157,20 @@ class LitLoraCLI(LightningCLI):
         trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
+
+    def after_fit(self) -> None:
+        """Export the best checkpoint (or the last, without validation) as a PEFT adapter next to the logs."""
+        trainer = self.trainer
+        callback = trainer.checkpoint_callback
+        if not trainer.is_global_zero or callback is None or trainer.interrupted:
+            return
+        best = callback.best_model_path or callback.last_model_path
+        if not best or not os.path.isfile(best):
+            return
+        from lit_lora.adapter_io import export_adapter, module_from_checkpoint
+
+        out = export_adapter(module_from_checkpoint(best), os.path.join(trainer.log_dir or ".", "adapter"))
+        print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------
 

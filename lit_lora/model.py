@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 from typing import Any, Optional
 
@@ -16,9 +17,11 @@ from torchmetrics import SumMetric
 
 from lit_lora.corpus import IGNORE_INDEX
 from lit_lora.errors import LitLoraError
+from lit_lora.generation import GenerationSettings
 from lit_lora.lora import LoraSettings, apply_lora
 
 CHECKPOINT_FORMAT = 1
+SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +54,7 @@ class LitLora(pl.LightningModule):
         base_dtype: Optional[str] = None,
         attn_implementation: Optional[str] = "sdpa",
         trust_remote_code: bool = False,
+        generation: GenerationSettings = GenerationSettings(),  # noqa: B008  (expanded like lora)
     ) -> None:
         """
         Args:
@@ -72,12 +76,17 @@ class LitLora(pl.LightningModule):
                 optimizer state stay float32. Default: float32.
             attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...).
             trust_remote_code: Allow model repositories to run their own code. Off unless you turn it on.
+            generation: How `predict` completes prompts (the settings of `python -m lit_lora.cli generate`).
         """
         super().__init__()
         lora = LoraSettings.coerce(lora)
         self.save_hyperparameters()
         # Hyperparameters must be plain values so checkpoints load with torch.load(weights_only=True).
         self.hparams["lora"] = lora.as_dict()
+        # Chosen at predict time, not learned: kept out of checkpoints and of the hyperparameters a
+        # `--ckpt_path` run merges back over the flags.
+        self.hparams.pop("generation", None)
+        self.generation = GenerationSettings.coerce(generation)
         if model_config is not None and not tokenizer_name_or_path:
             raise LitLoraError(
                 "model.model_config builds a model without downloading it, so model.tokenizer_name_or_path must "
@@ -179,6 +188,16 @@ class LitLora(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        """New tokens for a batch of left-padded prompts (`--data.predict_file`), decoded and written by
+        `JsonlPredictionWriter`: the generation code and settings of `python -m lit_lora.cli generate`."""
+        from lit_lora.generation import generate_ids
+
+        return generate_ids(
+            self.model, batch["input_ids"], batch["attention_mask"], self.generation, batch["eos_token_id"],
+            seed_offset=batch_idx,
+        )
+
     def _log_eval(self, split: str) -> None:
         # Token-weighted: exp(total NLL / total tokens), not a mean of per-batch values.
         nll, n = self.val_nll.compute(), self.val_tokens.compute()
@@ -228,6 +247,9 @@ class LitLora(pl.LightningModule):
             "rng": capture_rng(),
             "base_fingerprint": self.base_fingerprint(),
             "log_version": _log_version(self.trainer),
+            # A randomly initialised base (model_config) is rebuilt from this seed by export/merge/generate.
+            "seed": int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
+            "val_loss": _float_metric(self.trainer, "val_loss"),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -254,17 +276,23 @@ class LitLora(pl.LightningModule):
     def base_fingerprint(self) -> str:
         """A cheap fingerprint of the frozen base weights: first values and sums of a few tensors."""
         if getattr(self, "_fingerprint", None) is None:
-            import hashlib
-
-            h = hashlib.sha256()
-            frozen = [(n, p) for n, p in self.model.named_parameters() if not p.requires_grad]
-            for n, p in frozen[:4] + frozen[-4:]:
-                flat = p.detach().flatten()
-                h.update(n.replace(".base_layer", "").encode())
-                h.update(repr([round(float(x), 6) for x in flat[:16]]).encode())
-                h.update(repr(round(float(flat.double().sum()), 3)).encode())
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = frozen_weights_fingerprint(self.model)
         return self._fingerprint
+
+
+def frozen_weights_fingerprint(model: Any) -> str:
+    """`LitLora.base_fingerprint` of a PEFT model whose LoRA weights are trainable (also used by `generate`,
+    which loads exported adapters without a LitLora)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    for n, p in frozen[:4] + frozen[-4:]:
+        flat = p.detach().flatten()
+        h.update(n.replace(".base_layer", "").encode())
+        h.update(repr([round(float(x), 6) for x in flat[:16]]).encode())
+        h.update(repr(round(float(flat.double().sum()), 3)).encode())
+    return h.hexdigest()[:16]
 
 
 def enable_checkpointing(model: Any) -> None:
@@ -295,6 +323,11 @@ def restore_rng(state: Optional[dict[str, Any]]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _float_metric(trainer: Any, name: str) -> Optional[float]:
+    value = trainer.callback_metrics.get(name) if trainer is not None else None
+    return float(value) if value is not None else None
 
 
 def _log_version(trainer: Any) -> Any:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import time
 from typing import Any
+
+from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import cli_main
 
@@ -40,3 +44,21 @@ def scalars(log_dir: str, tag: str) -> list[tuple[int, float]]:
         if tag in acc.Tags()["scalars"]:
             out += [(e.step, e.value) for e in acc.Scalars(tag)]
     return out
+
+
+class RecordBatches(Callback):
+    """Test callback: appends each training step's sample ids to a JSONL file; with `pause_at_step`, blocks
+    before that step (after the previous step's checkpoint is written) until the test kills the process."""
+
+    def __init__(self, path: str, pause_at_step: int = 0, marker: str = "") -> None:
+        self.path, self.pause_at_step, self.marker = path, pause_at_step, marker
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.pause_at_step and trainer.global_step == self.pause_at_step:
+            with open(self.marker, "w") as fh:
+                fh.write(str(trainer.global_step))
+            while True:  # blocked here until the test sends SIGKILL; no timing is asserted
+                time.sleep(0.05)
+        with open(self.path, "a") as fh:
+            record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "ids": batch["sample_ids"].tolist()}
+            fh.write(json.dumps(record) + "\n")

@@ -1,0 +1,27 @@
+"""`python -m lit_lora.cli export --ckpt_path CKPT --output_dir DIR`: a LoRA-only checkpoint to PEFT's format."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+
+def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m lit_lora.cli {prog}", description=what)
+    parser.add_argument("--ckpt_path", required=True, help="A lit_lora checkpoint file (.ckpt).")
+    parser.add_argument("--output_dir", required=True, help="Folder to write; replaced whole if it exists.")
+    parser.add_argument(
+        "--model.model_name_or_path", dest="model_name_or_path", default=None,
+        help="Load the base model from here instead of the path saved in the checkpoint (same weights, moved).",
+    )
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser("export", "Write adapter_model.safetensors + adapter_config.json + README.md.").parse_args(argv)
+    from lit_lora.adapter_io import export_adapter, module_from_checkpoint
+
+    module = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
+    out = export_adapter(module, args.output_dir)
+    print(f"lit_lora: exported adapter to {out} (base model: {module.hparams['model_name_or_path']})")
+    return 0

@@ -1,0 +1,19 @@
+"""`python -m lit_lora.cli merge --ckpt_path CKPT --output_dir DIR`: a full transformers model, LoRA merged in."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lit_lora.commands.export import build_parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser(
+        "merge", "Merge the LoRA weights into the base model and save it with its tokenizer (loads without PEFT)."
+    ).parse_args(argv)
+    from lit_lora.adapter_io import merge_to_dir, module_from_checkpoint
+
+    module = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
+    out = merge_to_dir(module, args.output_dir)
+    print(f"lit_lora: merged model written to {out}")
+    return 0
