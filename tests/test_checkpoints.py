@@ -1,0 +1,173 @@
+"""LoRA-only checkpoints, export to PEFT, merge, start-from-adapter, and checkpoint/flag conflicts."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lit_lora.adapter_io import export_adapter, merge_to_dir, module_from_checkpoint
+from lit_lora.checkpointing import atomic_torch_save
+from lit_lora.cli import main
+from lit_lora.errors import LitLoraError
+from lit_lora.model import LitLora
+from tests.conftest import QUICKSTART
+from tests.helpers import fit_args, run_cli
+
+IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 300, 11]])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, shakespeare):
+    """A short real fit with a learning rate large enough that lora_B is clearly non-zero."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8",
+                         "--model.learning_rate", "2e-2", "--trainer.val_check_interval", "4"))
+    finally:
+        os.chdir(cwd)
+    run = tmp / "lightning_logs" / "lit_lora" / "version_0"
+    return {"run": run, "ckpt": run / "checkpoints" / "last.ckpt", "tmp": tmp}
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def test_checkpoint_is_lora_only_and_weights_only_loadable(trained):
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["loops"]["fit_loop"]
+    callbacks = " ".join(ckpt["callbacks"])
+    assert "EarlyStopping" in callbacks and "RunCheckpoint" in callbacks
+    assert ckpt["LitLoraData"]["batches_done"] == 8 and ckpt["LitLoraData"]["seed"] == 42
+    assert set(ckpt["lit_lora"]["rng"]) >= {"torch", "python"} and ckpt["lit_lora"]["seed"] == 1234
+    assert ckpt["hyper_parameters"]["lora"]["r"] == 8
+    assert any(torch.count_nonzero(v) for k, v in ckpt["state_dict"].items() if "lora_B" in k)
+
+
+def test_gpt2_small_checkpoint_is_megabytes(in_tmp, shakespeare, capsys):
+    run_cli(["fit", "--model.model_config", "{}", "--model.tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
+             "--data.train_files", str(shakespeare), "--data.block_size", "8", "--data.batch_size", "1",
+             "--data.val_fraction", "0", "--data.cache_dir", str(in_tmp / "c"), "--model.gradient_checkpointing",
+             "false", "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false"])
+    out = capsys.readouterr().out
+    assert "811,008 trainable" in out and "LoRA-only: 811,008 weights" in out
+    size = (in_tmp / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt").stat().st_size
+    assert size <= 10.5e6, size  # weights + two AdamW moments in fp32: ~9.7 MB, not 500 MB
+
+
+def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    ours = module_from_checkpoint(str(trained["ckpt"]))
+    base_logits = _logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    our_logits = _logits(ours.model)
+    assert (our_logits - base_logits).abs().max() > 1e-3, "the adapter must have learned something"
+    assert main(["export", "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "adapter")]) == 0
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= files
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir) and config["r"] == 8
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "fingerprint" in card and "r=8" in card and "Steps: 8" in card and "val_loss" in card
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
+    peft_model.eval()
+    assert (_logits(peft_model) - our_logits).abs().max() <= 1e-5
+    # fit already exported the best checkpoint next to its logs
+    assert (trained["run"] / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_merge_gives_plain_transformers_model(trained, tmp_path):
+    ours = module_from_checkpoint(str(trained["ckpt"]))
+    expected = _logits(ours.model)
+    assert main(["merge", "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "merged")]) == 0
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert type(merged).__name__ == "GPT2LMHeadModel"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (_logits(merged.eval()) - expected).abs().max() <= 1e-4
+    assert (tmp_path / "merged" / "tokenizer_config.json").is_file()
+
+
+def test_start_training_from_an_adapter_dir(trained, tiny_model_dir, tmp_path):
+    ours = module_from_checkpoint(str(trained["ckpt"]))
+    export_adapter(ours, str(tmp_path / "a"))
+    started = LitLora(model_name_or_path=str(tiny_model_dir), adapter_path=str(tmp_path / "a"), block_size=32)
+    got, want = started.trainable_state_dict(), ours.trainable_state_dict()
+    assert got.keys() == want.keys() and got
+    assert all(torch.equal(got[k], want[k]) for k in got)
+    assert all(p.requires_grad for n, p in started.model.named_parameters() if "lora_" in n)
+    with pytest.raises(LitLoraError, match="not a PEFT adapter directory"):
+        LitLora(model_name_or_path=str(tiny_model_dir), adapter_path=str(tmp_path), block_size=32)
+
+
+def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
+    ours = module_from_checkpoint(str(trained["ckpt"]))
+    out = tmp_path / "adapter"
+    export_adapter(ours, str(out))
+    before = sorted(p.name for p in out.iterdir())
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    # Fails after the weights are already in the temporary folder, as a full disk would.
+    monkeypatch.setattr("lit_lora.adapter_io._model_card", disk_full)
+    with pytest.raises(LitLoraError, match="No space left on device"):
+        merge_to_dir(module_from_checkpoint(str(trained["ckpt"])), str(tmp_path / "merged"))
+    with pytest.raises(LitLoraError, match="nothing was changed"):
+        export_adapter(ours, str(out))
+    assert not (tmp_path / "merged").exists()
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"a": torch.ones(3)}, path)
+
+    def broken_save(obj, fh):
+        fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(LitLoraError, match="No space left on device.*previous file there is intact"):
+        atomic_torch_save({"a": torch.zeros(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_bad_checkpoint_files_are_one_line_errors(trained, tiny_model_dir, shakespeare, tmp_path, capsys):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, message in ((truncated, "cannot be read (truncated"), (foreign, "was not written by lit_lora"),
+                          (tmp_path / "missing.ckpt", "does not exist")):
+        assert main(fit_args(tiny_model_dir, shakespeare, tmp_path, "--ckpt_path", str(path))) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and str(path) in err and len(err.splitlines()) == 1
+
+
+def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_model_dir, shakespeare, capsys):
+    tmp = trained["tmp"]
+    args = fit_args(tiny_model_dir, shakespeare, tmp, "--ckpt_path", str(trained["ckpt"]))
+    assert main(args + ["--model.lora.r", "16"]) == 2
+    assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
+                              "--trainer.val_check_interval", "4"])
+    finally:
+        os.chdir(cwd)
+    assert cli.trainer.global_step == 10 and cli.model.learning_rate == 1e-3
+    assert cli.model.lora_settings.r == 8
