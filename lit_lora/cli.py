@@ -65,11 +65,30 @@ def main(argv: Optional[list[str]] = None) -> int:
             )
         cli_main(argv)
         return 0
-    except LitLoraError as err:
+    except BaseException as err:
+        if _is_sigterm_stop(err):
+            return 0  # GracefulStop already saved last.ckpt and said so
+        if not _is_user_error(err):
+            raise
         if verbose:
             traceback.print_exc()
-        print(f"lit_lora: error: {one_line(err)}", file=sys.stderr)
+        message = one_line(err)
+        if not isinstance(err, LitLoraError):  # a config/flag the parser rejected
+            message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
+        print(f"lit_lora: error: {message}", file=sys.stderr)
         return 2
+
+
+def _is_sigterm_stop(err: BaseException) -> bool:
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, LitLoraError):
+        return True
+    jsonargparse = sys.modules.get("jsonargparse")
+    return jsonargparse is not None and isinstance(err, jsonargparse.ArgumentError)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from lit_lora.errors import LitLoraError
 
 CHUNK_BYTES = 256 * 1024
 IGNORE_INDEX = -100
+# Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
+# which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
+ROWS_PER_BATCH = 16
 
 
 def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
@@ -174,18 +177,22 @@ def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> 
 
 
 def pack_blocks(arrow_files: list[str], block_size: int) -> Iterator[dict[str, list[int]]]:
-    """Stream token rows from Arrow files and cut them into full blocks, carrying the remainder over."""
-    from datasets import Dataset
+    """Stream token rows from Arrow files and cut them into full blocks, carrying the remainder over.
 
-    buf: list[int] = []
+    Only the concatenated token stream matters (EOS already marks document ends), so each record batch is
+    flattened at once. The files are read batch by batch, not memory-mapped: the mapped pages of a
+    corpus-sized file would count in this process's resident memory."""
+    import numpy as np
+    import pyarrow as pa
+
+    buf = np.zeros(0, dtype=np.int64)
     for path in arrow_files:
-        table = Dataset.from_file(path)
-        for batch in table.iter(batch_size=64):
-            for ids in batch["ids"]:
-                buf.extend(ids)
+        with pa.OSFile(path) as source:
+            for record_batch in pa.ipc.open_stream(source):
+                buf = np.concatenate([buf, record_batch.column("ids").flatten().to_numpy()])
                 n_full = len(buf) // block_size
                 for k in range(n_full):
-                    yield {"input_ids": buf[k * block_size : (k + 1) * block_size]}
+                    yield {"input_ids": buf[k * block_size : (k + 1) * block_size].tolist()}
                 buf = buf[n_full * block_size :]
 
 
@@ -215,7 +222,8 @@ def build_split(
         empty = f"the corpus {files} is empty"
         if fmt == "text":
             rows = _from_generator(
-                read_text_rows, {"files": fingerprint}, cache_dir, {"text": "string", "doc_end": "bool"}, empty
+                read_text_rows, {"files": fingerprint}, cache_dir, {"text": "string", "doc_end": "bool"}, empty,
+                writer_batch_size=ROWS_PER_BATCH,
             )
         else:
             fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
@@ -245,6 +253,7 @@ def build_split(
     tokens = rows.map(
         _tokenize_text,
         batched=True,
+        batch_size=ROWS_PER_BATCH if fmt == "text" else 1000,  # text rows are ~256 KB; JSONL rows one document
         fn_kwargs={"tokenizer": tokenizer},
         remove_columns=rows.column_names,
         num_proc=proc,
@@ -267,7 +276,8 @@ def build_split(
 
 
 def _from_generator(
-    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str
+    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str,
+    writer_batch_size: Optional[int] = None,
 ) -> Any:
     """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
     the generator come out as themselves, not wrapped in DatasetGenerationError."""
@@ -276,7 +286,9 @@ def _from_generator(
 
     features = Features({k: List(Value(v[0])) if isinstance(v, list) else Value(v) for k, v in columns.items()})
     try:
-        return Dataset.from_generator(fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features)
+        return Dataset.from_generator(
+            fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features, writer_batch_size=writer_batch_size
+        )
     except DatasetGenerationError as err:
         cause = err.__cause__
         if isinstance(cause, LitLoraError):

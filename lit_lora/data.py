@@ -89,6 +89,8 @@ class LitLoraData(pl.LightningDataModule):
         cache_dir: Optional[str] = None,
         num_proc: Optional[int] = None,
         tokenizer_name_or_path: Optional[str] = None,
+        test_files: Union[str, list[str], None] = None,
+        predict_file: Optional[str] = None,
     ) -> None:
         """
         Args:
@@ -113,6 +115,9 @@ class LitLoraData(pl.LightningDataModule):
             cache_dir: Where `datasets` keeps its Arrow cache (default: its own, ~/.cache/huggingface/datasets).
             num_proc: Processes for tokenization (default: all cores for corpora of several MB).
             tokenizer_name_or_path: Tokenizer to use; set from the model's options by the CLI.
+            test_files: Files or globs `test` evaluates, same formats; default: the validation split.
+            predict_file: Prompts `predict` completes: one per line (blank lines skipped), or JSONL with a
+                `prompt` field. Training data is not needed for predict.
         """
         super().__init__()
         if block_size < 2:
@@ -121,7 +126,7 @@ class LitLoraData(pl.LightningDataModule):
             raise LitLoraError(f"data.batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise LitLoraError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        if not train_files and not dataset_name:
+        if not train_files and not dataset_name and not predict_file:
             raise LitLoraError("no training data: give --data.train_files FILE (or a glob) or --data.dataset_name")
         # The tokenizer is the model's (a linked value); logging it twice would clash with the model's hparams.
         self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
@@ -149,6 +154,10 @@ class LitLoraData(pl.LightningDataModule):
         self.truncated = 0
         self._resume: Optional[dict[str, int]] = None
         self._sampler: Optional[ResumableSampler] = None
+        self.test_files = [test_files] if isinstance(test_files, str) else list(test_files or [])
+        self.predict_file = predict_file
+        self.test_ds: Any = None
+        self.predict_prompts: Optional[list[str]] = None
 
     # -- building the splits ----------------------------------------------------------------------------
 
@@ -162,6 +171,8 @@ class LitLoraData(pl.LightningDataModule):
         return self.tokenizer
 
     def _build(self) -> tuple[Any, Any, str]:
+        if not self.train_files and not self.dataset_name:  # allowed for predict only
+            raise LitLoraError("no training data: give --data.train_files FILE (or a glob) or --data.dataset_name")
         tokenizer = self._load_tokenizer()
         if self.dataset_name:
             from datasets import load_dataset
@@ -218,9 +229,17 @@ class LitLoraData(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         # Runs on one process per node: fills the datasets cache so setup() on every rank only reads it.
+        if self.trainer is not None and self.trainer.predicting:
+            return  # predict reads only its prompts file
         self._build()
 
     def setup(self, stage: Optional[str] = None) -> None:
+        if stage == "predict":
+            self._setup_predict()
+            return
+        if stage == "test" and self.test_files and self.test_ds is None:
+            self.test_ds = self._build_test()
+            return
         if self.train_ds is not None:
             return
         train, val, self.data_format = self._build()
@@ -241,7 +260,7 @@ class LitLoraData(pl.LightningDataModule):
 
     def _loader(self, ds: Any, sampler: Any) -> DataLoader:
         tokenizer = self._load_tokenizer()
-        return DataLoader(
+        return _PositionedLoader(
             _Rows(ds),
             batch_size=self.batch_size,
             sampler=sampler,
@@ -288,7 +307,36 @@ class LitLoraData(pl.LightningDataModule):
         return self._loader(self.val_ds, _Shard(len(self.val_ds), rank, world))
 
     def test_dataloader(self) -> Any:
-        return self.val_dataloader()
+        if self.test_ds is None:
+            return self.val_dataloader()
+        rank, world = self._rank_world()
+        return self._loader(self.test_ds, _Shard(len(self.test_ds), rank, world))
+
+    def predict_dataloader(self) -> DataLoader:
+        from lit_lora.prediction import PromptCollator, PromptRows
+
+        rank, world = self._rank_world()
+        prompts = self.predict_prompts or []
+        return DataLoader(PromptRows(prompts), batch_size=self.batch_size, sampler=_Shard(len(prompts), rank, world),
+                          collate_fn=PromptCollator(self._load_tokenizer()), num_workers=self.num_workers)
+
+    # -- test and predict inputs ------------------------------------------------------------------------
+
+    def _build_test(self) -> Any:
+        files = resolve_files(self.test_files, "data.test_files")
+        fmt = detect_format(files) if self.format == "auto" else self.format
+        test = build_split(files, fmt, tokenizer=self._load_tokenizer(), block_size=self.block_size,
+                           cache_dir=self.cache_dir, text_field=self.text_field, num_proc=self.num_proc)
+        if len(test) == 0:
+            raise LitLoraError(f"data.test_files are shorter than one block of data.block_size={self.block_size} tokens")
+        return test.remove_columns("truncated") if "truncated" in test.column_names else test
+
+    def _setup_predict(self) -> None:
+        if not self.predict_file:
+            raise LitLoraError("predict needs prompts: give --data.predict_file FILE (one prompt per line, or JSONL)")
+        from lit_lora.generation import read_prompts
+
+        self.predict_prompts = read_prompts(self.predict_file)
 
     # -- resume state: seed + epoch + position, never a permutation ---------------------------------------
 
@@ -314,6 +362,18 @@ class LitLoraData(pl.LightningDataModule):
             print(f"lit_lora: data.seed changed from {state.get('seed')} to {self.seed}; the data order differs "
                   "from the checkpointed run")
         self._resume = dict(state)
+
+
+class _PositionedLoader(DataLoader):
+    """A DataLoader that tells Lightning it is resumable. The position itself is kept by
+    LitLoraData.state_dict (counted in consumed batches: the loader's own count would include the batch
+    Lightning prefetches), so there is nothing to store here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 class _Shard(torch.utils.data.Sampler[int]):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, Optional
 
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_lora.checkpointing import (
@@ -17,7 +18,9 @@ from lit_lora.checkpointing import (
 )
 from lit_lora.data import LitLoraData
 from lit_lora.errors import LitLoraError
+from lit_lora.faults import GracefulStop
 from lit_lora.model import LitLora
+from lit_lora.monitoring import HparamsMetric, MemoryMonitor, RunProgressBar, SampleGenerator, TokenThroughput
 from lit_lora.prediction import JsonlPredictionWriter
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
@@ -55,6 +58,11 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(LitLora, LitLoraData, args=args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Parse errors raise instead of printing the whole usage; lit_lora.cli.main prints one line.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -65,6 +73,8 @@ class LitLoraCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "step{step:06d}-val_loss{val_loss:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
+                # A resumed run must keep writing last.ckpt, not last-v1.ckpt, or `--ckpt_path last` goes stale.
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
@@ -78,8 +88,14 @@ class LitLoraCLI(LightningCLI):
                 "early_stopping.check_on_train_epoch_end": False,
             }
         )
+        parser.add_lightning_class_args(GracefulStop, "graceful_stop")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # Watching a run (monitoring.py): memory/*, throughput/*, samples, hp/best_val_loss.
+        parser.add_lightning_class_args(MemoryMonitor, "memory")
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.add_lightning_class_args(SampleGenerator, "samples")
+        parser.add_lightning_class_args(HparamsMetric, "hparams_metric")
         # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
         parser.add_lightning_class_args(JsonlPredictionWriter, "predict_writer")
         parser.link_arguments("data.block_size", "model.block_size")
@@ -158,18 +174,31 @@ class LitLoraCLI(LightningCLI):
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
 
+    def before_fit(self) -> None:
+        logger = self.trainer.logger
+        root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
+        if root and self.trainer.is_global_zero:
+            try:  # fail now, with a clear line, rather than at the first log or checkpoint hours later
+                os.makedirs(root, exist_ok=True)
+                with tempfile.TemporaryFile(dir=root):
+                    pass
+            except OSError as err:
+                raise LitLoraError(f"log directory {root!r} is not writable: {err.strerror or err}") from err
+
     def after_fit(self) -> None:
         """Export the best checkpoint (or the last, without validation) as a PEFT adapter next to the logs."""
         trainer = self.trainer
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must call it, not only rank 0.
+        log_dir = trainer.log_dir
         callback = trainer.checkpoint_callback
-        if not trainer.is_global_zero or callback is None or trainer.interrupted:
+        if not trainer.is_global_zero or callback is None or trainer.interrupted or _stopped_by_signal(trainer):
             return
         best = callback.best_model_path or callback.last_model_path
         if not best or not os.path.isfile(best):
             return
         from lit_lora.adapter_io import export_adapter, module_from_checkpoint
 
-        out = export_adapter(module_from_checkpoint(best), os.path.join(trainer.log_dir or ".", "adapter"))
+        out = export_adapter(module_from_checkpoint(best), os.path.join(log_dir or ".", "adapter"))
         print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------
@@ -179,7 +208,17 @@ class LitLoraCLI(LightningCLI):
         # Atomic, size-reporting, weights_only checkpoint I/O for every strategy.
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # Lightning's default bar, plus the run's ETA and without v_num; a bar the user configured is kept.
+        for i, callback in enumerate(trainer.callbacks):
+            if type(callback) is TQDMProgressBar:
+                trainer.callbacks[i] = RunProgressBar(
+                    callback.refresh_rate, callback.process_position, getattr(callback, "_leave", False)
+                )
         return trainer
+
+
+def _stopped_by_signal(trainer: Any) -> bool:
+    return any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
 
 
 def default_precision(accelerator: Any) -> str:

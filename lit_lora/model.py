@@ -17,6 +17,7 @@ from torchmetrics import SumMetric
 
 from lit_lora.corpus import IGNORE_INDEX
 from lit_lora.errors import LitLoraError
+from lit_lora.faults import check_finite_loss
 from lit_lora.generation import GenerationSettings
 from lit_lora.lora import LoraSettings, apply_lora
 
@@ -124,11 +125,14 @@ class LitLora(pl.LightningModule):
 
     def _build_model(self) -> Any:
         from lit_lora.hf_loading import load_base_model
+        from lit_lora.monitoring import host_memory_mb
 
         hp = self.hparams
         base = load_base_model(
             hp.model_name_or_path, hp.model_config, hp.base_dtype, hp.attn_implementation, hp.trust_remote_code
         )
+        # Host RSS (MB) at the points users compare; MemoryMonitor logs them as memory/after_*_mb.
+        self.memory_marks = {"after_model_load": host_memory_mb()[0]}
         if hp.adapter_path:
             from lit_lora.adapter_io import load_adapter_for_training
 
@@ -143,6 +147,7 @@ class LitLora(pl.LightningModule):
                 p.data = p.data.float()
         if self.gradient_checkpointing:
             enable_checkpointing(model)
+        self.memory_marks["after_lora"] = host_memory_mb()[0]
         # from_pretrained returns eval mode, and Lightning keeps each module's mode: without this the
         # base model's dropout would silently stay off during training.
         return model.train()
@@ -160,10 +165,13 @@ class LitLora(pl.LightningModule):
         return token_nll(logits, batch["labels"])
 
     def on_fit_start(self) -> None:
-        from lit_lora.summary import count_parameters, format_counts
+        from lit_lora.summary import summary_lines
 
         if self.trainer.is_global_zero:
-            print(f"lit_lora: {format_counts(count_parameters(self.model))}", flush=True)
+            # The first line is the parameter counts; the rest is what `lit_lora.cli summary` prints.
+            batch_size = getattr(self.trainer.datamodule, "batch_size", None)
+            for line in summary_lines(self, batch_size, self.block_size, str(self.trainer.precision), str(self.device)):
+                print(f"lit_lora: {line}", flush=True)
 
     # -- steps ---------------------------------------------------------------------------------------------
 
@@ -171,6 +179,7 @@ class LitLora(pl.LightningModule):
         nll, n = self._nll(batch)
         # Mean over the real target tokens of this micro-batch (padding and prompts excluded).
         loss = nll / n.clamp(min=1)
+        check_finite_loss(loss, self.global_step)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 

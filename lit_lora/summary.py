@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -38,3 +38,39 @@ def format_counts(c: ParamCounts) -> str:
         f"{c.base:,} base, {c.trainable:,} trainable, {c.total:,} total, "
         f"{c.trainable_pct:.4f}% trainable"
     )
+
+
+def summary_lines(
+    module: Any,
+    batch_size: Optional[int],
+    block_size: int,
+    precision: str,
+    device: str,
+) -> list[str]:
+    """The model summary printed at the start of `fit` and by `python -m lit_lora.cli summary`: counts, model
+    class, dtype, device, LoRA settings, and the peak-memory estimate for this batch, block and precision."""
+    from lit_lora.memory_estimate import estimate_training_memory
+
+    model = module.model
+    counts = count_parameters(model)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if not p.requires_grad})
+    lora_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
+    lora = module.lora_settings
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+    adapted = sum(1 for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "get_base_layer"))
+    lines = [
+        format_counts(counts),
+        f"model {type(model).__name__}({type(base).__name__}), {counts.frozen:,} frozen parameters; "
+        f"weights {'/'.join(dtypes) or '-'} (LoRA {'/'.join(lora_dtypes) or '-'}), precision {precision}, device {device}",
+        f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {targets} ({adapted} modules)"
+        + (", rsLoRA" if lora.use_rslora else "") + (", DoRA" if lora.use_dora else "")
+        + (f", also training {', '.join(lora.modules_to_save)}" if lora.modules_to_save else ""),
+    ]
+    if batch_size:
+        estimate = estimate_training_memory(
+            model, batch_size, block_size, precision, bool(getattr(module, "gradient_checkpointing", False)),
+            device_type=device.split(":")[0],
+        )
+        lines += estimate.lines()
+    return lines

@@ -29,6 +29,24 @@ def fit_args(model_dir: Any, train: Any, tmp: Any, *extra: str) -> list[str]:
     ]
 
 
+def _signalled(trainer: Any) -> bool:
+    from lit_lora.faults import GracefulStop
+
+    return trainer.received_sigterm or any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
+
+
+class Poison(Callback):
+    """Test callback: writes NaN into one LoRA weight before step `at_step`, as a diverging run would."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.at_step:
+            name, param = next((n, p) for n, p in pl_module.named_parameters() if "lora_B" in n)
+            param.data.fill_(float("nan"))
+
+
 def run_cli(args: list[str]) -> Any:
     return cli_main(args)
 
@@ -50,14 +68,16 @@ class RecordBatches(Callback):
     """Test callback: appends each training step's sample ids to a JSONL file; with `pause_at_step`, blocks
     before that step (after the previous step's checkpoint is written) until the test kills the process."""
 
-    def __init__(self, path: str, pause_at_step: int = 0, marker: str = "") -> None:
-        self.path, self.pause_at_step, self.marker = path, pause_at_step, marker
+    def __init__(self, path: str, pause_at_step: int = 0, marker: str = "", until_signal: bool = False) -> None:
+        self.path, self.pause_at_step, self.marker, self.until_signal = path, pause_at_step, marker, until_signal
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.pause_at_step and trainer.global_step == self.pause_at_step:
             with open(self.marker, "w") as fh:
                 fh.write(str(trainer.global_step))
-            while True:  # blocked here until the test sends SIGKILL; no timing is asserted
+            # Blocked here until the test's signal arrives (SIGKILL ends it; with until_signal, a SIGTERM or
+            # SIGINT lets this batch finish). No timing is asserted.
+            while not (self.until_signal and _signalled(trainer)):
                 time.sleep(0.05)
         with open(self.path, "a") as fh:
             record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "ids": batch["sample_ids"].tolist()}

@@ -1,0 +1,67 @@
+"""`python -m lit_lora.cli summary --config conf/gpt2.yaml`: what `fit` would train, and its peak memory.
+
+Takes everything `fit` takes (config files, `--model.*`/`--data.*`/`--trainer.*` overrides, `--ckpt_path`) and
+prints the summary `fit` prints at its start: parameter counts, model class, dtype, device, LoRA settings and
+the peak-training-memory estimate for the configured batch size, block size, precision and gradient
+checkpointing. It builds the model only: no data file is read (they need not exist), nothing is trained.
+
+    python -m lit_lora.cli summary --config conf/gpt2.yaml --model.model_config '{}' \\
+        --model.tokenizer_name_or_path DIR --trainer.accelerator gpu --trainer.precision bf16-mixed
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from lit_lora.errors import LitLoraError
+
+
+def _summary_cli_class() -> type:
+    from lit_lora.lightning_cli import LitLoraCLI
+
+    class SummaryCLI(LitLoraCLI):
+        """Parses exactly as `fit` does, then builds the model alone."""
+
+        def instantiate_classes(self) -> None:
+            from lit_lora.model import LitLora
+
+            cfg = self.config[self.subcommand]
+            self.model = LitLora(**cfg.model.clone().as_dict())
+            self.datamodule = None
+            self.trainer = None
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+        def _run_subcommand(self, subcommand: Optional[str]) -> None:
+            pass  # summary only: no Trainer.fit
+
+    return SummaryCLI
+
+
+def _device(accelerator: Any) -> str:
+    import torch
+
+    accelerator = str(accelerator or "auto").lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu" if accelerator in ("auto", "cpu") else accelerator
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__.strip().splitlines()[0].strip("`") + "\n\nOptions are those of `fit`:\n", flush=True)
+    cli = _summary_cli_class()(args=["fit", *argv])
+    cfg = cli.config["fit"]
+    module = cli.model
+    precision = str(cfg.trainer.get("precision"))
+    from lit_lora.summary import summary_lines
+
+    batch_size = cfg.data.get("batch_size")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LitLoraError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    for line in summary_lines(module, batch_size, module.block_size, precision, _device(cfg.trainer.get("accelerator"))):
+        print(f"lit_lora: {line}", flush=True)
+    return 0

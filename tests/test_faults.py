@@ -1,0 +1,107 @@
+"""Faults: non-finite loss, signals, unwritable folders, untrusted files. Each asserts the message the user
+sees and that earlier checkpoints are intact."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from lit_lora.cli import main
+from lit_lora.model import LitLora
+from tests.conftest import REPO
+from tests.helpers import fit_args
+
+
+def test_non_finite_loss_stops_without_overwriting_last_checkpoint(in_tmp, tiny_model_dir, shakespeare, capsys):
+    args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "8",
+                    "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_on_exception", "true",
+                    "--trainer.callbacks+=tests.helpers.Poison", "--trainer.callbacks.at_step", "3")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "lit_lora: error: non-finite training loss (nan) at step 4" in err
+    last = in_tmp / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert not list(last.parent.glob("*exception*")) and not list(last.parent.glob(".*tmp*"))
+
+
+def _config(tmp, model_dir, corpus) -> str:
+    cfg = {
+        "model": {"model_name_or_path": str(model_dir), "warmup_steps": 2},
+        "data": {"train_files": str(corpus), "block_size": 32, "batch_size": 4, "cache_dir": str(tmp / "c")},
+        "trainer": {"max_steps": 40, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False,
+                    "callbacks": [{"class_path": "tests.helpers.RecordBatches",
+                                   "init_args": {"path": str(tmp / "rec.jsonl"), "pause_at_step": 5,
+                                                 "marker": str(tmp / "paused"), "until_signal": True}}]},
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _run(cwd, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lit_lora.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
+    proc = _run(tmp_path, "fit", "--config", _config(tmp_path, tiny_model_dir, shakespeare))
+    while not (tmp_path / "paused").exists():  # the run waits at step 5 for our signal
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    name = signal.Signals(signum).name
+    assert f"lit_lora: received {name}; saved" in out and "at step 6" in out
+    ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["LitLoraData"]["batches_done"] == 6
+    assert "exported" not in out  # an interrupted run is not exported as if it had finished
+    if signum == signal.SIGTERM:  # and it resumes from there (one resume is enough for both)
+        cfg = yaml.safe_load(open(tmp_path / "cfg.yaml"))
+        cfg["trainer"]["max_steps"] = 8
+        cfg["trainer"]["callbacks"] = []
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        proc = _run(tmp_path, "fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last")
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out[-3000:]
+        ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 8
+
+
+def test_unwritable_log_directory_is_reported(in_tmp, tiny_model_dir, shakespeare, capsys):
+    (in_tmp / "afile").write_text("not a directory")
+    args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "1",
+                    "--trainer.logger.init_args.save_dir", str(in_tmp / "afile" / "logs"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "lit_lora: error: log directory" in err and "afile" in err and "not writable" in err
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_never_unpickle_code(tmp_path, tiny_model_dir, shakespeare, capsys):
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"lit_lora": {"format": 1}, "state_dict": {}, "payload": _Payload()}, evil)
+    assert main(fit_args(tiny_model_dir, shakespeare, tmp_path, "--ckpt_path", str(evil))) == 2
+    captured = capsys.readouterr()
+    assert "cannot be read" in captured.err and "pwned" not in captured.out
+
+
+def test_remote_code_is_off_by_default():
+    assert inspect.signature(LitLora).parameters["trust_remote_code"].default is False

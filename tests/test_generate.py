@@ -1,0 +1,302 @@
+"""Using the fine-tuned model: `generate` from a checkpoint / exported adapter / merged folder, `validate` and
+`test` perplexity checked against a plain loop, and `predict` to JSONL.
+
+One short fit (module-scoped) gives a checkpoint whose LoRA weights are trained (lora_B != 0), so an adapter
+that silently does nothing cannot pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_lora.cli import main
+from tests.helpers import fit_args, run_cli
+
+PROMPTS = ["The king", "", "To be or not to be, that is the question: whether", "O"]
+
+# Prompt/completion pairs of very different lengths: with batch_size 3 the batches hold very different
+# numbers of target tokens, so a mean of per-batch losses is not the split's token-weighted loss.
+RAGGED = [
+    ("Q: first? A:", " yes"),
+    ("Q: second one, a little longer? A:", " no, and here the answer goes on for a good many words indeed"),
+    ("Q:", " a"),
+    ("Tell me a story.", " Once upon a time there was a king who had three daughters and one small dog"),
+    ("Hi", " there, friend; how have you been all this long winter?"),
+    ("Q: x? A:", " y"),
+    ("Summarise: the cat sat on the mat.", " A cat sat."),
+]
+
+
+def _write_jsonl(path: Path, pairs: list[tuple[str, str]]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in pairs), encoding="utf-8")
+    return path
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, shakespeare):
+    """A short fit on the tiny model: its last.ckpt, plus the folder it ran in."""
+    tmp = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "6",
+                         "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
+                         "--model.learning_rate", "1e-2"))
+    ckpt = tmp / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return SimpleNamespace(dir=tmp, ckpt=ckpt, base=tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The checkpoint as a PEFT adapter folder (`export`) and as a merged model folder (`merge`)."""
+    adapter, merged = trained.dir / "adapter-out", trained.dir / "merged-out"
+    assert main(["export", "--ckpt_path", str(trained.ckpt), "--output_dir", str(adapter)]) == 0
+    assert main(["merge", "--ckpt_path", str(trained.ckpt), "--output_dir", str(merged)]) == 0
+    return SimpleNamespace(adapter=adapter, merged=merged)
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def _generate(tmp: Path, name: str, source: list[str], *extra: str, prompts=PROMPTS) -> list[dict]:
+    out = tmp / f"{name}.jsonl"
+    args = ["generate", *source, "--max_new_tokens", "12", "--output", str(out), "--device", "cpu", *extra]
+    for p in prompts:
+        args += ["--prompt", p]
+    assert main(args) == 0
+    return _read_jsonl(out)
+
+
+# -- the adapter is real ------------------------------------------------------------------------------------
+
+
+def test_trained_adapter_changes_the_logits(trained):
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.adapter_io import module_from_checkpoint
+
+    module = module_from_checkpoint(str(trained.ckpt))
+    assert any(float(p.detach().abs().max()) > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
+    base = AutoModelForCausalLM.from_pretrained(trained.base).eval()
+    ids = torch.arange(1, 20)[None]
+    assert float((_logits(module.model, ids) - _logits(base, ids)).abs().max()) > 1e-3
+
+
+def test_every_source_loads_the_same_model(trained, exported):
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.generation import load_generation_model
+
+    ids = torch.arange(1, 20)[None]
+    ref, _ = load_generation_model(ckpt_path=str(trained.ckpt))
+    adapter, _ = load_generation_model(adapter_path=str(exported.adapter))
+    merged, _ = load_generation_model(model_dir=str(exported.merged))
+    base_alone, _ = load_generation_model(model_name_or_path=str(trained.base))
+    base = AutoModelForCausalLM.from_pretrained(trained.base).eval()
+    expected = _logits(ref, ids)
+    torch.testing.assert_close(_logits(adapter, ids), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_logits(merged, ids), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(_logits(base_alone, ids), _logits(base, ids), rtol=0, atol=0)
+    assert float((expected - _logits(base, ids)).abs().max()) > 1e-3
+
+
+# -- generate -------------------------------------------------------------------------------------------------
+
+
+def test_greedy_text_is_the_same_from_checkpoint_adapter_and_merged(trained, exported, tmp_path):
+    greedy = ("--temperature", "0")
+    from_ckpt = _generate(tmp_path, "ckpt", ["--ckpt_path", str(trained.ckpt)], *greedy)
+    from_adapter = _generate(tmp_path, "adapter", ["--adapter_path", str(exported.adapter)], *greedy)
+    from_merged = _generate(tmp_path, "merged", ["--model_dir", str(exported.merged)], *greedy)
+    assert [r["prompt"] for r in from_ckpt] == PROMPTS
+    assert [r["id"] for r in from_ckpt] == list(range(len(PROMPTS)))
+    assert any(r["completion"] for r in from_ckpt)
+    assert from_adapter == from_ckpt
+    assert from_merged == from_ckpt
+
+
+def test_adapter_on_an_overridden_base_with_other_weights_is_refused(trained, exported, tmp_path, capsys):
+    from tests.conftest import QUICKSTART, save_tiny_gpt2
+
+    other = save_tiny_gpt2(tmp_path / "other", QUICKSTART / "tokenizer", seed=1)
+    code = main(["generate", "--adapter_path", str(exported.adapter), "--model.model_name_or_path", str(other),
+                 "--prompt", "x"])
+    assert code == 2
+    assert "base model's weights differ" in capsys.readouterr().err
+
+
+def test_sampling_with_the_same_seed_gives_the_same_text(trained, tmp_path):
+    sample = ["--temperature", "1.0", "--top_k", "0", "--num_return_sequences", "2"]
+    src = ["--ckpt_path", str(trained.ckpt)]
+    first = _generate(tmp_path, "s1", src, *sample, "--seed", "7")
+    again = _generate(tmp_path, "s2", src, *sample, "--seed", "7")
+    other = _generate(tmp_path, "s3", src, *sample, "--seed", "8")
+    assert len(first) == 2 * len(PROMPTS) and [r["sample"] for r in first[:2]] == [0, 1]
+    assert first == again
+    assert [r["completion"] for r in other] != [r["completion"] for r in first]
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time(trained, tmp_path):
+    src = ["--ckpt_path", str(trained.ckpt), "--temperature", "0", "--max_new_tokens", "16"]
+    batched = _generate(tmp_path, "batched", src, "--batch_size", "4")
+    single = _generate(tmp_path, "single", src, "--batch_size", "1")
+    assert batched == single
+
+
+def test_single_prompt_streams_to_the_terminal(trained, tmp_path, capsys):
+    src = ["--ckpt_path", str(trained.ckpt), "--temperature", "0"]
+    record = _generate(tmp_path, "one", src, prompts=["The king"])[0]
+    capsys.readouterr()
+    assert main(["generate", *src, "--max_new_tokens", "12", "--prompt", "The king"]) == 0
+    assert capsys.readouterr().out == record["prompt"] + record["completion"] + "\n"
+
+
+def test_greedy_generation_runs_in_bfloat16_on_cpu(trained, tmp_path):
+    from lit_lora.generation import load_generation_model
+
+    model, _ = load_generation_model(ckpt_path=str(trained.ckpt), dtype="bfloat16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    records = _generate(tmp_path, "bf16", ["--ckpt_path", str(trained.ckpt)], "--temperature", "0",
+                        "--dtype", "bfloat16")
+    assert len(records) == len(PROMPTS) and any(r["completion"] for r in records)
+
+
+def test_prompts_are_left_padded_and_long_prompts_keep_their_end(trained, capsys):
+    from lit_lora.generation import GenerationSettings, encode_prompts, generate_ids, load_generation_model
+
+    model, tokenizer = load_generation_model(ckpt_path=str(trained.ckpt))
+    enc = encode_prompts(tokenizer, ["The king", ""])
+    assert enc["attention_mask"][1].tolist() == [0] * (enc["input_ids"].shape[1] - 1) + [1]  # "" is EOS alone
+    assert enc["input_ids"][1, -1] == tokenizer.eos_token_id
+    long = encode_prompts(tokenizer, ["word " * 300])  # > the tiny model's 128 positions
+    settings = GenerationSettings(temperature=0, max_new_tokens=8)
+    tokens = generate_ids(model, long["input_ids"], long["attention_mask"], settings, tokenizer.eos_token_id)
+    assert tokens.shape[0] == 1 and 1 <= tokens.shape[1] <= 8
+    assert "keep their last 120" in capsys.readouterr().err
+
+
+def test_prompts_file_text_and_jsonl(tmp_path):
+    from lit_lora.errors import LitLoraError
+    from lit_lora.generation import read_prompts
+
+    (tmp_path / "p.txt").write_text("first\n\n  \nsecond line\n", encoding="utf-8")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a\nb"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    assert read_prompts(str(tmp_path / "p.txt")) == ["first", "second line"]
+    assert read_prompts(str(tmp_path / "p.jsonl")) == ["a\nb", ""]
+    with pytest.raises(LitLoraError, match="bad.jsonl:1: expected a JSON object with a string 'prompt'"):
+        read_prompts(str(tmp_path / "bad.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "x"], "no model"),
+        (["--model_dir", "a", "--adapter_path", "b", "--prompt", "x"], "give one model source"),
+        (["--model_dir", "nowhere"], "no prompts"),
+        (["--model_dir", "nowhere", "--prompt", "x"], "not a transformers model folder"),
+        (["--model_dir", "nowhere", "--prompt", "x", "--temperature", "0", "--num_return_sequences", "2"],
+         "needs sampling"),
+    ],
+)
+def test_generate_errors_are_one_line(args, message, capsys):
+    assert main(["generate", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+# -- validate / test: token-weighted perplexity -------------------------------------------------------------
+
+
+def _plain_loop_nll(model, tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
+    """(summed NLL, predicted tokens) per example: completion tokens + EOS, prompt not scored."""
+    out = []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([p + c])
+        logp = torch.log_softmax(_logits(model, ids)[0, :-1].double(), dim=-1)
+        targets = ids[0, 1:]
+        scored = torch.arange(len(p) - 1, ids.shape[1] - 1)  # positions whose next token is a completion token
+        out.append((float(-logp[scored, targets[scored]].sum()), len(scored)))
+    return out
+
+
+def _eval_args(sub: str, trained, tmp: Path, val: Path, *extra: str) -> list[str]:
+    return [sub, "--model.model_name_or_path", str(trained.base), "--data.train_files", str(val),
+            "--data.val_files", str(val), "--data.batch_size", "3", "--data.block_size", "64",
+            "--data.cache_dir", str(tmp / "hf-cache"), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]
+
+
+def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.adapter_io import module_from_checkpoint
+    from lit_lora.hf_loading import load_tokenizer
+
+    monkeypatch.chdir(tmp_path)
+    val = _write_jsonl(tmp_path / "ragged.jsonl", RAGGED)
+    other = _write_jsonl(tmp_path / "other.jsonl", RAGGED[:2])
+    tokenizer = load_tokenizer(str(trained.base))
+    fine_tuned = module_from_checkpoint(str(trained.ckpt)).model
+    base = AutoModelForCausalLM.from_pretrained(trained.base).eval()
+
+    def expected(model) -> tuple[float, float]:
+        per_example = _plain_loop_nll(model, tokenizer, RAGGED)
+        nll, tokens = sum(x for x, _ in per_example), sum(n for _, n in per_example)
+        batches = [per_example[i : i + 3] for i in range(0, len(per_example), 3)]  # data.batch_size 3, in order
+        assert len({sum(n for _, n in b) for b in batches}) == len(batches)  # ragged: different token counts
+        batch_mean = sum(sum(x for x, _ in b) / sum(n for _, n in b) for b in batches) / len(batches)
+        return math.exp(nll / tokens), math.exp(batch_mean)
+
+    ppl, wrong = expected(fine_tuned)
+    cli = run_cli(_eval_args("validate", trained, tmp_path, val, "--ckpt_path", str(trained.ckpt)))
+    val_ppl = float(cli.trainer.callback_metrics["val_ppl"])
+    assert val_ppl == pytest.approx(ppl, rel=1e-4)
+    assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(math.log(ppl), rel=1e-4)
+    assert abs(wrong - ppl) / ppl > 1e-3  # the mean of per-batch losses would be a different number
+
+    # `test` on its own files (the validation files here are others).
+    cli = run_cli(_eval_args("test", trained, tmp_path, other, "--data.test_files", str(val),
+                             "--ckpt_path", str(trained.ckpt)))
+    assert float(cli.trainer.callback_metrics["test_ppl"]) == pytest.approx(ppl, rel=1e-4)
+
+    # Without --ckpt_path: the base model alone (LoRA's B starts at zero), for comparison.
+    base_ppl, _ = expected(base)
+    cli = run_cli(_eval_args("validate", trained, tmp_path, val))
+    assert float(cli.trainer.callback_metrics["val_ppl"]) == pytest.approx(base_ppl, rel=1e-4)
+    assert abs(base_ppl - ppl) / ppl > 1e-3
+
+
+# -- predict ----------------------------------------------------------------------------------------------------
+
+
+def test_predict_writes_the_same_completions_as_generate(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    prompts_file = tmp_path / "prompts.txt"
+    prompts = [p for p in PROMPTS if p]  # a text file cannot hold an empty prompt (blank lines are skipped)
+    prompts_file.write_text("\n".join(prompts) + "\n\n", encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    # No training files: predict needs only the model and its prompts.
+    run_cli(["predict", "--model.model_name_or_path", str(trained.base), "--data.predict_file", str(prompts_file),
+             "--data.batch_size", "2", "--data.block_size", "64", "--model.generation.temperature", "0",
+             "--model.generation.max_new_tokens", "12", "--predict_writer.output_file", str(out),
+             "--trainer.enable_progress_bar", "false", "--ckpt_path", str(trained.ckpt)])
+    predicted = _read_jsonl(out)
+    generated = _generate(tmp_path, "gen", ["--ckpt_path", str(trained.ckpt), "--prompts_file", str(prompts_file)],
+                          "--temperature", "0", prompts=[])
+    assert [r["prompt"] for r in predicted] == prompts
+    assert predicted == generated
