@@ -76,7 +76,7 @@ class RunCheckpoint(ModelCheckpoint):
             self.dirpath = os.path.join(trainer.logger.log_dir, "checkpoints")
         if getattr(trainer.datamodule, "val_ds", 1) is None and self.monitor:
             # No validation data: keep only last.ckpt instead of failing on a missing metric.
-            self.monitor, self.save_top_k = None, 1
+            self.monitor, self.save_top_k = None, 0
         super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:

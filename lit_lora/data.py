@@ -285,13 +285,17 @@ class LitLoraData(pl.LightningDataModule):
         )
         if self._resume is not None:
             state, self._resume = self._resume, None
-            if state["batches_done"] and state["world_size"] != world:
+            # A checkpoint taken after the epoch's last batch (end of epoch, or after its validation) resumes at
+            # the next epoch's start, whose order does not depend on the number of processes or the batch size.
+            saved_batches = math.ceil((len(self.train_ds) // state["world_size"]) / state["batch_size"])
+            mid_epoch = 0 < state["batches_done"] < saved_batches
+            if mid_epoch and state["world_size"] != world:
                 raise LitLoraError(
                     f"the checkpoint was saved mid-epoch with {state['world_size']} process(es) and this run has "
                     f"{world}; the sample order would change. Resume with the same number of devices, or from "
                     "an end-of-epoch checkpoint"
                 )
-            if state["batches_done"] and state["batch_size"] != self.batch_size:
+            if mid_epoch and state["batch_size"] != self.batch_size:
                 raise LitLoraError(
                     f"the checkpoint was saved mid-epoch with data.batch_size={state['batch_size']}, "
                     f"this run has {self.batch_size}; resume with the same batch size"
@@ -328,7 +332,9 @@ class LitLoraData(pl.LightningDataModule):
         test = build_split(files, fmt, tokenizer=self._load_tokenizer(), block_size=self.block_size,
                            cache_dir=self.cache_dir, text_field=self.text_field, num_proc=self.num_proc)
         if len(test) == 0:
-            raise LitLoraError(f"data.test_files are shorter than one block of data.block_size={self.block_size} tokens")
+            raise LitLoraError(
+                f"data.test_files are shorter than one block of data.block_size={self.block_size} tokens"
+            )
         return test.remove_columns("truncated") if "truncated" in test.column_names else test
 
     def _setup_predict(self) -> None:

@@ -67,7 +67,10 @@ def _matmul(module: Any) -> Matmul:
         module = module.get_base_layer()
     elif hasattr(module, "modules_to_save") and hasattr(module, "original_module"):
         active = [a for a in getattr(module, "active_adapters", []) if a in module.modules_to_save]
-        module = module.modules_to_save[active[0]] if active and not getattr(module, "disable_adapters", False) else module.original_module
+        if active and not getattr(module, "disable_adapters", False):
+            module = module.modules_to_save[active[0]]
+        else:
+            module = module.original_module
     w = module.weight
     # Conv1D (GPT-2) stores (in, out); nn.Linear stores (out, in).
     d_in, d_out = (w.shape[0], w.shape[1]) if type(module).__name__ == "Conv1D" else (w.shape[1], w.shape[0])

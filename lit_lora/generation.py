@@ -265,6 +265,9 @@ def load_generation_model(
                                   ("--model_dir", model_dir)) if v]
     if len(given) > 1:
         raise LitLoraError(f"give one model source, not {' and '.join(given)}")
+    if dtype not in ("float32", "bfloat16"):
+        raise LitLoraError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
+    target = resolve_device(device)  # before loading anything: a missing GPU is reported at once
     if ckpt_path:
         from lit_lora.adapter_io import module_from_checkpoint
 
@@ -288,10 +291,8 @@ def load_generation_model(
             "for the base model alone"
         )
     tokenizer = load_tokenizer(tokenizer_source)
-    if dtype not in ("float32", "bfloat16"):
-        raise LitLoraError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     # The whole model, LoRA weights included, in one dtype: bf16 on CPU works this way without autocast.
-    model = model.to(device=resolve_device(device), dtype=getattr(torch, dtype))
+    model = model.to(device=target, dtype=getattr(torch, dtype))
     return model.eval(), tokenizer
 
 
@@ -316,6 +317,13 @@ def _load_adapter(
         raise LitLoraError(
             f"--adapter_path {adapter_path!r} does not name its base model; give --model.model_name_or_path"
         )
+    recorded_tokenizer = tokenizer_name_or_path or info.get("tokenizer_name_or_path")
+    tokenizer = recorded_tokenizer or base
+    if model_config is not None and not recorded_tokenizer:
+        raise LitLoraError(
+            "the adapter was trained on a randomly initialised base (model_config); give its tokenizer with "
+            "--model.tokenizer_name_or_path"
+        )
     if model_config is not None and info.get("seed") is not None:
         torch.manual_seed(int(info["seed"]))  # the same random base the adapter was trained on
     model = load_adapter_for_training(load_base_model(base, model_config), adapter_path)
@@ -327,10 +335,4 @@ def _load_adapter(
             f"{frozen_weights_fingerprint(model)} != {expected}); check --model.model_name_or_path"
         )
     model.requires_grad_(False)
-    tokenizer = tokenizer_name_or_path or info.get("tokenizer_name_or_path") or base
-    if model_config is not None and not (tokenizer_name_or_path or info.get("tokenizer_name_or_path")):
-        raise LitLoraError(
-            "the adapter was trained on a randomly initialised base (model_config); give its tokenizer with "
-            "--model.tokenizer_name_or_path"
-        )
     return model, tokenizer

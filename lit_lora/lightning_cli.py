@@ -6,8 +6,9 @@ import os
 import tempfile
 from typing import Any, Optional
 
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.checkpointing import (
     AtomicCheckpointIO,
@@ -20,7 +21,7 @@ from lit_lora.data import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.faults import GracefulStop
 from lit_lora.model import LitLora
-from lit_lora.monitoring import HparamsMetric, MemoryMonitor, RunProgressBar, SampleGenerator, TokenThroughput
+from lit_lora.monitoring import HparamsMetric, MemoryMonitor, SampleGenerator, TokenThroughput, with_run_eta
 from lit_lora.prediction import JsonlPredictionWriter
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
@@ -127,7 +128,8 @@ class LitLoraCLI(LightningCLI):
                     "pass the checkpoint file with --ckpt_path FILE"
                 )
             ckpt_path = found
-            print(f"lit_lora: resuming from {ckpt_path}")
+            if rank_zero_only.rank == 0:  # known from the launcher's environment already, before the Trainer
+                print(f"lit_lora: resuming from {ckpt_path}")
         elif ckpt_path in ("best", "hpc", "registry"):
             raise LitLoraError(f"--ckpt_path {ckpt_path!r} is not supported here; give a checkpoint file or 'last'")
         ckpt = load_checkpoint_file(ckpt_path)
@@ -173,6 +175,8 @@ class LitLoraCLI(LightningCLI):
         trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
+        if sub in ("fit", "validate", "test"):
+            check_data_files(self.config[sub].data)
 
     def before_fit(self) -> None:
         logger = self.trainer.logger
@@ -208,17 +212,27 @@ class LitLoraCLI(LightningCLI):
         # Atomic, size-reporting, weights_only checkpoint I/O for every strategy.
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        # Lightning's default bar, plus the run's ETA and without v_num; a bar the user configured is kept.
+        # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
         for i, callback in enumerate(trainer.callbacks):
-            if type(callback) is TQDMProgressBar:
-                trainer.callbacks[i] = RunProgressBar(
-                    callback.refresh_rate, callback.process_position, getattr(callback, "_leave", False)
-                )
+            trainer.callbacks[i] = with_run_eta(callback) or callback
         return trainer
 
 
 def _stopped_by_signal(trainer: Any) -> bool:
     return any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
+
+
+def check_data_files(data_cfg: Any) -> None:
+    """Missing or unreadable data files stop the run before the model is built (seconds for GPT-2 small,
+    minutes for larger ones), with the same message the data module would give later."""
+    from lit_lora.corpus import resolve_files
+
+    if data_cfg.get("dataset_name"):
+        return
+    for key in ("train_files", "val_files", "test_files"):
+        value = data_cfg.get(key)
+        if value:
+            resolve_files([value] if isinstance(value, str) else list(value), f"data.{key}")
 
 
 def default_precision(accelerator: Any) -> str:

@@ -106,16 +106,15 @@ def estimate_training_memory(
 
 
 def _element_sizes(model: Any, precision: str) -> tuple[int, int]:
-    """(a, s): bytes per element of matmul outputs and of the residual stream."""
-    param_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad) if any(
-        not p.requires_grad for p in model.parameters()
-    ) else torch.float32
+    """(a, s): bytes per element of matmul outputs and of the residual stream (the frozen weights' dtype)."""
     if precision in _CONVERTED:
         size = _CONVERTED[precision].itemsize
         return size, size
-    if "mixed" in precision:  # autocast: matmuls in 16 bits, layer norms and the residual sum in float32
-        return compute_dtype(precision).itemsize, 4
-    return param_dtype.itemsize, param_dtype.itemsize
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    base = frozen.dtype.itemsize if frozen is not None else 4
+    if "mixed" in precision:  # autocast: matmuls in 16 bits; layer norms and the residual sum stay as they were
+        return compute_dtype(precision).itemsize, base
+    return base, base
 
 
 def _gpt2_activations(
@@ -126,46 +125,49 @@ def _gpt2_activations(
     a, s = _element_sizes(model, precision)
     d, ff, nh, vocab = layout.n_embd, layout.n_inner, layout.n_head, layout.vocab_size
     tokens = batch * block
-    lora_mask = 1 if _lora_dropout(model) > 0 else 0  # bool dropout masks: one byte per element
-    resid_mask = 1 if cfg.resid_pdrop > 0 else 0
-    attn_mask = 1 if cfg.attn_pdrop > 0 else 0
+    # Dropout masks: CUDA keeps one bool byte per element, the CPU kernel a mask in the activations' dtype.
+    mask = 1 if device_type == "cuda" else a
+    lora_mask = mask if _lora_dropout(model) > 0 else 0
+    resid_mask = mask if cfg.resid_pdrop > 0 else 0
+    attn_mask = mask if cfg.attn_pdrop > 0 else 0
     gelu_saved = 4 if cfg.activation_function == "gelu_new" else 1  # tanh GELU in Python keeps 4 tensors
+    scores = cfg._attn_implementation == "eager" or (device_type != "cuda" and cfg.attn_pdrop > 0)
+    # Autocast does not cache 16-bit copies of *frozen* weights: each matmul keeps its own for backward.
+    weight_copies = "mixed" in precision and s > a
 
     def lora_input(mm: Any, width: int) -> int:
         # PEFT: lora_B(lora_A(dropout(x))): A keeps its input, B keeps A's output; the frozen base keeps nothing.
         return (lora_mask * width + a * width + a * mm.lora_r) if mm.lora_r else 0
 
-    c_attn, attn_proj, c_fc, mlp_proj = layout.blocks[0]
-    per_token = (
-        s * d + 8  # ln_1 input, mean and rstd
-        + lora_input(c_attn, d)
-        + 3 * a * d  # q, k, v
-        + a * d + 4 * nh  # attention output and log-sum-exp
-        + lora_input(attn_proj, d)
-        + resid_mask * d
-        + s * d + 8  # ln_2
-        + lora_input(c_fc, d)
-        + gelu_saved * a * ff
-        + lora_input(mlp_proj, ff)
-        + resid_mask * d
-    )
-    if cfg._attn_implementation == "eager" or (device_type != "cuda" and cfg.attn_pdrop > 0):
-        # The math path materialises the (T x T) scores: softmax output, dropout mask and dropped copy.
-        per_token += nh * block * (2 * a + attn_mask)
-    per_layer = tokens * per_token
-    if "mixed" in precision:
-        # Autocast does not cache 16-bit copies of *frozen* weights: each matmul keeps its own for backward.
-        per_layer += a * sum(mm.d_in * mm.d_out for mm in layout.blocks[0])
-    n_layer = len(layout.blocks)
-    # Logits, their float32 copy, log-softmax and the gradients that pass through them.
-    head = tokens * ((12 + a) * vocab + s * d + 8)
-    if "mixed" in precision:
-        head += a * vocab * d
-    backward_buffers = 2 * tokens * s * d  # gradient of the residual stream, in and out of a block
+    def layer_bytes(c_attn: Any, attn_proj: Any, c_fc: Any, mlp_proj: Any) -> int:
+        per_token = (
+            s * d + 8  # ln_1 input, mean and rstd
+            + lora_input(c_attn, d)
+            + 3 * a * d  # q, k, v
+            + a * d + 4 * nh  # attention output and log-sum-exp
+            + lora_input(attn_proj, d)
+            + resid_mask * d
+            + s * d + 8  # ln_2
+            + lora_input(c_fc, d)
+            + gelu_saved * a * ff
+            + lora_input(mlp_proj, ff)
+            + resid_mask * d
+        )
+        if scores:  # the math path materialises the (T x T) scores: softmax output, dropout mask and dropped copy
+            per_token += nh * block * (2 * a + attn_mask)
+        copies = a * sum(mm.d_in * mm.d_out for mm in (c_attn, attn_proj, c_fc, mlp_proj)) if weight_copies else 0
+        return tokens * per_token + copies
+
+    layers = [layer_bytes(*mms) for mms in layout.blocks]
+    # Logits (and, in 16 bits, their float32 copy for the loss), the log-softmax output and its gradient.
+    head_per_token = (a + (4 if a < 4 else 0) + 8) * vocab + s * d + 8
+    head = tokens * head_per_token + (a * vocab * d if weight_copies else 0)
     if checkpointing:
-        saved = n_layer * tokens * s * d  # each block's input; its insides are recomputed one block at a time
-        return saved + max(head, per_layer + backward_buffers)
-    return n_layer * per_layer + head
+        # Each block keeps only its input; its insides are recomputed one block at a time in the backward
+        # pass, next to the residual stream's gradient in and out of it.
+        saved = len(layers) * tokens * s * d
+        return saved + max(head, max(layers, default=0) + 2 * tokens * s * d)
+    return sum(layers) + head
 
 
 def _lora_dropout(model: Any) -> float:
@@ -183,7 +185,7 @@ def _generic_activations(model: Any, batch: int, block: int, precision: str, che
     vocab = getattr(cfg, "vocab_size", 0)
     tokens = batch * block
     per_layer = tokens * 18 * a * d
-    head = tokens * (12 + a) * vocab
+    head = tokens * (a + (4 if a < 4 else 0) + 8) * vocab
     if checkpointing:
         return n_layer * tokens * s * d + max(head, per_layer)
     return n_layer * per_layer + head

@@ -23,6 +23,9 @@ from lit_lora.lora import LoraSettings, apply_lora
 
 CHECKPOINT_FORMAT = 1
 SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed
+# Module-name prefixes FSDP and its activation-checkpoint wrapper insert (torch.distributed.fsdp).
+_FSDP_PREFIX = "_fsdp_wrapped_module."
+_CKPT_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,9 +33,11 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
 
     logits: (B, T, V); labels: (B, T), -100 where nothing is predicted (prompt, padding).
     """
-    targets = labels[:, 1:]
+    # Shift the labels, not the logits: slicing the (B, T, V) logits copies them, and their gradient, on
+    # every step. Position t predicts labels[:, t + 1]; the last position predicts nothing (-100).
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
     )
     return nll, (targets != IGNORE_INDEX).sum()
 
@@ -120,6 +125,8 @@ class LitLora(pl.LightningModule):
         # Checkpoints hold only the trainable LoRA weights; the frozen base is rebuilt from
         # model_name_or_path, so loading must not demand its keys.
         self.strict_loading = False
+        # Taken now, before a strategy wraps or shards the weights (FSDP leaves each rank a slice of them).
+        self._fingerprint: Optional[str] = frozen_weights_fingerprint(self.model)
 
     # -- model ---------------------------------------------------------------------------------------------
 
@@ -152,9 +159,16 @@ class LitLora(pl.LightningModule):
         # base model's dropout would silently stay off during training.
         return model.train()
 
+    def trainable_keys(self) -> set[str]:
+        """State-dict keys of the trainable (LoRA) tensors. FSDP's wrapper names, which appear in
+        `named_parameters()` but not in the state dicts it gathers, are left out."""
+        names = (n.replace(_FSDP_PREFIX, "").replace(_CKPT_WRAPPER_PREFIX, "") for n, p in
+                 self.model.named_parameters() if p.requires_grad)
+        return {f"model.{n}" for n in names}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable (LoRA) tensors, under the same keys as `self.state_dict()`."""
-        names = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        names = self.trainable_keys()
         return {k: v for k, v in self.state_dict().items() if k in names}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -172,6 +186,8 @@ class LitLora(pl.LightningModule):
             batch_size = getattr(self.trainer.datamodule, "batch_size", None)
             for line in summary_lines(self, batch_size, self.block_size, str(self.trainer.precision), str(self.device)):
                 print(f"lit_lora: {line}", flush=True)
+            if batch_size:
+                print(f"lit_lora: {global_batch_line(self.trainer, batch_size)}", flush=True)
 
     # -- steps ---------------------------------------------------------------------------------------------
 
@@ -231,6 +247,16 @@ class LitLora(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None
+    ) -> None:
+        # Lightning's FSDP refuses norm clipping (torch.nn.utils.clip_grad_norm_ would see only this rank's
+        # shards); the root FSDP module's clip_grad_norm_ reduces the norm across ranks.
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and _is_fsdp(self.trainer.model):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def _lr_factor(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
@@ -250,7 +276,13 @@ class LitLora(pl.LightningModule):
     # -- checkpoints: LoRA weights + what resume needs -------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = self.trainable_state_dict()
+        if "state_dict" in checkpoint:
+            # Filter the strategy's state dict (under FSDP, the full one gathered on rank 0) rather than
+            # calling self.state_dict() again.
+            names = self.trainable_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        else:
+            checkpoint["state_dict"] = self.trainable_state_dict()
         checkpoint["lit_lora"] = {
             "format": CHECKPOINT_FORMAT,
             "rng": capture_rng(),
@@ -265,9 +297,10 @@ class LitLora(pl.LightningModule):
         meta = checkpoint.get("lit_lora")
         if not isinstance(meta, dict):
             raise LitLoraError("the checkpoint was not written by lit_lora (no 'lit_lora' section)")
-        expected = set(self.trainable_state_dict())
+        expected = self.trainable_keys()
         got = set(checkpoint.get("state_dict", {}))
-        if got != expected:
+        # FSDP loads the weights itself and pops them before this hook: nothing is left to compare.
+        if "state_dict" in checkpoint and got != expected:
             missing, extra = sorted(expected - got), sorted(got - expected)
             raise LitLoraError(
                 f"the checkpoint's LoRA weights do not match this model: {len(missing)} missing "
@@ -287,6 +320,23 @@ class LitLora(pl.LightningModule):
         if getattr(self, "_fingerprint", None) is None:
             self._fingerprint = frozen_weights_fingerprint(self.model)
         return self._fingerprint
+
+
+def _is_fsdp(module: Any) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(module, FullyShardedDataParallel)
+
+
+def global_batch_line(trainer: Any, batch_size: int) -> str:
+    """`global batch = 2 devices x 4 x 1 accumulation = 8 samples`: what one optimizer step sees. Keep it
+    constant (lower data.batch_size or accumulation) when adding devices, or retune the learning rate."""
+    world, nodes, accumulate = trainer.world_size, trainer.num_nodes, trainer.accumulate_grad_batches
+    devices = f"{world} device{'s' if world != 1 else ''}" + (f" ({nodes} nodes)" if nodes > 1 else "")
+    return (f"global batch = {devices} x {batch_size} x {accumulate} accumulation = "
+            f"{world * batch_size * accumulate} samples")
 
 
 def frozen_weights_fingerprint(model: Any) -> str:

@@ -10,6 +10,7 @@ Nothing here synchronises the GPU on every step: counts stay on the device and a
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import time
@@ -17,7 +18,7 @@ from datetime import timedelta
 from typing import Any, Literal, Optional
 
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 MB = 2**20
 
@@ -70,6 +71,11 @@ def device_memory_mb(device: torch.device) -> float:
 def _log(trainer: Any, metrics: dict[str, float], step: int) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=step)
+
+
+def _batch_index(trainer: Any) -> int:
+    """The x of a batch's metrics after its optimizer step: the step Lightning logs train_loss and lr-AdamW at."""
+    return max(0, trainer.global_step - 1)
 
 
 def _should_log(trainer: Any, every: Optional[int], last: int) -> bool:
@@ -125,7 +131,7 @@ class MemoryMonitor(Callback):
             return
         self._last = trainer.global_step
         metrics = memory_metrics(pl_module.device)
-        _log(trainer, metrics, trainer.global_step)
+        _log(trainer, metrics, _batch_index(trainer))
         if not self._compared and "memory/peak_allocated_mb" in metrics and self.estimate_mb and trainer.is_global_zero:
             self._compared = True
             print(
@@ -220,7 +226,9 @@ class TokenThroughput(Callback):
         self._pause()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        ids = batch["input_ids"]
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is None:
+            return
         b, t = ids.shape
         mask = batch.get("attention_mask")
         if mask is None:  # packed blocks: every token is real
@@ -259,33 +267,50 @@ class TokenThroughput(Callback):
         if self._peak:
             metrics["throughput/tflops_per_sec"] = flops / elapsed / 1e12
             metrics["throughput/mfu"] = flops / elapsed / self._peak
-        _log(trainer, metrics, trainer.global_step)
+        _log(trainer, metrics, _batch_index(trainer))
         if self.prog_bar:
             # Shown until the next interval replaces it; not sent to the logger a second time.
-            pl_module.log("tok/s", float(round(self.tokens_per_sec)), prog_bar=True, logger=False, on_step=True, on_epoch=False)
+            pl_module.log(
+                "tok/s", float(round(self.tokens_per_sec)), prog_bar=True, logger=False, on_step=True, on_epoch=False
+            )
 
 
-class RunProgressBar(TQDMProgressBar):
-    """Lightning's bar with the time left for the whole run (`eta`, from the measured step rate; validation
-    time not included) and without the version number."""
-
-    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
-        super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
-        self._total_steps: Optional[float] = None
+class _RunEta:
+    """Progress-bar mixin: the time left for the whole run (`eta`, from the measured step rate; validation
+    time not included) and no version number."""
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        super().on_train_start(trainer, pl_module)
+        super().on_train_start(trainer, pl_module)  # type: ignore[misc]
         # The training data is set up by now, so this does not reload the dataloader.
         self._total_steps = trainer.estimated_stepping_batches
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
-        items = super().get_metrics(trainer, pl_module)
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
         items.pop("v_num", None)
         rate = next((c.steps_per_sec for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
-        total = self._total_steps
+        total = getattr(self, "_total_steps", None)
         if rate and total is not None and math.isfinite(total):
             items["eta"] = str(timedelta(seconds=int(max(0.0, total - trainer.global_step) / rate)))
         return items
+
+
+class RunProgressBar(_RunEta, TQDMProgressBar):
+    """Lightning's tqdm bar with the run's `eta`."""
+
+
+class RunRichProgressBar(_RunEta, RichProgressBar):
+    """Lightning's rich bar (its default when `rich` is installed) with the run's `eta`."""
+
+
+def with_run_eta(bar: Any) -> Any:
+    """The same bar with the run's ETA added, or None for a bar class the user chose themselves."""
+    for plain, ours in ((TQDMProgressBar, RunProgressBar), (RichProgressBar, RunRichProgressBar)):
+        if type(bar) is plain:
+            # Not yet attached to a run: copying its state keeps every setting Lightning or the user gave it.
+            new = ours.__new__(ours)
+            new.__dict__.update(bar.__dict__)
+            return new
+    return None
 
 
 # -- samples ---------------------------------------------------------------------------------------------
@@ -341,7 +366,7 @@ class SampleGenerator(Callback):
         return self._tokenizer
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero:
+        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         tokenizer = self._get_tokenizer(trainer, pl_module)
         self.last_samples = [(p, self.complete(pl_module.model, tokenizer, p)) for p in self.prompts]
@@ -380,11 +405,14 @@ def sample_tokens(
         prompt_ids = prompt_ids[-(n_ctx - max_new_tokens):]  # keep the prompt's end
     generator = torch.Generator(device=device).manual_seed(seed)
     ids = torch.tensor([prompt_ids], device=device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers 5.x renamed past_key_values to cache (the old name warns); older versions know only that.
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     past: Any = None
     out: list[int] = []
     for _ in range(max_new_tokens):
-        result = model(input_ids=ids, past_key_values=past, use_cache=True)
-        past = result.past_key_values
+        result = model(input_ids=ids, use_cache=True, **{cache_arg: past})
+        past = getattr(result, cache_arg)
         logits = result.logits[0, -1].float()
         if temperature == 0:
             token = logits.argmax().view(1)
@@ -465,7 +493,7 @@ class HparamsMetric(Callback):
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None:
+        if trainer.sanity_checking or value is None or trainer.state.fn != "fit":
             return
         value = float(value)
         if math.isnan(value):

@@ -62,7 +62,8 @@ def summary_lines(
     lines = [
         format_counts(counts),
         f"model {type(model).__name__}({type(base).__name__}), {counts.frozen:,} frozen parameters; "
-        f"weights {'/'.join(dtypes) or '-'} (LoRA {'/'.join(lora_dtypes) or '-'}), precision {precision}, device {device}",
+        f"weights {'/'.join(dtypes) or '-'} (LoRA {'/'.join(lora_dtypes) or '-'}), "
+        f"precision {precision}, device {device}",
         f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {targets} ({adapted} modules)"
         + (", rsLoRA" if lora.use_rslora else "") + (", DoRA" if lora.use_dora else "")
         + (f", also training {', '.join(lora.modules_to_save)}" if lora.modules_to_save else ""),

@@ -82,3 +82,17 @@ class RecordBatches(Callback):
         with open(self.path, "a") as fh:
             record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "ids": batch["sample_ids"].tolist()}
             fh.write(json.dumps(record) + "\n")
+
+
+class RecordRanks(Callback):
+    """Test callback for multi-process runs: each rank appends its rank, world size, step and sample ids to its
+    own JSONL file, `{prefix}{rank}.jsonl`."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        record = {"rank": trainer.global_rank, "world_size": trainer.world_size, "step": trainer.global_step,
+                  "epoch": trainer.current_epoch, "ids": batch["sample_ids"].tolist()}
+        with open(f"{self.prefix}{trainer.global_rank}.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")

@@ -42,6 +42,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared 2-core machine two OpenMP threads
+    waiting on each other made this file 2-3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_model_dir, shakespeare):
     """A short fit on the tiny model: its last.ckpt, plus the folder it ran in."""
@@ -50,6 +60,7 @@ def trained(tmp_path_factory, tiny_model_dir, shakespeare):
         mp.chdir(tmp)
         run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "6",
                          "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
+                         "--trainer.num_sanity_val_steps", "0",
                          "--model.learning_rate", "1e-2"))
     ckpt = tmp / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -63,6 +74,14 @@ def exported(trained):
     assert main(["export", "--ckpt_path", str(trained.ckpt), "--output_dir", str(adapter)]) == 0
     assert main(["merge", "--ckpt_path", str(trained.ckpt), "--output_dir", str(merged)]) == 0
     return SimpleNamespace(adapter=adapter, merged=merged)
+
+
+@pytest.fixture(scope="module")
+def ckpt_model(trained):
+    """(model, tokenizer) of the checkpoint, loaded once for the tests that call the generation API directly."""
+    from lit_lora.generation import load_generation_model
+
+    return load_generation_model(ckpt_path=str(trained.ckpt))
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -137,21 +156,45 @@ def test_adapter_on_an_overridden_base_with_other_weights_is_refused(trained, ex
     assert "base model's weights differ" in capsys.readouterr().err
 
 
-def test_sampling_with_the_same_seed_gives_the_same_text(trained, tmp_path):
-    sample = ["--temperature", "1.0", "--top_k", "0", "--num_return_sequences", "2"]
-    src = ["--ckpt_path", str(trained.ckpt)]
-    first = _generate(tmp_path, "s1", src, *sample, "--seed", "7")
-    again = _generate(tmp_path, "s2", src, *sample, "--seed", "7")
-    other = _generate(tmp_path, "s3", src, *sample, "--seed", "8")
+def test_adapter_of_a_random_init_base_is_rebuilt_from_its_seed(tmp_path):
+    """The quickstart's case: no base weights on disk, only model_config + the run's seed in lit_lora.json."""
+    from lit_lora.adapter_io import export_adapter
+    from lit_lora.generation import load_generation_model
+    from lit_lora.model import LitLora
+    from tests.conftest import QUICKSTART, TINY_SHAPE
+
+    torch.manual_seed(5)
+    module = LitLora(model_name_or_path="random-init", model_config=dict(TINY_SHAPE, vocab_size=512),
+                     tokenizer_name_or_path=str(QUICKSTART / "tokenizer"), block_size=32, gradient_checkpointing=False)
+    for name, param in module.model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.1)  # a "trained" adapter
+    module.checkpoint_meta = {"lit_lora": {"seed": 5}}
+    export_adapter(module.eval(), str(tmp_path / "adapter"))
+    model, _ = load_generation_model(adapter_path=str(tmp_path / "adapter"))
+    ids = torch.arange(1, 20)[None]
+    torch.testing.assert_close(_logits(model, ids), _logits(module.model, ids), rtol=0, atol=1e-5)
+
+
+def test_sampling_with_the_same_seed_gives_the_same_text(ckpt_model):
+    from lit_lora.generation import GenerationSettings, generate_records
+
+    def sample(seed: int) -> list[dict]:
+        settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, num_return_sequences=2, seed=seed)
+        return list(generate_records(*ckpt_model, PROMPTS, settings))
+
+    first, again, other = sample(7), sample(7), sample(8)
     assert len(first) == 2 * len(PROMPTS) and [r["sample"] for r in first[:2]] == [0, 1]
     assert first == again
     assert [r["completion"] for r in other] != [r["completion"] for r in first]
 
 
-def test_batched_greedy_equals_one_prompt_at_a_time(trained, tmp_path):
-    src = ["--ckpt_path", str(trained.ckpt), "--temperature", "0", "--max_new_tokens", "16"]
-    batched = _generate(tmp_path, "batched", src, "--batch_size", "4")
-    single = _generate(tmp_path, "single", src, "--batch_size", "1")
+def test_batched_greedy_equals_one_prompt_at_a_time(ckpt_model):
+    from lit_lora.generation import GenerationSettings, generate_records
+
+    settings = GenerationSettings(max_new_tokens=16, temperature=0)
+    batched = list(generate_records(*ckpt_model, PROMPTS, settings, batch_size=4))
+    single = list(generate_records(*ckpt_model, PROMPTS, settings, batch_size=1))
     assert batched == single
 
 
@@ -163,20 +206,19 @@ def test_single_prompt_streams_to_the_terminal(trained, tmp_path, capsys):
     assert capsys.readouterr().out == record["prompt"] + record["completion"] + "\n"
 
 
-def test_greedy_generation_runs_in_bfloat16_on_cpu(trained, tmp_path):
-    from lit_lora.generation import load_generation_model
+def test_greedy_generation_runs_in_bfloat16_on_cpu(trained):
+    from lit_lora.generation import GenerationSettings, generate_records, load_generation_model
 
-    model, _ = load_generation_model(ckpt_path=str(trained.ckpt), dtype="bfloat16")
+    model, tokenizer = load_generation_model(ckpt_path=str(trained.ckpt), dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    records = _generate(tmp_path, "bf16", ["--ckpt_path", str(trained.ckpt)], "--temperature", "0",
-                        "--dtype", "bfloat16")
+    records = list(generate_records(model, tokenizer, PROMPTS, GenerationSettings(max_new_tokens=12, temperature=0)))
     assert len(records) == len(PROMPTS) and any(r["completion"] for r in records)
 
 
-def test_prompts_are_left_padded_and_long_prompts_keep_their_end(trained, capsys):
-    from lit_lora.generation import GenerationSettings, encode_prompts, generate_ids, load_generation_model
+def test_prompts_are_left_padded_and_long_prompts_keep_their_end(ckpt_model, capsys):
+    from lit_lora.generation import GenerationSettings, encode_prompts, generate_ids
 
-    model, tokenizer = load_generation_model(ckpt_path=str(trained.ckpt))
+    model, tokenizer = ckpt_model
     enc = encode_prompts(tokenizer, ["The king", ""])
     assert enc["attention_mask"][1].tolist() == [0] * (enc["input_ids"].shape[1] - 1) + [1]  # "" is EOS alone
     assert enc["input_ids"][1, -1] == tokenizer.eos_token_id
@@ -284,7 +326,9 @@ def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained,
 # -- predict ----------------------------------------------------------------------------------------------------
 
 
-def test_predict_writes_the_same_completions_as_generate(trained, tmp_path, monkeypatch):
+def test_predict_writes_the_same_completions_as_generate(trained, ckpt_model, tmp_path, monkeypatch):
+    from lit_lora.generation import GenerationSettings, generate_records
+
     monkeypatch.chdir(tmp_path)
     prompts_file = tmp_path / "prompts.txt"
     prompts = [p for p in PROMPTS if p]  # a text file cannot hold an empty prompt (blank lines are skipped)
@@ -296,7 +340,6 @@ def test_predict_writes_the_same_completions_as_generate(trained, tmp_path, monk
              "--model.generation.max_new_tokens", "12", "--predict_writer.output_file", str(out),
              "--trainer.enable_progress_bar", "false", "--ckpt_path", str(trained.ckpt)])
     predicted = _read_jsonl(out)
-    generated = _generate(tmp_path, "gen", ["--ckpt_path", str(trained.ckpt), "--prompts_file", str(prompts_file)],
-                          "--temperature", "0", prompts=[])
+    generated = list(generate_records(*ckpt_model, prompts, GenerationSettings(max_new_tokens=12, temperature=0)))
     assert [r["prompt"] for r in predicted] == prompts
     assert predicted == generated

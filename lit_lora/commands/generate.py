@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     io = parser.add_argument_group("prompts and output")
     io.add_argument("--prompt", action="append", default=[], help="A prompt; repeat the flag for several.")
-    io.add_argument("--prompts_file", help="Prompts, one per line (blank lines skipped), or JSONL with a 'prompt' field.")
-    io.add_argument("--output", help="Write JSONL ({id, sample, prompt, completion} per line) here instead of printing.")
+    io.add_argument("--prompts_file",
+                    help="Prompts, one per line (blank lines skipped), or JSONL with a 'prompt' field.")
+    io.add_argument("--output",
+                    help="Write JSONL ({id, sample, prompt, completion} per line) here instead of printing.")
     io.add_argument("--batch_size", type=int, default=8, help="Prompts generated together (left-padded). Default: 8.")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max_new_tokens", type=int, default=_DEFAULTS["max_new_tokens"],
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_p", type=float, default=_DEFAULTS["top_p"],
                      help="Nucleus sampling threshold; 1.0: no limit. Default: %(default)s.")
     gen.add_argument("--seed", type=int, default=_DEFAULTS["seed"],
-                     help="Sampling seed: the same seed, prompts and batch size give the same text. Default: %(default)s.")
+                     help="Sampling seed: the same seed, prompts and batch size give the same text. "
+                     "Default: %(default)s.")
     gen.add_argument("--num_return_sequences", type=int, default=_DEFAULTS["num_return_sequences"],
                      help="Completions per prompt (needs temperature > 0). Default: %(default)s.")
     gen.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",

@@ -12,6 +12,7 @@ checkpointing. It builds the model only: no data file is read (they need not exi
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
@@ -52,8 +53,13 @@ def _device(accelerator: Any) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(__doc__.strip().splitlines()[0].strip("`") + "\n\nOptions are those of `fit`:\n", flush=True)
-    cli = _summary_cli_class()(args=["fit", *argv])
+        print("usage: python -m lit_lora.cli summary [options of fit]\n\nPrints what `fit` would train and its "
+              "peak training memory estimate; builds the model only (no data read). The options of `fit`:\n",
+              flush=True)
+    with warnings.catch_warnings():
+        # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "summary".
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = _summary_cli_class()(args=["fit", *argv])
     cfg = cli.config["fit"]
     module = cli.model
     precision = str(cfg.trainer.get("precision"))
@@ -62,6 +68,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     batch_size = cfg.data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LitLoraError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    for line in summary_lines(module, batch_size, module.block_size, precision, _device(cfg.trainer.get("accelerator"))):
+    device = _device(cfg.trainer.get("accelerator"))
+    for line in summary_lines(module, batch_size, module.block_size, precision, device):
         print(f"lit_lora: {line}", flush=True)
     return 0
