@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any, Optional
 
@@ -57,7 +58,17 @@ class LitLoraCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         # The module builds its own AdamW + warm-up/cosine schedule; no generic --optimizer groups.
         kwargs.setdefault("auto_configure_optimizers", False)
+        # Only the subcommand being run gets a parser: building all four (Trainer, model, data and every
+        # callback group each) costs more start-up than `import lightning.pytorch` leaves room for.
+        argv = sys.argv[1:] if args is None else args
+        first = argv[0] if isinstance(argv, (list, tuple)) and argv else None
+        self._only_subcommand = first if first in LightningCLI.subcommands() else None
         super().__init__(LitLora, LitLoraData, args=args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # a staticmethod in LightningCLI, which calls it on self
+        every = LightningCLI.subcommands()
+        only = getattr(self, "_only_subcommand", None)
+        return {only: every[only]} if only else every
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # Parse errors raise instead of printing the whole usage; lit_lora.cli.main prints one line.

@@ -1,4 +1,4 @@
-"""Parameter counts and the one-line model summary printed at the start of `fit`."""
+"""Parameter counts and the model summary printed at the start of `fit` and by `python -m lit_lora.cli summary`."""
 
 from __future__ import annotations
 

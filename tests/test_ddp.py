@@ -122,46 +122,60 @@ def _order(epoch: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def runs(workdir):
-    """The two-process run (`ddp/`) and, at the same time, the one-process run with the same global batch
-    (`single/`). Separate datasets caches, so the two never write the same cache files."""
-    cfg = str(workdir / "cfg.yaml")
-    ddp = _start_ddp(workdir / "ddp", "--config", cfg, "--data.batch_size", str(BATCH),
-                     "--data.cache_dir", str(workdir / "cache-ddp"))
-    code, single_out, err = _single(workdir / "single", "--config", cfg, "--data.batch_size", str(2 * BATCH),
-                                    "--data.cache_dir", str(workdir / "cache-single"))
-    ddp_out = _finish(ddp)
-    assert code == 0, err[-3000:]
-    return {"ddp": workdir / "ddp", "single": workdir / "single", "ddp_out": ddp_out, "single_out": single_out}
+    """Every run of this module, overlapped so that both cores stay busy (a DDP run's ranks start one after
+    the other). Resumed runs start from a copy of a checkpoint in a folder of their own.
 
-
-@pytest.fixture(scope="module")
-def resumed(runs, workdir):
-    """Resumed runs, each from a copy of a checkpoint (so it starts a fresh run folder), overlapping in time:
-    - `ddp-resumed`: 2 processes from the DDP run's step 2 (mid-epoch 0);
-    - `one-to-ddp`: 2 processes (under torchrun) from the one-process run's step 4 (end of epoch 0);
-    - `ddp-to-one`: 1 process from the DDP run's step 4;
-    - `ddp-mid-epoch-to-one`: 1 process from the DDP run's step 2: a clear error."""
+    - `ddp`: 2 processes from scratch, `--data.batch_size 4` (Lightning's launcher starts rank 1);
+    - `single`: 1 process (in this one) from scratch, `--data.batch_size 8`;
+    - `one-to-ddp`: 2 processes, under torchrun, from `single`'s step 4 (end of epoch 0);
+    - `ddp-resumed`: 2 processes from `ddp`'s step 2 (mid-epoch 0), found by `--ckpt_path last`;
+    - `ddp-to-one`: 1 process from `ddp`'s step 4 (end of epoch 0);
+    - `ddp-mid-epoch-to-one`: 1 process from `ddp`'s step 2: a clear error.
+    The 2-process and 1-process runs use separate datasets caches, so no two runs write the same cache.
+    """
     cfg = str(workdir / "cfg.yaml")
-    sources = {"ddp-resumed": ("ddp", 2), "one-to-ddp": ("single", 4), "ddp-to-one": ("ddp", 4),
-               "ddp-mid-epoch-to-one": ("ddp", 2)}
-    for name, (src, step) in sources.items():
-        (workdir / name).mkdir()
-        shutil.copy(_ckpt(runs[src], f"step{step:06d}.ckpt"), workdir / name / "start.ckpt")
-    two = ("--config", cfg, "--data.batch_size", str(BATCH), "--data.cache_dir", str(workdir / "cache-ddp"),
-           "--ckpt_path", "start.ckpt")
-    one = ("--config", cfg, "--data.batch_size", str(2 * BATCH), "--data.cache_dir", str(workdir / "cache-single"),
-           "--ckpt_path", "start.ckpt")
-    procs = [_start_ddp(workdir / "ddp-resumed", *two), _start_ddp(workdir / "one-to-ddp", *two, torchrun=True)]
-    out = {name: _single(workdir / name, *one) for name in ("ddp-to-one", "ddp-mid-epoch-to-one")}
-    out["ddp-resumed"], out["one-to-ddp"] = (_finish(p) for p in procs)
-    return {name: workdir / name for name in sources} | {"out": out}
+    two = ("--config", cfg, "--data.batch_size", str(BATCH), "--data.cache_dir", str(workdir / "cache-ddp"))
+    one = ("--config", cfg, "--data.batch_size", str(2 * BATCH), "--data.cache_dir", str(workdir / "cache-single"))
+    resume = ("--ckpt_path", "start.ckpt")
+    dirs = {name: workdir / name for name in ("ddp", "single", "one-to-ddp", "ddp-resumed", "ddp-to-one",
+                                                "ddp-mid-epoch-to-one")}
+
+    def start_from(name: str, source: str, step: int) -> None:
+        dirs[name].mkdir()
+        shutil.copy(_ckpt(dirs[source], f"step{step:06d}.ckpt"), dirs[name] / "start.ckpt")
+
+    out: dict[str, tuple[int, str, str]] = {}
+    started: list[subprocess.Popen] = []
+    try:
+        started.append(ddp := _start_ddp(dirs["ddp"], *two))
+        out["single"] = _single(dirs["single"], *one)
+        assert out["single"][0] == 0, out["single"][2][-3000:]
+        start_from("one-to-ddp", "single", STEPS_PER_EPOCH)
+        started.append(one_to_ddp := _start_ddp(dirs["one-to-ddp"], *two, *resume, torchrun=True))
+        out["ddp"] = (0, _finish(ddp), "")
+        # As a user resumes: `--ckpt_path last`, which every rank looks up for itself.
+        last = _ckpt(dirs["ddp-resumed"], "last.ckpt")
+        last.parent.mkdir(parents=True)
+        shutil.copy(_ckpt(dirs["ddp"], "step000002.ckpt"), last)
+        started.append(ddp_resumed := _start_ddp(dirs["ddp-resumed"], *two, "--ckpt_path", "last"))
+        for name, step in (("ddp-to-one", STEPS_PER_EPOCH), ("ddp-mid-epoch-to-one", 2)):
+            start_from(name, "ddp", step)
+            out[name] = _single(dirs[name], *one, *resume)
+        out["one-to-ddp"] = (0, _finish(one_to_ddp), "")
+        out["ddp-resumed"] = (0, _finish(ddp_resumed), "")
+    finally:
+        for proc in started:  # a failure above must not leave ranks running
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+    return dirs | {"out": out}
 
 
 def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     ddp, single = runs["ddp"], runs["single"]
-    out = runs["ddp_out"]
+    out = runs["out"]["ddp"][1]
     assert out.count("lit_lora: global batch = 2 devices x 4 x 1 accumulation = 8 samples") == 1  # rank 0 only
-    assert "lit_lora: global batch = 1 device x 8 x 1 accumulation = 8 samples" in runs["single_out"]
+    assert "lit_lora: global batch = 1 device x 8 x 1 accumulation = 8 samples" in runs["out"]["single"][1]
 
     # World size 2; each rank saw half of every epoch, the two halves disjoint; the sampler's documented split.
     ranks = [_records(ddp / f"rank{r}.jsonl") for r in (0, 1)]
@@ -200,7 +214,8 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     # Rank 0 alone writes: one "saved" line per file written, the same files as one process, one log folder,
     # one TensorBoard event file, one exported adapter.
     saved = [line.split()[2] for line in out.splitlines() if line.startswith("lit_lora: saved ")]
-    saved_one = [line.split()[2] for line in runs["single_out"].splitlines() if line.startswith("lit_lora: saved ")]
+    out_one = runs["out"]["single"][1]
+    saved_one = [line.split()[2] for line in out_one.splitlines() if line.startswith("lit_lora: saved ")]
     assert sorted(saved) == sorted(saved_one)
     steps = [f"step{s:06d}.ckpt" for s in range(2, STEPS_PER_EPOCH * EPOCHS + 1, 2)]
     assert sorted(os.path.basename(p) for p in saved) == sorted(steps + ["last.ckpt"] * len(steps))
@@ -211,9 +226,10 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     assert (ddp / "lightning_logs" / "lit_lora" / "version_0" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_ddp_run_resumes_mid_epoch_on_two_processes(runs, resumed):
+def test_ddp_run_resumes_mid_epoch_on_two_processes(runs):
     # From step 2 (mid-epoch 0) to the end: the same batches and the same final weights as without the stop.
-    run = resumed["ddp-resumed"]
+    run = runs["ddp-resumed"]
+    assert runs["out"]["ddp-resumed"][1].count("lit_lora: resuming from ") == 1  # rank 0 only
     for r in (0, 1):
         again, full = _records(run / f"rank{r}.jsonl"), _records(runs["ddp"] / f"rank{r}.jsonl")
         assert again[0]["step"] == 2 and again == full[2:]
@@ -221,30 +237,30 @@ def test_ddp_run_resumes_mid_epoch_on_two_processes(runs, resumed):
     assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= 1e-6
 
 
-def test_end_of_epoch_checkpoints_move_between_one_and_two_processes(runs, resumed):
+def test_end_of_epoch_checkpoints_move_between_one_and_two_processes(runs):
     last = f"step{STEPS_PER_EPOCH * EPOCHS:06d}.ckpt"
     # Two processes -> one: epoch 1 from the DDP run's end-of-epoch-0 checkpoint, as the one-process run did it.
-    code, _, err = resumed["out"]["ddp-to-one"]
+    code, _, err = runs["out"]["ddp-to-one"]
     assert code == 0, err[-3000:]
-    run = resumed["ddp-to-one"]
+    run = runs["ddp-to-one"]
     assert _records(run / "rank0.jsonl") == _records(runs["single"] / "rank0.jsonl")[STEPS_PER_EPOCH:]
     assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["single"], last))) <= TOL
 
     # One process -> two (launched by torchrun): epoch 1 from the one-process run's end-of-epoch-0 checkpoint.
-    run = resumed["one-to-ddp"]
+    run = runs["one-to-ddp"]
     for r in (0, 1):
         assert _records(run / f"rank{r}.jsonl") == _records(runs["ddp"] / f"rank{r}.jsonl")[STEPS_PER_EPOCH:]
     assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= TOL
 
 
-def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error(resumed):
-    code, _, err = resumed["out"]["ddp-mid-epoch-to-one"]
+def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error(runs):
+    code, _, err = runs["out"]["ddp-mid-epoch-to-one"]
     assert code == 2
     assert err.strip().splitlines()[-1] == (
         "lit_lora: error: the checkpoint was saved mid-epoch with 2 process(es) and this run has 1; the sample "
         "order would change. Resume with the same number of devices, or from an end-of-epoch checkpoint"
     )
-    assert not (resumed["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
+    assert not (runs["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
 
 
 def test_fsdp_config_builds_the_stated_strategy():

@@ -19,10 +19,16 @@ from lit_lora.errors import LitLoraError
 
 
 def _summary_cli_class() -> type:
-    from lit_lora.lightning_cli import LitLoraCLI
+    from lit_lora.lightning_cli import LitLoraCLI, default_precision
 
     class SummaryCLI(LitLoraCLI):
         """Parses exactly as `fit` does, then builds the model alone."""
+
+        def before_instantiate_classes(self) -> None:
+            # fit's defaulting of the precision, without its check that the data files exist: none is read.
+            trainer_cfg = self.config[self.subcommand].trainer
+            if trainer_cfg.get("precision") is None:
+                trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
 
         def instantiate_classes(self) -> None:
             from lit_lora.model import LitLora
