@@ -70,6 +70,7 @@ def split_child(argv: list[str]) -> None:
     import lightning.pytorch  # noqa: F401
 
     c1, w1 = time.process_time(), time.perf_counter()
+    sys.path.insert(0, str(REPO))
     from lit_lora.cli import main as cli
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

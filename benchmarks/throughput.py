@@ -174,7 +174,8 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
                 "clipping": f"norm {trainer.gradient_clip_val}" if trainer.gradient_clip_val else "off",
                 "dataloader workers": str(dl.num_workers),
                 "checkpointing": "on validation/epoch end only" if not any(every) else f"every {every} steps",
-                "validation": f"every {trainer.val_check_interval} epoch" if trainer.limit_val_batches else "off",
+                "validation": "off (no validation data)" if getattr(trainer.datamodule, "val_ds", None) is None
+                              else f"val_check_interval {trainer.val_check_interval}",
                 "logging": f"every {trainer.log_every_n_steps} steps, {type(trainer.logger).__name__}",
                 "progress bar": ", ".join(bars) or "off",
                 "callbacks": ", ".join(type(c).__name__ for c in trainer.callbacks if c is not self),
@@ -363,7 +364,7 @@ MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout",
 def print_settings(kinds: list[str], settings: dict[str, dict[str, str]], common: dict[str, str]) -> bool:
     for key, value in common.items():
         print(f"{key:>24}: {value}")
-    keys = list(dict.fromkeys(k for s in settings.values() for k in s))
+    keys = [k for k in dict.fromkeys(k for s in settings.values() for k in s) if k != "callbacks"]
     width = 44
     print(f"{'':>24}  " + "".join(f"{k + ' ' + KINDS[k]:<{width}}" for k in kinds))
     same = True
@@ -373,6 +374,8 @@ def print_settings(kinds: list[str], settings: dict[str, dict[str, str]], common
         same &= not differs
         mark = " <-- DIFFERS" if differs else ""
         print(f"{key:>24}: " + "".join(f"{v:<{width}}" for v in values) + mark)
+    for k in kinds:
+        print(f"{'callbacks ' + k:>24}: {settings[k].get('callbacks', '-')}")
     return same
 
 
