@@ -116,7 +116,7 @@ class Gate:
         self.total = args.warmup + args.steps * args.repeats
         self.cuda = args.device == "cuda"
         self.n = 0
-        self.t0 = 0.0
+        self.t0 = self.c0 = 0.0
         self.settings: dict[str, str] = {}
 
     def step_done(self) -> None:
@@ -127,15 +127,15 @@ class Gate:
             import torch
 
             torch.cuda.synchronize()
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         if self.n == self.warmup:
             self.conn.send(("ready", self.settings))
         else:
-            self.conn.send(("segment", now - self.t0))
+            self.conn.send(("segment", (now - self.t0, cpu - self.c0)))
         msg = self.conn.recv()  # "go" or, after the last segment, "finish"
         if msg == "abort":
             os._exit(3)
-        self.t0 = time.perf_counter()
+        self.c0, self.t0 = time.process_time(), time.perf_counter()
 
 
 def _peak_memory(args: argparse.Namespace) -> dict[str, float]:
@@ -444,16 +444,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit("\nthe runs' settings differ: the comparison would be void")
 
     rates: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu_rates: dict[str, list[float]] = {k: [] for k in kinds}
     print(f"\n{'round':>5} " + " ".join(f"{KINDS[k] + ' tok/s':>15}" for k in kinds)
-          + ("   a/b   a/c" if len(kinds) == 3 else ""))
+          + ("   a/b   a/c   (CPU-time a/b   a/c)" if len(kinds) == 3 else ""))
     for r in range(args.repeats):
         for k in kinds:
             conns[k].send("go")
-            seconds = _recv(k, procs[k], conns[k], args, "segment")
+            seconds, cpu_seconds = _recv(k, procs[k], conns[k], args, "segment")
             rates[k].append(args.steps * tokens_per_step / seconds)
+            cpu_rates[k].append(args.steps * tokens_per_step / cpu_seconds)
         line = f"{r + 1:>5} " + " ".join(f"{rates[k][-1]:>15.1f}" for k in kinds)
         if len(kinds) == 3:
             line += f" {rates['a'][-1] / rates['b'][-1]:>5.3f} {rates['a'][-1] / rates['c'][-1]:>5.3f}"
+            line += f"   ({cpu_rates['a'][-1] / cpu_rates['b'][-1]:>5.3f} {cpu_rates['a'][-1] / cpu_rates['c'][-1]:>5.3f})"
         print(line, flush=True)
     for k in kinds:
         conns[k].send("finish")
@@ -487,6 +490,10 @@ def main(argv: Optional[list[str]] = None) -> None:
                 print(f"  a/{other} (lit_lora / {KINDS[other]}): median {med:.3f} "
                       f"(rounds: {min(ratios):.3f} .. {max(ratios):.3f}); target >= {target}: "
                       f"{'met' if med >= target else 'NOT met'}")
+                if args.device == "cpu":
+                    ratios = [x / y for x, y in zip(cpu_rates["a"], cpu_rates[other])]
+                    print(f"      by CPU time (tokens per CPU-second of the worker): median "
+                          f"{statistics.median(ratios):.3f} (rounds: {min(ratios):.3f} .. {max(ratios):.3f})")
     if args.device == "cuda" and n_params and not peak:
         print("  MFU: unknown device peak; pass --peak_tflops")
 
