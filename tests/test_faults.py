@@ -105,3 +105,23 @@ def test_checkpoints_never_unpickle_code(tmp_path, tiny_model_dir, shakespeare, 
 
 def test_remote_code_is_off_by_default():
     assert inspect.signature(LitLora).parameters["trust_remote_code"].default is False
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model.lora.rr", "3"], "unrecognized arguments: --model.lora.rr 3"),
+        (["--data.block_size", "4096"], "data.block_size=4096 is larger than the model's context of 128 tokens"),
+        (["--model.lora.r", "0"], "model.lora.r must be a positive integer, got 0"),
+        (["--model.model_name_or_path", "no-such-org/no-such-model"],
+         "'no-such-org/no-such-model' is neither a local directory nor loadable from the hub: the Hugging Face hub "
+         "is unreachable"),
+        (["--model.lora.target_modules", "[q_proj]"], "match no module of the model; its linear/Conv1D module names"),
+    ],
+    ids=["unknown-key", "block-size", "rank", "unreachable-model", "targets"],
+)
+def test_bad_options_are_one_line_errors_before_training(in_tmp, tiny_model_dir, shakespeare, capsys, extra, message):
+    assert main(fit_args(tiny_model_dir, shakespeare, in_tmp, *extra)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_lora: error:")]
+    assert len(err) == 1 and message in err[0], err
+    assert not (in_tmp / "lightning_logs").exists()  # stopped before any training or logging
