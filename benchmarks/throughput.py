@@ -1,8 +1,14 @@
 """Training throughput: lit_lora vs a plain PyTorch loop vs `transformers.Trainer`, on the same PEFT model.
 
-    python benchmarks/throughput.py                        # GPT-2 small shape on CPU, ~6 minutes on 2 cores
-    python benchmarks/throughput.py --repeats 16           # longer interleaving, steadier medians
-    python benchmarks/throughput.py --device cuda --batch_size 8 --block_size 512 --steps 20 --repeats 5
+    python benchmarks/throughput.py                        # GPT-2 small shape on CPU: ~4 minutes on 2 quiet cores
+    python benchmarks/throughput.py --repeats 30           # longer interleaving, steadier medians (~8 minutes)
+    python benchmarks/throughput.py --kinds ab             # lit_lora vs the plain loop only
+    python benchmarks/throughput.py --device cuda --batch_size 8 --block_size 512 --steps 10 --repeats 10
+
+CPU defaults: GPT-2 small's shape (12 x 768, random init), LoRA r=8/alpha=16/dropout=0.05 on c_attn and
+c_proj (lit_lora's defaults), block 128 x batch 2 = 256 tokens per step (~2 s per step on 2 cores), fp32,
+no gradient checkpointing, no clipping, no dataloader workers, train loss logged every 10 steps, progress
+bars on; 3 warm-up steps, then 12 rounds of 2 timed steps per run.
 
 Three runs of the same model shape (random init: no download), LoRA config, data, block size, batch size,
 optimizer and step count:
@@ -15,13 +21,17 @@ optimizer and step count:
 
 Each run lives in its own worker process (one process tree; peak memory is per worker). Workers start,
 load data and build the model, run `--warmup` untimed steps, then wait. The parent then interleaves timed
-segments of `--steps` steps: a b c a b c ... (`--repeats` rounds); only one worker runs at a time. A
+segments of `--steps` steps, `--repeats` rounds of one segment per run, rotating the order each round
+(a b c, b c a, c a b, ...: each run follows each other run equally often); only one worker runs at a time. A
 segment's clock starts when the worker is released and stops after the optimizer step of its last step
 (after `torch.cuda.synchronize()` on CUDA), so each segment holds `--steps` whole train-loop iterations
-(data loading, logging and callbacks included). Reported: median tokens/s per run, peak memory (worker
-`ru_maxrss` on CPU, `torch.cuda.max_memory_allocated` on CUDA), and the medians of the per-round ratios
+(data loading, logging and callbacks included). Reported: median tokens/s per run, peak memory up to the
+end of the last timed step (worker `ru_maxrss` on CPU, `torch.cuda.max_memory_allocated` on CUDA; the
+value at the worker's exit, after lit_lora's end-of-fit checkpoint and adapter export, is shown beside
+it), and the medians of the per-round ratios
 a/b and a/c (each ratio compares segments run back to back, which cancels most of the drift of a shared
-machine's load).
+machine's load). On CPU the ratios are also given by CPU time (tokens per CPU-second of the worker process),
+which other processes' load disturbs less than wall time.
 
 The settings that decide the comparison (precision, gradient checkpointing, dropout, clipping, workers,
 checkpointing, logging) are read back from the live objects of each worker and printed side by side;
@@ -131,16 +141,16 @@ class Gate:
         if self.n == self.warmup:
             self.conn.send(("ready", self.settings))
         else:
-            self.conn.send(("segment", (now - self.t0, cpu - self.c0)))
+            self.conn.send(("segment", (now - self.t0, cpu - self.c0, _peak_memory(self.cuda))))
         msg = self.conn.recv()  # "go" or, after the last segment, "finish"
         if msg == "abort":
             os._exit(3)
         self.c0, self.t0 = time.process_time(), time.perf_counter()
 
 
-def _peak_memory(args: argparse.Namespace) -> dict[str, float]:
+def _peak_memory(cuda: bool) -> dict[str, float]:
     out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if args.device == "cuda":
+    if cuda:
         import torch
 
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -337,7 +347,7 @@ def worker(kind: str, args: argparse.Namespace, conn: Any) -> None:
         RUNNERS[kind](args, gate)
         if gate.n != gate.total:
             raise RuntimeError(f"{KINDS[kind]} ran {gate.n} steps, expected {gate.total}")
-        conn.send(("done", _peak_memory(args)))
+        conn.send(("done", _peak_memory(args.device == "cuda")))
     except BaseException:
         traceback.print_exc()
         conn.send(("error", traceback.format_exc()))
@@ -394,9 +404,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--n_positions", type=int, default=1024)
     p.add_argument("--block_size", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=2)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per segment")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per segment")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
-    p.add_argument("--repeats", type=int, default=8, help="interleaved rounds a b c")
+    p.add_argument("--repeats", type=int, default=12, help="interleaved rounds (one segment of each run)")
     p.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--base_dtype", default=None, help="frozen base dtype, e.g. bfloat16 (default float32)")
     p.add_argument("--clip", type=float, default=0.0, help="gradient clipping norm in all runs (0: off)")
@@ -404,6 +414,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--log_every", type=int, default=10, help="log the train loss every N steps (a and c)")
     p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--kinds", default="abc", help="which runs, e.g. 'ab'")
+    p.add_argument("--order", choices=["rotate", "fixed"], default="rotate",
+                   help="rotate: a b c, b c a, c a b, ...; fixed: a b c, a b c, ...")
     p.add_argument("--corpus", default=str(SHARED_DATA / "tinyshakespeare" / "input.txt"))
     p.add_argument("--tokenizer", default=str(SHARED_DATA / "gpt2-tokenizer"))
     p.add_argument("--peak_tflops", type=float, default=None, help="for MFU on CUDA (default: by device name)")
@@ -447,10 +459,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     cpu_rates: dict[str, list[float]] = {k: [] for k in kinds}
     print(f"\n{'round':>5} " + " ".join(f"{KINDS[k] + ' tok/s':>15}" for k in kinds)
           + ("   a/b   a/c   (CPU-time a/b   a/c)" if len(kinds) == 3 else ""))
+    memory: dict[str, dict[str, float]] = {}
     for r in range(args.repeats):
-        for k in kinds:
+        # Rotated each round (a b c, b c a, c a b, ...), so each run follows each other run equally often.
+        for k in (kinds[r % len(kinds):] + kinds[: r % len(kinds)] if args.order == "rotate" else kinds):
             conns[k].send("go")
-            seconds, cpu_seconds = _recv(k, procs[k], conns[k], args, "segment")
+            seconds, cpu_seconds, memory[k] = _recv(k, procs[k], conns[k], args, "segment")
             rates[k].append(args.steps * tokens_per_step / seconds)
             cpu_rates[k].append(args.steps * tokens_per_step / cpu_seconds)
         line = f"{r + 1:>5} " + " ".join(f"{rates[k][-1]:>15.1f}" for k in kinds)
@@ -460,13 +474,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(line, flush=True)
     for k in kinds:
         conns[k].send("finish")
-    memory = {k: _recv(k, procs[k], conns[k], args, "done") for k in kinds}
+    at_exit = {k: _recv(k, procs[k], conns[k], args, "done") for k in kinds}
     for k in kinds:
         procs[k].join()
 
     print(f"\nmedians over {args.repeats} rounds of {args.steps} steps x {tokens_per_step} tokens:")
     mem_key = "peak_cuda_mb" if args.device == "cuda" else "peak_rss_mb"
-    mem_label = "peak CUDA allocated" if args.device == "cuda" else "peak RSS (worker)"
+    mem_label = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     n_params = None
     if args.device == "cuda":
         from transformers import GPT2Config
@@ -478,7 +492,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for k in kinds:
         med = statistics.median(rates[k])
         line = (f"  {k} {KINDS[k]:<9} {med:>9.1f} tokens/s  (min {min(rates[k]):.1f}, max {max(rates[k]):.1f})"
-                f"  {mem_label} {memory[k][mem_key]:,.0f} MB")
+                f"  {mem_label} {memory[k][mem_key]:,.0f} MB (at exit {at_exit[k][mem_key]:,.0f})")
         if n_params and peak:
             line += f"  MFU {med * flops_per_token(args, n_params) / (peak * 1e12):.1%} of {peak} TFLOP/s"
         print(line)

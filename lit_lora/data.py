@@ -11,6 +11,7 @@ import os
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -24,6 +25,9 @@ class _Rows(torch.utils.data.Dataset):
 
     def __init__(self, ds: Any) -> None:
         self.ds = ds.with_format("python")
+        # Packed blocks all have one length: a batch of them reads as one (B, T) NumPy array instead of
+        # B x T Python ints, which the collator would then have to convert back.
+        self._blocks = ds.with_format("numpy") if "labels" not in ds.column_names else None
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -35,7 +39,7 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         # One Arrow slice per batch instead of one lookup per sample.
-        rows = self.ds[[int(i) for i in indices]]
+        rows = (self.ds if self._blocks is None else self._blocks)[[int(i) for i in indices]]
         keys = list(rows)
         return [{**{k: rows[k][j] for k in keys}, "sample_id": int(i)} for j, i in enumerate(indices)]
 
@@ -54,7 +58,8 @@ class Collator:
         ids = [r["input_ids"] for r in rows]
         sample_ids = torch.tensor([r["sample_id"] for r in rows])
         if "labels" not in rows[0]:
-            input_ids = torch.tensor(ids)
+            # Packed blocks: NumPy rows from _Rows (stacked without touching each token), or lists.
+            input_ids = torch.as_tensor(np.stack(ids) if isinstance(ids[0], np.ndarray) else ids, dtype=torch.long)
             return {"input_ids": input_ids, "labels": input_ids, "sample_ids": sample_ids}
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
