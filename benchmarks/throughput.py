@@ -187,6 +187,7 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
                 "validation": "off (no validation data)" if getattr(trainer.datamodule, "val_ds", None) is None
                               else f"val_check_interval {trainer.val_check_interval}",
                 "logging": f"every {trainer.log_every_n_steps} steps, {type(trainer.logger).__name__}",
+                "log every": f"{trainer.log_every_n_steps:g}",
                 "progress bar": ", ".join(bars) or "off",
                 "callbacks": ", ".join(type(c).__name__ for c in trainer.callbacks if c is not self),
             }
@@ -241,6 +242,7 @@ def run_plain(args: argparse.Namespace, gate: Gate) -> None:
         "checkpointing": "none",
         "validation": "off",
         "logging": "none",
+        "log every": "-",
         "progress bar": "off",
         "callbacks": "-",
     }
@@ -321,6 +323,7 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
                 "checkpointing": f"save_strategy={getattr(targs.save_strategy, 'value', targs.save_strategy)}",
                 "validation": f"eval_strategy={getattr(targs.eval_strategy, 'value', targs.eval_strategy)}",
                 "logging": f"every {targs.logging_steps} steps, {','.join(targs.report_to)}",
+                "log every": f"{targs.logging_steps:g}",
                 "progress bar": "off" if targs.disable_tqdm else "tqdm",
                 "callbacks": ", ".join(type(c).__name__ for c in trainer.callback_handler.callbacks
                                        if c is not self),
@@ -368,19 +371,25 @@ def _recv(kind: str, proc: Any, conn: Any, args: argparse.Namespace, expect: str
     return payload
 
 
-MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout", "attention", "precision", "clipping")
+MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout", "attention", "precision", "clipping",
+              "dataloader workers", "log every")
+
+
+def _comparable(value: str) -> str:
+    return value.split(" (")[0]  # "0 (indexes a tensor)" -> "0"
 
 
 def print_settings(kinds: list[str], settings: dict[str, dict[str, str]], common: dict[str, str]) -> bool:
     for key, value in common.items():
         print(f"{key:>24}: {value}")
     keys = [k for k in dict.fromkeys(k for s in settings.values() for k in s) if k != "callbacks"]
-    width = 44
+    width = 48
     print(f"{'':>24}  " + "".join(f"{k + ' ' + KINDS[k]:<{width}}" for k in kinds))
     same = True
     for key in keys:
         values = [settings[k].get(key, "-") for k in kinds]
-        differs = key in MUST_MATCH and len(set(values)) > 1
+        # "-": the plain loop has no such thing (it logs nothing); the others must agree.
+        differs = key in MUST_MATCH and len({_comparable(v) for v in values if v != "-"}) > 1
         same &= not differs
         mark = " <-- DIFFERS" if differs else ""
         print(f"{key:>24}: " + "".join(f"{v:<{width}}" for v in values) + mark)
