@@ -47,6 +47,17 @@ class Poison(Callback):
             param.data.fill_(float("nan"))
 
 
+def start_cli(cwd: Any, *args: str) -> Any:
+    """`python -m lit_lora.cli ARGS` as a subprocess in `cwd` (for kill -9 and signal tests), output merged."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lit_lora.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def run_cli(args: list[str]) -> Any:
     return cli_main(args)
 

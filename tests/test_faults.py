@@ -6,8 +6,6 @@ from __future__ import annotations
 import inspect
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,8 +14,7 @@ import yaml
 
 from lit_lora.cli import main
 from lit_lora.model import LitLora
-from tests.conftest import REPO
-from tests.helpers import fit_args
+from tests.helpers import fit_args, start_cli
 
 
 def test_non_finite_loss_stops_without_overwriting_last_checkpoint(in_tmp, tiny_model_dir, shakespeare, capsys):
@@ -49,15 +46,9 @@ def _config(tmp, model_dir, corpus) -> str:
     return str(path)
 
 
-def _run(cwd, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lit_lora.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
-    proc = _run(tmp_path, "fit", "--config", _config(tmp_path, tiny_model_dir, shakespeare))
+    proc = start_cli(tmp_path, "fit", "--config", _config(tmp_path, tiny_model_dir, shakespeare))
     while not (tmp_path / "paused").exists():  # the run waits at step 5 for our signal
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
@@ -74,7 +65,7 @@ def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_mode
         cfg["trainer"]["max_steps"] = 8
         cfg["trainer"]["callbacks"] = []
         (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-        proc = _run(tmp_path, "fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last")
+        proc = start_cli(tmp_path, "fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last")
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out[-3000:]
         ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)

@@ -6,18 +6,15 @@ Subprocesses, because kill -9 is the point; each costs the Lightning import (~5 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO
-from tests.helpers import scalars
+from tests.helpers import scalars, start_cli
 
 N = 12  # checkpoint and kill after step N of 2N; the resumed half crosses an epoch end
 
@@ -43,12 +40,6 @@ def _config(tmp, model_dir, corpus, record: str, pause_at_step: int = 0) -> str:
     return str(path)
 
 
-def _cli(cwd, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lit_lora.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _finish(proc: subprocess.Popen) -> str:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
@@ -72,9 +63,9 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()
 
-    _finish(_cli(full, "fit", "--config", _config(full, tiny_model_dir, corpus, str(full / "rec.jsonl"))))
+    _finish(start_cli(full, "fit", "--config", _config(full, tiny_model_dir, corpus, str(full / "rec.jsonl"))))
 
-    proc = _cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl"), N))
+    proc = start_cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl"), N))
     while not (cut / "paused").exists():  # blocks before batch N+1, after the step-N checkpoint
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
@@ -83,7 +74,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
     run = cut / "lightning_logs" / "lit_lora" / "version_0"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == N and ckpt["epoch"] == 0  # saved mid-epoch
-    out = _finish(_cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl")),
+    out = _finish(start_cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl")),
                        "--ckpt_path", "last"))
     assert "resuming from" in out
 
