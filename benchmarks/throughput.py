@@ -157,6 +157,16 @@ def _peak_memory(cuda: bool) -> dict[str, float]:
     return out
 
 
+def _speed_settings(compiled: bool) -> dict[str, str]:
+    import torch
+
+    return {
+        "torch.compile": "on" if compiled else "off",
+        # "high" = TF32 on CUDA GPUs that have it; no effect on CPUs.
+        "fp32 matmul precision": torch.get_float32_matmul_precision(),
+    }
+
+
 def _common(args: argparse.Namespace) -> dict[str, str]:
     return {
         "data": f"{Path(args.corpus).name}, block {args.block_size} x batch {args.batch_size}",
@@ -178,8 +188,11 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
             ckpts = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
             bars = [type(c).__name__ for c in trainer.callbacks if isinstance(c, ProgressBar)]
             every = [c._every_n_train_steps for c in ckpts]
+            from lit_lora.speedups import is_compiled
+
             gate.settings = {
                 **describe_model(pl_module.model),
+                **_speed_settings(is_compiled(pl_module.model)),
                 "precision": str(trainer.precision),
                 "clipping": f"norm {trainer.gradient_clip_val}" if trainer.gradient_clip_val else "off",
                 "dataloader workers": str(dl.num_workers),
@@ -216,6 +229,8 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
     ]
     if args.base_dtype:
         cli_args += ["--model.base_dtype", args.base_dtype]
+    if args.compile:
+        cli_args += ["--model.compile", "true"]
     LitLoraCLI(args=cli_args, trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [GateCallback()]})
 
 
@@ -231,11 +246,16 @@ def run_plain(args: argparse.Namespace, gate: Gate) -> None:
     blocks = torch.tensor(ids[: n_blocks * args.block_size]).view(n_blocks, args.block_size)
     device = torch.device(args.device)
     model = build_peft_model(args).to(device)
+    if args.device == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32, as lit_lora and the Trainer (tf32=True) use
+    if args.compile:
+        model.compile()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=0.0, fused=args.device == "cuda" or None)
     order = torch.randperm(n_blocks, generator=torch.Generator().manual_seed(SEED))
     gate.settings = {
         **describe_model(model),
+        **_speed_settings(args.compile),
         "precision": "bf16-mixed (autocast)" if args.device == "cuda" else "32-true",
         "clipping": f"norm {args.clip}" if args.clip else "off",
         "dataloader workers": "0 (indexes a tensor)",
@@ -300,6 +320,8 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
         optim="adamw_torch_fused" if cuda else "adamw_torch",
         max_grad_norm=args.clip or 0.0,
         bf16=cuda,
+        tf32=cuda or None,
+        torch_compile=args.compile,
         logging_strategy="steps",
         logging_steps=args.log_every,
         save_strategy="no",
@@ -317,6 +339,7 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
         def on_train_begin(self, targs: Any, state: Any, control: Any, **kw: Any) -> None:
             gate.settings = {
                 **describe_model(kw["model"]),
+                **_speed_settings(targs.torch_compile),
                 "precision": "bf16-mixed (autocast)" if targs.bf16 else "32-true",
                 "clipping": f"norm {targs.max_grad_norm}" if targs.max_grad_norm else "off",
                 "dataloader workers": str(targs.dataloader_num_workers),
@@ -371,7 +394,8 @@ def _recv(kind: str, proc: Any, conn: Any, args: argparse.Namespace, expect: str
     return payload
 
 
-MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout", "attention", "precision", "clipping",
+MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout", "attention", "torch.compile",
+              "fp32 matmul precision", "precision", "clipping",
               "dataloader workers", "log every")
 
 
@@ -418,6 +442,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--repeats", type=int, default=12, help="interleaved rounds (one segment of each run)")
     p.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--base_dtype", default=None, help="frozen base dtype, e.g. bfloat16 (default float32)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in all three runs")
     p.add_argument("--clip", type=float, default=0.0, help="gradient clipping norm in all runs (0: off)")
     p.add_argument("--num_workers", type=int, default=0, help="dataloader workers of runs a and c")
     p.add_argument("--log_every", type=int, default=10, help="log the train loss every N steps (a and c)")

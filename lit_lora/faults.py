@@ -13,13 +13,51 @@ from lightning.pytorch.callbacks import Callback
 from lit_lora.errors import LitLoraError
 
 
-def check_finite_loss(loss: torch.Tensor, step: int) -> None:
-    """Raise before backward() on NaN/Inf, so no optimizer step and no checkpoint sees the bad state."""
-    if not bool(torch.isfinite(loss)):
-        raise LitLoraError(
-            f"non-finite training loss ({float(loss)}) at step {step + 1}; stopped before updating weights. "
-            "The last checkpoint written before it is intact; lower --model.learning_rate or check the data"
-        )
+class FiniteLossGuard:
+    """Stops a run whose training loss turns NaN/Inf before anything poisoned is saved.
+
+    On the CPU the loss is read at once, before backward(): reading a CPU tensor costs nothing, and the
+    weights are never updated. On a GPU, reading it every step would make the host wait for each step's
+    kernels before queueing the next step; there the check stays on the device (no synchronisation) and
+    is read at every logging step, before every checkpoint and at the end of training. The weights in
+    memory may then have taken a few bad steps, but no checkpoint ever holds them.
+    """
+
+    def __init__(self) -> None:
+        # None: decide from the loss's device (CPU: at once). Tests set True to run the GPU path on a CPU.
+        self.defer: Optional[bool] = None
+        self._first_bad: Optional[torch.Tensor] = None  # step index of the first bad loss, -1 while none
+        self._bad_value: Optional[torch.Tensor] = None
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        defer = self.defer if self.defer is not None else loss.device.type != "cpu"
+        if not defer:
+            if not bool(torch.isfinite(loss)):
+                raise _non_finite(float(loss), step, "stopped before updating weights")
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first_now = (self._first_bad < 0) & ~torch.isfinite(loss)
+        self._first_bad = torch.where(first_now, step, self._first_bad)
+        self._bad_value = torch.where(first_now, loss, self._bad_value)
+
+    def check(self, steps_done: int) -> None:
+        """Raise if a loss seen so far was non-finite (when deferred: one read from the device)."""
+        if self._first_bad is None:
+            return
+        first = int(self._first_bad)
+        if first >= 0:
+            when = f"noticed after step {steps_done} and stopped before saving a checkpoint"
+            raise _non_finite(float(self._bad_value), first, when)
+
+
+def _non_finite(value: float, step: int, when: str) -> LitLoraError:
+    return LitLoraError(
+        f"non-finite training loss ({value}) at step {step + 1}; {when}. "
+        "The last checkpoint written before it is intact; lower --model.learning_rate or check the data"
+    )
 
 
 class GracefulStop(Callback):

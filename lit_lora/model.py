@@ -17,7 +17,7 @@ from torchmetrics import SumMetric
 
 from lit_lora.corpus import IGNORE_INDEX
 from lit_lora.errors import LitLoraError
-from lit_lora.faults import check_finite_loss
+from lit_lora.faults import FiniteLossGuard
 from lit_lora.generation import GenerationSettings
 from lit_lora.lora import LoraSettings, apply_lora
 
@@ -59,6 +59,9 @@ class LitLora(pl.LightningModule):
         block_size: int = 512,
         base_dtype: Optional[str] = None,
         attn_implementation: Optional[str] = "sdpa",
+        tf32: bool = True,
+        compile: bool = False,
+        compile_options: Optional[dict[str, Any]] = None,
         trust_remote_code: bool = False,
         generation: GenerationSettings = GenerationSettings(),  # noqa: B008  (expanded like lora)
     ) -> None:
@@ -81,6 +84,11 @@ class LitLora(pl.LightningModule):
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
             attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...).
+            tf32: On CUDA GPUs with TensorFloat-32 (Ampere and newer), let float32 matmuls use it
+                (`torch.set_float32_matmul_precision("high")`). No effect on CPUs.
+            compile: Compile the model's forward with `torch.compile` for `fit` (in place: checkpoint keys
+                keep their names). The first steps are slower while it compiles; pays off on long GPU runs.
+            compile_options: Keyword arguments for `torch.compile`, e.g. `{"mode": "max-autotune"}`.
             trust_remote_code: Allow model repositories to run their own code. Off unless you turn it on.
             generation: How `predict` completes prompts (the settings of `python -m lit_lora.cli generate`).
         """
@@ -102,6 +110,10 @@ class LitLora(pl.LightningModule):
             raise LitLoraError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
         if learning_rate <= 0:
             raise LitLoraError(f"model.learning_rate must be > 0, got {learning_rate}")
+        if compile:
+            from lit_lora.speedups import check_compile_options
+
+            check_compile_options(compile_options)
         self.lora_settings = lora
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
@@ -120,6 +132,7 @@ class LitLora(pl.LightningModule):
         self.block_size = block_size
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
+        self.finite_loss = FiniteLossGuard()
         self._total_steps: Optional[int] = None
         self._rng_to_restore: Optional[dict[str, Any]] = None
         # Checkpoints hold only the trainable LoRA weights; the frozen base is rebuilt from
@@ -195,9 +208,18 @@ class LitLora(pl.LightningModule):
         nll, n = self._nll(batch)
         # Mean over the real target tokens of this micro-batch (padding and prompts excluded).
         loss = nll / n.clamp(min=1)
-        check_finite_loss(loss, self.global_step)
-        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.finite_loss.observe(loss, self.global_step)
+        # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
+        # the value logged at each logging step (monitoring.RunProgressBar).
+        self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self.finite_loss.check(self.global_step)
+
+    def on_train_end(self) -> None:
+        self.finite_loss.check(self.global_step)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         nll, n = self._nll(batch)
@@ -266,6 +288,14 @@ class LitLora(pl.LightningModule):
         progress = min(1.0, (step - self.warmup_steps) / (total - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    def setup(self, stage: str) -> None:
+        from lit_lora.speedups import compile_in_place, enable_tf32, is_compiled
+
+        if self.hparams.tf32:
+            enable_tf32(self.trainer.strategy.root_device)
+        if stage == "fit" and self.hparams.compile and not is_compiled(self.model):
+            compile_in_place(self.model, self.hparams.compile_options)
+
     def on_train_start(self) -> None:
         total = self.trainer.estimated_stepping_batches
         self._total_steps = int(total) if math.isfinite(total) else None
@@ -276,6 +306,8 @@ class LitLora(pl.LightningModule):
     # -- checkpoints: LoRA weights + what resume needs -------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self._trainer.training:
+            self.finite_loss.check(self.global_step)  # never save weights a non-finite loss has updated
         if "state_dict" in checkpoint:
             # Filter the strategy's state dict (under FSDP, the full one gathered on rank 0) rather than
             # calling self.state_dict() again.

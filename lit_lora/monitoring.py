@@ -268,26 +268,36 @@ class TokenThroughput(Callback):
             metrics["throughput/tflops_per_sec"] = flops / elapsed / 1e12
             metrics["throughput/mfu"] = flops / elapsed / self._peak
         _log(trainer, metrics, _batch_index(trainer))
-        if self.prog_bar:
-            # Shown until the next interval replaces it; not sent to the logger a second time.
-            pl_module.log(
-                "tok/s", float(round(self.tokens_per_sec)), prog_bar=True, logger=False, on_step=True, on_epoch=False
-            )
 
 
 class _RunEta:
-    """Progress-bar mixin: the time left for the whole run (`eta`, from the measured step rate; validation
-    time not included) and no version number."""
+    """Progress-bar mixin: `train_loss` and `tok/s` as of the last logging step, the time left for the whole
+    run (`eta`, from the measured step rate; validation time not included) and no version number.
+
+    The loss is read from the device once per logging step, not at every refresh: Lightning reads
+    `prog_bar=True` values after every step, which on a GPU makes the host wait for each step to finish.
+    """
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)  # type: ignore[misc]
         # The training data is set up by now, so this does not reload the dataloader.
         self._total_steps = trainer.estimated_stepping_batches
+        self._loss_read_at: Optional[int] = None
+        self._loss: Optional[float] = None
 
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
         items.pop("v_num", None)
-        rate = next((c.steps_per_sec for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+        step = trainer.global_step
+        if getattr(self, "_loss_read_at", None) != step and (step % trainer.log_every_n_steps == 0 or not trainer.training):
+            loss = trainer.callback_metrics.get("train_loss")
+            self._loss_read_at, self._loss = step, (float(loss) if loss is not None else None)
+        if getattr(self, "_loss", None) is not None:
+            items["train_loss"] = round(self._loss, 4)
+        throughput = next((c for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+        if throughput is not None and throughput.prog_bar and throughput.tokens_per_sec:
+            items["tok/s"] = round(throughput.tokens_per_sec)
+        rate = throughput.steps_per_sec if throughput is not None else None
         total = getattr(self, "_total_steps", None)
         if rate and total is not None and math.isfinite(total):
             items["eta"] = str(timedelta(seconds=int(max(0.0, total - trainer.global_step) / rate)))

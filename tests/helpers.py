@@ -107,3 +107,71 @@ class RecordRanks(Callback):
                   "epoch": trainer.current_epoch, "ids": batch["sample_ids"].tolist()}
         with open(f"{self.prefix}{trainer.global_rank}.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+class DeferFiniteCheck(Callback):
+    """Test callback: run the GPU path of the non-finite loss check (read from the device only at logging
+    steps and before saving) on the CPU."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        pl_module.finite_loss.defer = True
+
+
+class HostReads:
+    """Counts calls that copy a tensor's value to Python (`item`, `bool`, `float`, `int`, `tolist`) while
+    active: on a GPU each one makes the host wait for every queued kernel. Reads of AdamW's own `step`
+    counter are left out: without `fused`/`capturable` it is a CPU tensor even on a GPU (no wait)."""
+
+    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> "HostReads":
+        import sys
+
+        import torch
+
+        def counting(original: Any) -> Any:
+            def wrapper(tensor: Any, *args: Any, **kwargs: Any) -> Any:
+                if f"torch{os.sep}optim{os.sep}" not in sys._getframe(1).f_code.co_filename:
+                    self.count += 1
+                return original(tensor, *args, **kwargs)
+
+            return wrapper
+
+        for name in self.NAMES:
+            self._saved[name] = getattr(torch.Tensor, name)
+            setattr(torch.Tensor, name, counting(self._saved[name]))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        for name, original in self._saved.items():
+            setattr(torch.Tensor, name, original)
+        self._saved.clear()
+
+
+class CountHostReads(Callback):
+    """Test callback: `HostReads` per training step, from one batch start to the next (the step's logging,
+    callbacks and progress bar run after on_train_batch_end)."""
+
+    def __init__(self) -> None:
+        self.per_step: dict[int, int] = {}
+        self._reads = HostReads()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._reads.__enter__()
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step > 0:
+            self.per_step[trainer.global_step] = self._reads.count
+        self._reads.count = 0
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._reads.__exit__()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._reads.__exit__()
