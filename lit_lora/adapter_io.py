@@ -107,15 +107,21 @@ def _model_card(module: Any, ckpt: Optional[dict[str, Any]], kind: str) -> str:
     return "\n".join(lines + ["```", ""])
 
 
-def export_adapter(module: Any, output_dir: str) -> Path:
-    """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format)."""
+def export_adapter(module: Any, output_dir: str, checkpoint: Optional[dict[str, Any]] = None) -> Path:
+    """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format).
+
+    With `checkpoint` (a lit_lora checkpoint of this module's run) its LoRA weights are written instead of
+    the module's own, so the end of `fit` exports its best checkpoint without loading a second base model.
+    """
     peft_model = module.model
     config = peft_model.peft_config["default"]
     config.base_model_name_or_path = module.hparams["model_name_or_path"]
-    ckpt = getattr(module, "checkpoint_meta", None)
+    ckpt = checkpoint if checkpoint is not None else getattr(module, "checkpoint_meta", None)
+    # PEFT's save_pretrained filters a state dict under the PeftModel's own names ("model." is LitLora's).
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()} if checkpoint else None
 
     def fill(tmp: Path) -> None:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         (tmp / "README.md").write_text(_model_card(module, ckpt, "adapter"), encoding="utf-8")
         info = {"base_model": module.hparams["model_name_or_path"], "base_fingerprint": module.base_fingerprint(),
                 "model_config": module.hparams.get("model_config"), "seed": (ckpt or {}).get("lit_lora", {}).get("seed"),

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Literal, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.settings import coerce_settings
 
 
 @dataclass
@@ -66,13 +67,7 @@ class GenerationSettings:
 
     @classmethod
     def coerce(cls, value: "GenerationSettings | dict | None") -> "GenerationSettings":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        raise LitLoraError(f"generation settings must be a mapping, got {value!r}")
+        return coerce_settings(cls, value, "generation settings")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

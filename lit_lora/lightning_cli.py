@@ -212,8 +212,13 @@ class LitLoraCLI(LightningCLI):
         if not best or not os.path.isfile(best):
             return
         from lit_lora.adapter_io import export_adapter, module_from_checkpoint
+        from lit_lora.model import _is_fsdp
 
-        out = export_adapter(module_from_checkpoint(best), os.path.join(log_dir or ".", "adapter"))
+        out_dir = os.path.join(log_dir or ".", "adapter")
+        if _is_fsdp(trainer.model):  # each rank holds a slice of the weights: rebuild the model whole
+            out = export_adapter(module_from_checkpoint(best), out_dir)
+        else:  # the trained model is in memory: write the best checkpoint's LoRA weights with it
+            out = export_adapter(self.model, out_dir, checkpoint=load_checkpoint_file(best))
         print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------

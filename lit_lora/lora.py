@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from lit_lora.errors import LitLoraError
+from lit_lora.settings import coerce_settings
 
 
 @dataclass
@@ -46,13 +47,7 @@ class LoraSettings:
 
     @classmethod
     def coerce(cls, value: "LoraSettings | dict | None") -> "LoraSettings":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            return cls(**value)
-        raise LitLoraError(f"model.lora must be a mapping of LoRA settings, got {value!r}")
+        return coerce_settings(cls, value, "model.lora")
 
     @classmethod
     def from_peft_config(cls, config: Any) -> "LoraSettings":

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from lit_lora.adapter_io import export_adapter, merge_to_dir, module_from_checkpoint
@@ -82,8 +83,14 @@ def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tm
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter")
     peft_model.eval()
     assert (_logits(peft_model) - our_logits).abs().max() <= 1e-5
-    # fit already exported the best checkpoint next to its logs
-    assert (trained["run"] / "adapter" / "adapter_model.safetensors").is_file()
+    # fit already exported the best checkpoint next to its logs, its weights and not the last ones
+    (best,) = (trained["run"] / "checkpoints").glob("step*.ckpt")
+    best_weights = torch.load(best, weights_only=True)["state_dict"]
+    fit_export = load_file(trained["run"] / "adapter" / "adapter_model.safetensors")
+    assert set(fit_export) == {k.removeprefix("model.").replace(".default.", ".") for k in best_weights}
+    assert all(torch.equal(fit_export[k.removeprefix("model.").replace(".default.", ".")], v)
+               for k, v in best_weights.items())
+    assert f"Steps: {int(best.name[4:10])}" in (trained["run"] / "adapter" / "README.md").read_text()
 
 
 def test_merge_gives_plain_transformers_model(trained, tmp_path):
