@@ -216,10 +216,26 @@ class LitLora(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.finite_loss.check(self.global_step)
+            self._check_finite_loss()
 
     def on_train_end(self) -> None:
-        self.finite_loss.check(self.global_step)
+        self._check_finite_loss()
+
+    def _check_finite_loss(self) -> None:
+        """Every process stops together: one whose loss was non-finite tells the others (one collective),
+        instead of raising alone while they wait for it in the next gradient all-reduce."""
+        try:
+            self.finite_loss.check(self.global_step)
+            error = None
+        except LitLoraError as err:
+            error = err
+        if self.trainer.strategy.reduce_boolean_decision(error is not None, all=False) and error is None:
+            error = LitLoraError(
+                f"non-finite training loss in another process, noticed after step {self.global_step}; stopped "
+                "before saving a checkpoint. The last checkpoint written before it is intact"
+            )
+        if error is not None:
+            raise error
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         nll, n = self._nll(batch)
@@ -295,6 +311,9 @@ class LitLora(pl.LightningModule):
             enable_tf32(self.trainer.strategy.root_device)
         if stage == "fit" and self.hparams.compile and not is_compiled(self.model):
             compile_in_place(self.model, self.hparams.compile_options)
+        if self.trainer.world_size > 1 and self.finite_loss.defer is None:
+            # Checked at the points where all processes check together (see _check_finite_loss).
+            self.finite_loss.defer = True
 
     def on_train_start(self) -> None:
         total = self.trainer.estimated_stepping_batches
@@ -307,7 +326,7 @@ class LitLora(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self._trainer.training:
-            self.finite_loss.check(self.global_step)  # never save weights a non-finite loss has updated
+            self._check_finite_loss()  # never save weights a non-finite loss has updated
         if "state_dict" in checkpoint:
             # Filter the strategy's state dict (under FSDP, the full one gathered on rank 0) rather than
             # calling self.state_dict() again.

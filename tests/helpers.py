@@ -6,7 +6,7 @@ import glob
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
 
@@ -36,13 +36,15 @@ def _signalled(trainer: Any) -> bool:
 
 
 class Poison(Callback):
-    """Test callback: writes NaN into one LoRA weight before step `at_step`, as a diverging run would."""
+    """Test callback: writes NaN into one LoRA weight before step `at_step`, as a diverging run would (in
+    process `rank` only, if given)."""
 
-    def __init__(self, at_step: int) -> None:
+    def __init__(self, at_step: int, rank: Optional[int] = None) -> None:
         self.at_step = at_step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.at_step:
+        if trainer.global_step == self.at_step and self.rank in (None, trainer.global_rank):
             name, param = next((n, p) for n, p in pl_module.named_parameters() if "lora_B" in n)
             param.data.fill_(float("nan"))
 

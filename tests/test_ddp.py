@@ -263,6 +263,26 @@ def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error
     assert not (runs["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
 
 
+def test_non_finite_loss_in_one_process_stops_every_process(workdir):
+    """Rank 1's loss turns NaN at step 4 while rank 0's is still finite: both stop (no rank left waiting in
+    an all-reduce), before the step-4 checkpoint, and the step-2 checkpoint is intact."""
+    run = workdir / "nan-on-rank-1"
+    proc = _start_ddp(run, "--config", str(workdir / "cfg.yaml"), "--data.batch_size", str(BATCH),
+                      "--data.cache_dir", str(workdir / "cache-nan"), "--trainer.max_epochs", "1",
+                      "--trainer.callbacks+=tests.helpers.Poison", "--trainer.callbacks.at_step", "3",
+                      "--trainer.callbacks.rank", "1")
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"a rank hung after the non-finite loss:\n{proc.communicate()[0][-3000:]}")
+    assert proc.returncode == 2, out[-3000:]
+    assert "lit_lora: error: non-finite training loss" in out and "noticed after step 4" in out
+    last = torch.load(_ckpt(run, "last.ckpt"), weights_only=True)
+    assert last["global_step"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert not _ckpt(run, "step000004.ckpt").exists()
+
+
 def test_fsdp_config_builds_the_stated_strategy():
     # Lightning's FSDP needs CUDA, so on CPU we check what conf/gpt2-fsdp.yaml builds, without a Trainer.
     from jsonargparse import ArgumentParser
