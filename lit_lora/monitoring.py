@@ -289,7 +289,8 @@ class _RunEta:
         items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
         items.pop("v_num", None)
         step = trainer.global_step
-        if getattr(self, "_loss_read_at", None) != step and (step % trainer.log_every_n_steps == 0 or not trainer.training):
+        logging_step = step % trainer.log_every_n_steps == 0 or not trainer.training
+        if logging_step and getattr(self, "_loss_read_at", None) != step:
             loss = trainer.callback_metrics.get("train_loss")
             self._loss_read_at, self._loss = step, (float(loss) if loss is not None else None)
         if getattr(self, "_loss", None) is not None:
