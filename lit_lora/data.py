@@ -159,6 +159,8 @@ class LitLoraData(pl.LightningDataModule):
         self.truncated = 0
         self._resume: Optional[dict[str, int]] = None
         self._sampler: Optional[ResumableSampler] = None
+        self._step_tokens: Optional[tuple[tuple[int, int], np.ndarray]] = None  # ((epoch, accumulate), totals)
+        self._counts: Optional[np.ndarray] = None
         self.test_files = [test_files] if isinstance(test_files, str) else list(test_files or [])
         self.predict_file = predict_file
         self.test_ds: Any = None
@@ -308,6 +310,26 @@ class LitLoraData(pl.LightningDataModule):
             sampler.resume_from(state["epoch"], state["batches_done"] * self.batch_size)
         self._sampler = sampler
         return self._loader(self.train_ds, sampler)
+
+    def step_target_tokens(self, epoch: int, batch_idx: int, accumulate: int) -> Optional[int]:
+        """Target tokens of the whole optimizer step that training batch `batch_idx` of `epoch` belongs to:
+        its `accumulate` micro-batches on every process. None for packed text, whose micro-batches all
+        hold the same number, so their means already weigh every token alike."""
+        if self._sampler is None or "labels" not in self.train_ds.column_names:
+            return None
+        key = (epoch, accumulate)
+        if self._step_tokens is None or self._step_tokens[0] != key:
+            counts = self._target_counts()
+            self._step_tokens = (key, self._sampler.step_totals(epoch, counts, self.batch_size, accumulate))
+        return int(self._step_tokens[1][batch_idx // accumulate])
+
+    def _target_counts(self) -> np.ndarray:
+        """Predicted tokens per training example (labels after the shift that are not -100)."""
+        if self._counts is None:
+            labels = self.train_ds.with_format("numpy")["labels"]
+            self._counts = np.fromiter(((row[1:] != IGNORE_INDEX).sum() for row in labels), dtype=np.int64,
+                                       count=len(labels))
+        return self._counts
 
     def val_dataloader(self) -> Any:
         if self.val_ds is None:

@@ -133,6 +133,8 @@ class LitLora(pl.LightningModule):
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self.finite_loss = FiniteLossGuard()
+        self._step_nll: Optional[torch.Tensor] = None
+        self._step_n: Optional[torch.Tensor] = None
         self._total_steps: Optional[int] = None
         self._rng_to_restore: Optional[dict[str, Any]] = None
         # Checkpoints hold only the trainable LoRA weights; the frozen base is rebuilt from
@@ -206,12 +208,29 @@ class LitLora(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         nll, n = self._nll(batch)
-        # Mean over the real target tokens of this micro-batch (padding and prompts excluded).
-        loss = nll / n.clamp(min=1)
+        accumulate, world = self.trainer.accumulate_grad_batches, self.trainer.world_size
+        step_tokens = None
+        if accumulate > 1 or world > 1:
+            window = getattr(self.trainer.datamodule, "step_target_tokens", None)
+            step_tokens = window(self.current_epoch, batch_idx, accumulate) if window is not None else None
+        if step_tokens is None:
+            # Mean over the real target tokens of this micro-batch (padding and prompts excluded).
+            loss = nll / n.clamp(min=1)
+        else:
+            # Mean over the target tokens of the whole optimizer step (every micro-batch of every process),
+            # not a mean of micro-batch means: Lightning divides each micro-batch's loss by `accumulate` and
+            # DDP averages the gradients over processes, so scale back by both.
+            loss = nll * (accumulate * world / max(step_tokens, 1))
         self.finite_loss.observe(loss, self.global_step)
+        # Logged: this process's token mean over the micro-batches of the step so far (the whole step at
+        # its last micro-batch, which is what Lightning logs).
+        if batch_idx % accumulate == 0 or self._step_nll is None:
+            self._step_nll, self._step_n = nll.detach(), n
+        else:
+            self._step_nll, self._step_n = self._step_nll + nll.detach(), self._step_n + n
         # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
         # the value logged at each logging step (monitoring.RunProgressBar).
-        self.log("train_loss", loss, batch_size=batch["input_ids"].shape[0])
+        self.log("train_loss", self._step_nll / self._step_n.clamp(min=1), batch_size=batch["input_ids"].shape[0])
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -76,6 +77,18 @@ class ResumableSampler(Sampler[int]):
             g = torch.Generator().manual_seed(self.seed + epoch + 7919)
             buckets = [buckets[i] for i in torch.randperm(len(buckets), generator=g).tolist()]
         return [i for b in buckets for i in b]
+
+    def step_totals(self, epoch: int, counts: np.ndarray, batch_size: int, accumulate: int) -> np.ndarray:
+        """`counts` summed over the samples of each optimizer step of `epoch`: `accumulate` consecutive
+        batches of `batch_size` on every rank (the epoch's last step may have fewer)."""
+        order = np.asarray(self.epoch_order(epoch))
+        per_rank = len(order) // self.world_size
+        n_batches = -(-per_rank // batch_size)
+        # Rank r's k-th sample is order[k * world_size + r], so one step's samples on all ranks are a
+        # contiguous slice of the epoch order.
+        bounds = [min(b * batch_size, per_rank) * self.world_size for b in range(0, n_batches, accumulate)]
+        csum = np.concatenate([[0], np.cumsum(counts[order[: per_rank * self.world_size]])])
+        return csum[bounds[1:] + [per_rank * self.world_size]] - csum[bounds]
 
     def __iter__(self) -> Iterator[int]:
         # A generator, so the order is drawn at the first batch, after Lightning's set_epoch().

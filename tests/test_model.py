@@ -123,3 +123,38 @@ def test_training_step_updates_lora_weights(tiny_model_dir):
     after = model.trainable_state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert len(changed) == len(before), "every LoRA tensor must move after two steps"
+
+
+def test_accumulated_micro_batches_train_like_one_batch_on_ragged_data(in_tmp):
+    """Pitfall 8: with gradient accumulation on prompt/completion data of very different lengths, the loss
+    is the mean over the target tokens of the whole optimizer step, not a mean of micro-batch means. Batch 2
+    x 2 accumulated must then train the same adapter as batch 4 (same samples per step, no dropout)."""
+    import json
+    import random
+
+    from tests.conftest import save_tiny_gpt2
+    from tests.helpers import run_cli
+
+    model_dir = save_tiny_gpt2(in_tmp / "model", QUICKSTART / "tokenizer", resid_pdrop=0.0, embd_pdrop=0.0,
+                               attn_pdrop=0.0)
+    rng = random.Random(0)
+    words = (QUICKSTART / "train.txt").read_text().split()
+    rows = [{"prompt": " ".join(rng.choices(words, k=rng.randint(2, 6))),
+             "completion": " " + " ".join(rng.choices(words, k=rng.choice([1, 2, 25, 40])))} for _ in range(24)]
+    data = in_tmp / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def fit(batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+        cli = run_cli(["fit", "--model.model_name_or_path", str(model_dir), "--model.lora.dropout", "0",
+                       "--model.learning_rate", "1e-2", "--model.warmup_steps", "0",
+                       "--data.train_files", str(data), "--data.val_fraction", "0", "--data.block_size", "64",
+                       "--data.length_bucketing", "false", "--data.batch_size", str(batch_size),
+                       "--data.cache_dir", str(in_tmp / "cache"),
+                       "--trainer.accumulate_grad_batches", str(accumulate), "--trainer.max_steps", "3",
+                       "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                       "--trainer.default_root_dir", str(in_tmp / f"run{batch_size}"),
+                       "--trainer.logger.init_args.save_dir", str(in_tmp / f"logs{batch_size}")])
+        return {k: v.detach().clone() for k, v in cli.model.trainable_state_dict().items()}
+
+    one_batch, accumulated = fit(4, 1), fit(2, 2)
+    assert max((one_batch[k] - accumulated[k]).abs().max().item() for k in one_batch) < 1e-5
