@@ -100,7 +100,8 @@ class LitLoraData(pl.LightningDataModule):
         """
         Args:
             train_files: Training files or globs. Plain text (a file is one document), JSONL with a `text`
-                field, or prompt/completion JSONL (`prompt`, `completion` fields).
+                field, or prompt/completion JSONL (`prompt`, `completion` fields). Not needed by `validate`
+                or `test` given `val_files`/`test_files`.
             val_files: Validation files or globs, same formats. When omitted, `val_fraction` is split off.
             val_fraction: Fraction of training blocks (or examples) held out for validation, with `seed`.
             format: "auto" detects from the extension and the first JSONL record's fields.
@@ -131,7 +132,7 @@ class LitLoraData(pl.LightningDataModule):
             raise LitLoraError(f"data.batch_size must be at least 1, got {batch_size}")
         if not 0.0 <= val_fraction < 1.0:
             raise LitLoraError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
-        if not train_files and not dataset_name and not predict_file:
+        if not (train_files or dataset_name or predict_file or val_files or test_files):
             raise LitLoraError("no training data: give --data.train_files FILE (or a glob) or --data.dataset_name")
         # The tokenizer is the model's (a linked value); logging it twice would clash with the model's hparams.
         self.save_hyperparameters(ignore=["tokenizer_name_or_path"])
@@ -238,14 +239,34 @@ class LitLoraData(pl.LightningDataModule):
         # Runs on one process per node: fills the datasets cache so setup() on every rank only reads it.
         if self.trainer is not None and self.trainer.predicting:
             return  # predict reads only its prompts file
-        self._build()
+        only = self._eval_files_only()
+        if only:
+            self._build_eval(*only)
+        else:
+            self._build()
+
+    def _eval_files_only(self) -> Optional[tuple[list[str], str]]:
+        """(files, option name) when `validate`/`test` has files of its own: the training split is then
+        neither needed nor built."""
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        if fn == TrainerFn.VALIDATING and self.val_files and not self.dataset_name:
+            return self.val_files, "data.val_files"
+        if fn == TrainerFn.TESTING and self.test_files:
+            return self.test_files, "data.test_files"
+        return None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage == "predict":
             self._setup_predict()
             return
-        if stage == "test" and self.test_files and self.test_ds is None:
-            self.test_ds = self._build_test()
+        only = self._eval_files_only() if stage in ("validate", "test") else None
+        if only:
+            if stage == "test" and self.test_ds is None:
+                self.test_ds = self._build_eval(*only)
+            elif stage == "validate" and self.val_ds is None:
+                self.val_ds = self._build_eval(*only)
             return
         if self.train_ds is not None:
             return
@@ -353,16 +374,15 @@ class LitLoraData(pl.LightningDataModule):
 
     # -- test and predict inputs ------------------------------------------------------------------------
 
-    def _build_test(self) -> Any:
-        files = resolve_files(self.test_files, "data.test_files")
+    def _build_eval(self, files: list[str], option: str) -> Any:
+        """A validation or test split from its own files, without the training split."""
+        files = resolve_files(files, option)
         fmt = detect_format(files) if self.format == "auto" else self.format
-        test = build_split(files, fmt, tokenizer=self._load_tokenizer(), block_size=self.block_size,
-                           cache_dir=self.cache_dir, text_field=self.text_field, num_proc=self.num_proc)
-        if len(test) == 0:
-            raise LitLoraError(
-                f"data.test_files are shorter than one block of data.block_size={self.block_size} tokens"
-            )
-        return test.remove_columns("truncated") if "truncated" in test.column_names else test
+        split = build_split(files, fmt, tokenizer=self._load_tokenizer(), block_size=self.block_size,
+                            cache_dir=self.cache_dir, text_field=self.text_field, num_proc=self.num_proc)
+        if len(split) == 0:
+            raise LitLoraError(f"{option} are shorter than one block of data.block_size={self.block_size} tokens")
+        return split.remove_columns("truncated") if "truncated" in split.column_names else split
 
     def _setup_predict(self) -> None:
         if not self.predict_file:

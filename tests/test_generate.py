@@ -277,8 +277,8 @@ def _plain_loop_nll(model, tokenizer, pairs: list[tuple[str, str]]) -> list[tupl
 
 
 def _eval_args(sub: str, trained, tmp: Path, val: Path, *extra: str) -> list[str]:
-    return [sub, "--model.model_name_or_path", str(trained.base), "--data.train_files", str(val),
-            "--data.val_files", str(val), "--data.batch_size", "3", "--data.block_size", "64",
+    # No training files: validate and test build only the split they evaluate.
+    return [sub, "--model.model_name_or_path", str(trained.base), "--data.val_files", str(val), "--data.batch_size", "3", "--data.block_size", "64",
             "--data.cache_dir", str(tmp / "hf-cache"), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *extra]
 
@@ -310,6 +310,7 @@ def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained,
     assert val_ppl == pytest.approx(ppl, rel=1e-4)
     assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(math.log(ppl), rel=1e-4)
     assert abs(wrong - ppl) / ppl > 1e-3  # the mean of per-batch losses would be a different number
+    assert cli.datamodule.train_ds is None
 
     # `test` on its own files (the validation files here are others).
     cli = run_cli(_eval_args("test", trained, tmp_path, other, "--data.test_files", str(val),
