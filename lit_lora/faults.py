@@ -3,6 +3,7 @@ non-finite loss stops the run before anything poisoned is saved."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Any, Optional
@@ -62,26 +63,73 @@ def _non_finite(value: float, step: int, when: str) -> LitLoraError:
 
 class GracefulStop(Callback):
     """SIGTERM (Lightning's handler notices it) or SIGINT/Ctrl-C (ours) ends the run after the current
-    training batch with a resumable `last.ckpt`. A second Ctrl-C interrupts at once."""
+    training batch with a resumable `last.ckpt`. A second Ctrl-C interrupts at once.
+
+    With several processes, the ranks may notice a signal at different batches, and saving is collective:
+    one rank saving while another starts the next step would hang both. There Lightning decides: before
+    each batch it broadcasts rank 0's SIGTERM flag and raises SIGTERMException on every rank together; this
+    callback saves `last.ckpt` then, from `on_exception`. Ctrl-C on rank 0 is turned into that SIGTERM
+    (Lightning's launcher passes it on to the other ranks); the other ranks leave Ctrl-C to rank 0.
+    """
 
     def __init__(self) -> None:
         self.signal_name: Optional[str] = None
         self._previous: Any = None
+        self._previous_term: Any = None
+        self._distributed = False
+        self._rank = 0
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.signal_name = None
+        self._distributed = trainer.world_size > 1
+        self._rank = trainer.global_rank
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # After Lightning has installed its SIGTERM handler (it does so after on_fit_start).
+        main = threading.current_thread() is threading.main_thread()
+        if main and self._distributed and hasattr(trainer, "_signal_connector"):
+            self._previous_term = signal.signal(signal.SIGTERM, self._sigterm_flag_only(trainer))
+
+    @staticmethod
+    def _sigterm_flag_only(trainer: Any) -> Any:
+        """Lightning 2.6's own SIGTERM handler runs a broadcast inside the handler, wherever each rank happens
+        to be; a rank that gets SIGTERM twice (from `kill` on the process group and again from Lightning's
+        launcher) runs two, and every rank hangs. This one only records the signal, once, and passes it on
+        to the launcher's child ranks; the broadcast Lightning makes before each batch does the rest."""
+
+        def handler(signum: int, frame: Any) -> None:
+            connector = trainer._signal_connector
+            if connector.received_sigterm:
+                return
+            connector.received_sigterm = True
+            launcher = trainer.strategy.launcher
+            if launcher is not None and hasattr(launcher, "kill"):
+                launcher.kill(signum)
+
+        return handler
+
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._distributed and self._rank != 0:
+            return  # rank 0 stops every rank (see the class docstring)
         self.signal_name = "SIGINT"
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._distributed:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._distributed:
+            return  # Lightning raises SIGTERMException on every rank before the next batch: on_exception
         if self.signal_name is None and trainer.received_sigterm:
             self.signal_name = "SIGTERM"
         if self.signal_name is None:
             return
+        self._save(trainer)
+        # Ends the loop cleanly after this batch (for SIGTERM Lightning then raises SIGTERMException).
+        trainer.should_stop = True
+
+    def _save(self, trainer: Any) -> None:
         callback = trainer.checkpoint_callback
         if callback is not None and callback.dirpath:
             path = f"{callback.dirpath}/last.ckpt"
@@ -94,16 +142,24 @@ class GracefulStop(Callback):
                     "Resume with --ckpt_path last",
                     flush=True,
                 )
-        # Ends the loop cleanly after this batch (for SIGTERM Lightning then raises SIGTERMException).
-        trainer.should_stop = True
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if self._distributed and isinstance(exception, SIGTERMException) and trainer.training:
+            self.signal_name = self.signal_name or "SIGTERM"
+            self._save(trainer)
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+        if self._previous_term is not None:
+            signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None

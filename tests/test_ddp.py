@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,31 @@ def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error
         "order would change. Resume with the same number of devices, or from an end-of-epoch checkpoint"
     )
     assert not (runs["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_every_process_saves_once_and_resumes_exactly(runs, workdir, signum):
+    """`kill -TERM -PGID` or Ctrl-C reaches every rank (and Lightning's launcher sends rank 1 a second
+    SIGTERM): all ranks stop after the same batch, last.ckpt is written once, exit 0, and resuming from it
+    ends with the uninterrupted run's weights."""
+    name = signal.Signals(signum).name
+    run = workdir / f"signal-{name}"
+    flags = ("--config", str(workdir / "cfg.yaml"), "--data.batch_size", str(BATCH),
+             "--data.cache_dir", str(workdir / f"cache-{name}"))
+    proc = _start_ddp(run, *flags, "--trainer.callbacks+=tests.helpers.RecordBatches",
+                      "--trainer.callbacks.path", str(run / "rec.jsonl"), "--trainer.callbacks.pause_at_step", "4",
+                      "--trainer.callbacks.marker", str(run / "paused"), "--trainer.callbacks.until_signal", "true")
+    while not (run / "paused").exists():  # both ranks wait before step 5 for the signal (no checkpoint due)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    os.killpg(proc.pid, signum)
+    out = _finish(proc)
+    assert out.count(f"lit_lora: received {name}; saved ") == 1 and "at step 5." in out
+    assert torch.load(_ckpt(run, "last.ckpt"), weights_only=True)["global_step"] == 5
+    if signum == signal.SIGTERM:  # resume once: the SIGINT run stopped at the same place
+        _finish(_start_ddp(run, *flags, "--ckpt_path", "last"))
+        last = f"step{STEPS_PER_EPOCH * EPOCHS:06d}.ckpt"
+        assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= 1e-6
 
 
 def test_non_finite_loss_in_one_process_stops_every_process(workdir):
