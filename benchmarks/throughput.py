@@ -167,11 +167,16 @@ def _speed_settings(compiled: bool) -> dict[str, str]:
     }
 
 
+def _adamw_kind(optimizer: Any) -> str:
+    defaults = getattr(optimizer, "defaults", {})
+    return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else "for-loop (default)"
+
+
 def _common(args: argparse.Namespace) -> dict[str, str]:
     return {
         "data": f"{Path(args.corpus).name}, block {args.block_size} x batch {args.batch_size}",
         "steps": f"{args.warmup} warm-up + {args.repeats} x {args.steps} timed",
-        "optimizer": "AdamW lr 2e-4 betas (0.9, 0.999) wd 0" + (" fused" if args.device == "cuda" else ""),
+        "optimizer": "AdamW lr 2e-4 betas (0.9, 0.999) wd 0 (implementation: see each run)",
     }
 
 
@@ -193,6 +198,7 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
             gate.settings = {
                 **describe_model(pl_module.model),
                 **_speed_settings(is_compiled(pl_module.model)),
+                "AdamW": _adamw_kind(trainer.optimizers[0]),
                 "precision": str(trainer.precision),
                 "clipping": f"norm {trainer.gradient_clip_val}" if trainer.gradient_clip_val else "off",
                 "dataloader workers": str(dl.num_workers),
@@ -256,6 +262,7 @@ def run_plain(args: argparse.Namespace, gate: Gate) -> None:
     gate.settings = {
         **describe_model(model),
         **_speed_settings(args.compile),
+        "AdamW": _adamw_kind(optimizer),
         "precision": "bf16-mixed (autocast)" if args.device == "cuda" else "32-true",
         "clipping": f"norm {args.clip}" if args.clip else "off",
         "dataloader workers": "0 (indexes a tensor)",
@@ -340,6 +347,7 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
             gate.settings = {
                 **describe_model(kw["model"]),
                 **_speed_settings(targs.torch_compile),
+                "AdamW": f"{getattr(targs.optim, 'value', targs.optim)}",
                 "precision": "bf16-mixed (autocast)" if targs.bf16 else "32-true",
                 "clipping": f"norm {targs.max_grad_norm}" if targs.max_grad_norm else "off",
                 "dataloader workers": str(targs.dataloader_num_workers),
