@@ -60,8 +60,16 @@ def start_cli(cwd: Any, *args: str) -> Any:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def run_cli(args: list[str]) -> Any:
-    return cli_main(args)
+def run_cli(args: list[str], cwd: Any = None) -> Any:
+    """`cli_main(args)` in this process; with `cwd`, run from there (lightning_logs/ lands there) and come back."""
+    if cwd is None:
+        return cli_main(args)
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return cli_main(args)
+    finally:
+        os.chdir(previous)
 
 
 def scalars(log_dir: str, tag: str) -> list[tuple[int, float]]:

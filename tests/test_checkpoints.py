@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 
 import pytest
 import torch
@@ -26,13 +25,8 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 300, 11]])
 def trained(tmp_path_factory, tiny_model_dir, shakespeare):
     """A short real fit with a learning rate large enough that lora_B is clearly non-zero."""
     tmp = tmp_path_factory.mktemp("trained")
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8",
-                         "--model.learning_rate", "2e-2", "--trainer.val_check_interval", "4"))
-    finally:
-        os.chdir(cwd)
+    run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8",
+                     "--model.learning_rate", "2e-2", "--trainer.val_check_interval", "4"), cwd=tmp)
     run = tmp / "lightning_logs" / "lit_lora" / "version_0"
     return {"run": run, "ckpt": run / "checkpoints" / "last.ckpt", "tmp": tmp}
 
@@ -169,12 +163,7 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     args = fit_args(tiny_model_dir, shakespeare, tmp, "--ckpt_path", str(trained["ckpt"]))
     assert main(args + ["--model.lora.r", "16"]) == 2
     assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
-                              "--trainer.val_check_interval", "4"])
-    finally:
-        os.chdir(cwd)
+    cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
+                          "--trainer.val_check_interval", "4"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8

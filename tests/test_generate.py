@@ -56,12 +56,9 @@ def _one_torch_thread():
 def trained(tmp_path_factory, tiny_model_dir, shakespeare):
     """A short fit on the tiny model: its last.ckpt, plus the folder it ran in."""
     tmp = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp)
-        run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "6",
-                         "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
-                         "--trainer.num_sanity_val_steps", "0",
-                         "--model.learning_rate", "1e-2"))
+    run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "6",
+                     "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
+                     "--trainer.num_sanity_val_steps", "0", "--model.learning_rate", "1e-2"), cwd=tmp)
     ckpt = tmp / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     return SimpleNamespace(dir=tmp, ckpt=ckpt, base=tiny_model_dir)

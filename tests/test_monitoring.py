@@ -69,19 +69,14 @@ def _values(log_dir: str, tag: str) -> list[float]:
 @pytest.fixture(scope="module")
 def watched_run(tmp_path_factory, tiny_model_dir, shakespeare):
     tmp = tmp_path_factory.mktemp("watched")
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        out = StringIO()
-        with redirect_stdout(out):
-            cli = run_cli(fit_args(
-                tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
-                "--trainer.log_every_n_steps", "2", "--model.learning_rate", "1e-2",
-                "--trainer.enable_progress_bar", "true",
-                "--samples.prompts", str(PROMPTS), "--samples.max_new_tokens", "12", "--samples.temperature", "1.0",
-            ))
-    finally:
-        os.chdir(cwd)
+    out = StringIO()
+    with redirect_stdout(out):
+        cli = run_cli(fit_args(
+            tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
+            "--trainer.log_every_n_steps", "2", "--model.learning_rate", "1e-2",
+            "--trainer.enable_progress_bar", "true",
+            "--samples.prompts", str(PROMPTS), "--samples.max_new_tokens", "12", "--samples.temperature", "1.0",
+        ), cwd=tmp)
     run_dir = str(tmp / "lightning_logs" / "lit_lora" / "version_0")
     return SimpleNamespace(cli=cli, run_dir=run_dir, stdout=out.getvalue())
 
