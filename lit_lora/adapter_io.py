@@ -1,14 +1,13 @@
 """Adapters in and out: rebuild a model from a LoRA-only checkpoint, export it in PEFT's format, merge it
 into a plain Hugging Face model, or start training from someone's PEFT adapter.
 
-Folders are written beside their target and renamed into place, so they appear whole or not at all.
+Folders are written beside their target and renamed into place, so they appear whole or not at all, and
+only where `lit_lora.outputs` allows (never over files that are not ours).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,6 +15,7 @@ import torch
 
 from lit_lora.checkpointing import load_checkpoint_file
 from lit_lora.errors import LitLoraError
+from lit_lora.outputs import write_dir_atomically
 
 
 def module_from_checkpoint(
@@ -44,28 +44,6 @@ def module_from_checkpoint(
     module.load_state_dict(ckpt["state_dict"], strict=False)
     module.checkpoint_meta = ckpt
     return module.eval()
-
-
-def _write_atomically(output_dir: str, fill: Any) -> Path:
-    """Call fill(tmp_dir), then move tmp_dir to output_dir (replacing an older folder there)."""
-    out = Path(output_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        fill(tmp)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        raise LitLoraError(f"could not write {str(out)!r}: {err.strerror or err}; nothing was changed there") from err
-    shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 def _model_card(module: Any, ckpt: Optional[dict[str, Any]], kind: str) -> str:
@@ -107,7 +85,9 @@ def _model_card(module: Any, ckpt: Optional[dict[str, Any]], kind: str) -> str:
     return "\n".join(lines + ["```", ""])
 
 
-def export_adapter(module: Any, output_dir: str, checkpoint: Optional[dict[str, Any]] = None) -> Path:
+def export_adapter(
+    module: Any, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
+) -> Path:
     """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format).
 
     With `checkpoint` (a lit_lora checkpoint of this module's run) its LoRA weights are written instead of
@@ -129,10 +109,10 @@ def export_adapter(module: Any, output_dir: str, checkpoint: Optional[dict[str, 
                 "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path")}
         (tmp / "lit_lora.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
-    return _write_atomically(output_dir, fill)
+    return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
 
 
-def merge_to_dir(module: Any, output_dir: str) -> Path:
+def merge_to_dir(module: Any, output_dir: str, overwrite: bool = False) -> Path:
     """Merge LoRA into the base weights (`merge_and_unload`) and save a plain transformers model + tokenizer."""
     from lit_lora.hf_loading import load_tokenizer
 
@@ -145,7 +125,7 @@ def merge_to_dir(module: Any, output_dir: str) -> Path:
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(_model_card(module, ckpt, "merged"), encoding="utf-8")
 
-    return _write_atomically(output_dir, fill)
+    return write_dir_atomically(output_dir, "merged", fill, "--output_dir", overwrite)
 
 
 def load_adapter_for_training(base: Any, adapter_dir: str) -> Any:

@@ -99,18 +99,37 @@ _VERSION = re.compile(r"^version_(\d+)$")
 
 
 def find_last_checkpoint(save_dir: str, name: str) -> Optional[str]:
-    """`last.ckpt` of the newest version under save_dir/name that has one."""
+    """The newest complete run's `last.ckpt` under save_dir/name: the one saved most recently (runs started
+    together finish in any order). A version folder with no `last.ckpt` yet (a run that is starting, or
+    one that stopped before its first save) is passed over; files appear whole (atomic writes)."""
     root = Path(save_dir) / name
     if not root.is_dir():
         return None
-    versions = sorted(
-        (int(m.group(1)), d) for d in root.iterdir() if d.is_dir() and (m := _VERSION.match(d.name))
-    )
-    for _, d in reversed(versions):
+    found = []
+    for d in root.iterdir():
         last = d / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            return str(last)
-    return None
+        if (m := _VERSION.match(d.name)) and last.is_file():
+            found.append((last.stat().st_mtime_ns, int(m.group(1)), str(last)))
+    return max(found)[2] if found else None
+
+
+def claim_run_version(save_dir: str, name: str) -> int:
+    """Create save_dir/name/version_N for the lowest free N and return N. `mkdir` either creates the folder
+    or fails because it exists, so two runs started at the same moment never get the same one (the
+    loggers' own choice, the next number after the folders they see, gave both `version_0`)."""
+    root = Path(save_dir) / name
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        taken = [int(m.group(1)) for d in root.iterdir() if (m := _VERSION.match(d.name))]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                return version
+            except FileExistsError:
+                version += 1
+    except OSError as err:
+        raise LitLoraError(f"log directory {str(root)!r} is not writable: {err.strerror or err}") from err
 
 
 def run_version_of(ckpt_path: str) -> Optional[int]:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_lora.checkpointing import (
     AtomicCheckpointIO,
     RunCheckpoint,
+    claim_run_version,
     find_last_checkpoint,
     load_checkpoint_file,
     run_version_of,
@@ -216,14 +217,19 @@ class LitLoraCLI(LightningCLI):
 
         out_dir = os.path.join(log_dir or ".", "adapter")
         if _is_fsdp(trainer.model):  # each rank holds a slice of the weights: rebuild the model whole
-            out = export_adapter(module_from_checkpoint(best), out_dir)
+            out = export_adapter(module_from_checkpoint(best), out_dir, overwrite=True)
         else:  # the trained model is in memory: write the best checkpoint's LoRA weights with it
-            out = export_adapter(self.model, out_dir, checkpoint=load_checkpoint_file(best))
+            # overwrite: a resumed run replaces the adapter this run exported before (ours, by its manifest).
+            out = export_adapter(self.model, out_dir, checkpoint=load_checkpoint_file(best), overwrite=True)
         print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # After the model and data were built: a bad option stops the run before any folder is made.
+        logger = kwargs.get("logger", self._get(self.config_init, "trainer", default={}).get("logger"))
+        for each in logger if isinstance(logger, list) else [logger]:
+            _claim_logger_version(each)
         trainer = super().instantiate_trainer(**kwargs)
         # Atomic, size-reporting, weights_only checkpoint I/O for every strategy.
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
@@ -276,6 +282,26 @@ def _init_args(logger: Any) -> dict[str, Any]:
     if isinstance(logger, list):
         logger = logger[0] if logger else {}
     return dict(logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+
+
+# Rank 0 claims the run's version folder; the processes Lightning's launcher starts for the other ranks
+# inherit the environment and use the same version.
+RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
+
+
+def _claim_logger_version(logger: Any) -> None:
+    """Give a TensorBoard or CSV logger without a version a folder no other run has (see claim_run_version)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    # `_version` is None until the logger picks the next free number itself, which is what races.
+    if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or getattr(logger, "_version", 0) is not None:
+        return
+    if int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0:
+        if os.environ.get(RUN_VERSION_ENV):
+            logger._version = int(os.environ[RUN_VERSION_ENV])
+        return
+    logger._version = claim_run_version(logger.save_dir, logger.name or "")
+    os.environ[RUN_VERSION_ENV] = str(logger._version)
 
 
 def _set_logger_version(trainer_cfg: Any, version: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_lora.generation import completion_records, encode_prompts
+from lit_lora.outputs import check_output_file
 
 
 class PromptRows(torch.utils.data.Dataset):
@@ -51,14 +52,16 @@ class PromptCollator:
 class JsonlPredictionWriter(BasePredictionWriter):
     """Writes `predict`'s completions as JSONL, batch by batch as they are produced."""
 
-    def __init__(self, output_file: Optional[str] = None) -> None:
+    def __init__(self, output_file: Optional[str] = None, overwrite: bool = False) -> None:
         """
         Args:
             output_file: JSONL file for `predict`'s completions ({"id", "sample", "prompt", "completion"} per
                 line). Default: predictions.jsonl in the run's log folder. Unused by fit/validate/test.
+            overwrite: Replace an existing completions file of ours at output_file (never another file).
         """
         super().__init__(write_interval="batch")
         self.output_file = output_file
+        self.overwrite = overwrite
         self._fh: Any = None
         self._count = 0
         self.path: Optional[Path] = None
@@ -68,6 +71,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             # Each rank completes its own share of the prompts; the ids tell where each line belongs.
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path = check_output_file(path, "--predict_writer.output_file", self.overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self._count = path, 0
         self._fh = open(path, "w", encoding="utf-8")

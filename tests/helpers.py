@@ -105,6 +105,23 @@ class RecordBatches(Callback):
             fh.write(json.dumps(record) + "\n")
 
 
+class Barrier(Callback):
+    """Test callback: in `setup` (before the logger's folder is chosen), wait until `parties` processes have
+    reached this point, so runs started together really choose their folders at the same moment."""
+
+    def __init__(self, folder: str, parties: int = 2) -> None:
+        self.folder, self.parties = folder, parties
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        open(os.path.join(self.folder, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(self.folder)) < self.parties:
+            if time.monotonic() > deadline:
+                raise RuntimeError("Barrier: the other process never arrived")
+            time.sleep(0.02)
+
+
 class RecordRanks(Callback):
     """Test callback for multi-process runs: each rank appends its rank, world size, step and sample ids to its
     own JSONL file, `{prefix}{rank}.jsonl`."""

@@ -125,7 +125,7 @@ def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
     with pytest.raises(LitLoraError, match="No space left on device"):
         merge_to_dir(module_from_checkpoint(str(trained["ckpt"])), str(tmp_path / "merged"))
     with pytest.raises(LitLoraError, match="nothing was changed"):
-        export_adapter(ours, str(out))
+        export_adapter(ours, str(out), overwrite=True)
     assert not (tmp_path / "merged").exists()
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

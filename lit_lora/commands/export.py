@@ -9,7 +9,10 @@ from typing import Optional
 def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m lit_lora.cli {prog}", description=what)
     parser.add_argument("--ckpt_path", required=True, help="A lit_lora checkpoint file (.ckpt).")
-    parser.add_argument("--output_dir", required=True, help="Folder to write; replaced whole if it exists.")
+    parser.add_argument("--output_dir", required=True,
+                        help="Folder to write: new, empty, or an earlier output of ours (with --overwrite).")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="Replace an earlier export/merge of lit_lora in --output_dir (never other files).")
     parser.add_argument(
         "--model.model_name_or_path", dest="model_name_or_path", default=None,
         help="Load the base model from here instead of the path saved in the checkpoint (same weights, moved).",
@@ -20,8 +23,11 @@ def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser("export", "Write adapter_model.safetensors + adapter_config.json + README.md.").parse_args(argv)
     from lit_lora.adapter_io import export_adapter, module_from_checkpoint
+    from lit_lora.outputs import check_output_dir
+
+    check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
 
     module = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
-    out = export_adapter(module, args.output_dir)
+    out = export_adapter(module, args.output_dir, overwrite=args.overwrite)
     print(f"lit_lora: exported adapter to {out} (base model: {module.hparams['model_name_or_path']})")
     return 0

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Prompts, one per line (blank lines skipped), or JSONL with a 'prompt' field.")
     io.add_argument("--output",
                     help="Write JSONL ({id, sample, prompt, completion} per line) here instead of printing.")
+    io.add_argument("--overwrite", action="store_true",
+                    help="Replace an earlier --output file of ours (never another file).")
     io.add_argument("--batch_size", type=int, default=8, help="Prompts generated together (left-padded). Default: 8.")
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max_new_tokens", type=int, default=_DEFAULTS["max_new_tokens"],
@@ -71,6 +73,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from lit_lora.generation import generate_records, load_generation_model, read_prompts
 
+    from lit_lora.outputs import check_output_file
+
+    if args.output:
+        check_output_file(args.output, "--output", args.overwrite)  # before loading the model
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise LitLoraError("no prompts: give --prompt TEXT (repeatable) or --prompts_file FILE")
@@ -84,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         device=args.device, dtype=args.dtype,
     )
     if args.output:
-        return _write_jsonl(model, tokenizer, prompts, settings, args.batch_size, args.output)
+        return _write_jsonl(model, tokenizer, prompts, settings, args.batch_size, args.output, args.overwrite)
     if len(prompts) == 1 and settings.num_return_sequences == 1:
         # One sequence: print tokens as they come.
         from transformers import TextStreamer
@@ -103,11 +109,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _write_jsonl(
-    model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings, batch_size: int, output: str
+    model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings, batch_size: int, output: str,
+    overwrite: bool,
 ) -> int:
     from lit_lora.generation import generate_records
+    from lit_lora.outputs import check_output_file
 
-    path = Path(output)
+    path = check_output_file(output, "--output", overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "w", encoding="utf-8")

@@ -12,8 +12,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "merge", "Merge the LoRA weights into the base model and save it with its tokenizer (loads without PEFT)."
     ).parse_args(argv)
     from lit_lora.adapter_io import merge_to_dir, module_from_checkpoint
+    from lit_lora.outputs import check_output_dir
+
+    check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
 
     module = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
-    out = merge_to_dir(module, args.output_dir)
+    out = merge_to_dir(module, args.output_dir, overwrite=args.overwrite)
     print(f"lit_lora: merged model written to {out}")
     return 0

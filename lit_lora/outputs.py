@@ -1,0 +1,120 @@
+"""Where lit_lora writes folders and files it did not read: never over what is not its own.
+
+Every output folder (an exported adapter, a merged model) gets a manifest, `lit_lora_manifest.json`, that
+lists the files we wrote. A folder is written only if it is new, empty, or holds exactly an earlier output
+of ours (the manifest's files and nothing else); replacing our own output needs `overwrite`. Output files
+(predictions, completions) are replaced only when they are ours and `overwrite` is given. The check is by
+content, not by name, so pointing `--output_dir` at a run folder or at `.` fails in one line instead of
+deleting the checkpoint being exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from lit_lora.errors import LitLoraError
+
+MANIFEST = "lit_lora_manifest.json"
+# Exports written before the manifest existed: an adapter folder with our lit_lora.json and PEFT's files only.
+_LEGACY_ADAPTER = {"adapter_model.safetensors", "adapter_config.json", "README.md", "lit_lora.json"}
+# The fields of every line of our completion files (`generate --output`, `predict`).
+COMPLETION_FIELDS = {"id", "sample", "prompt", "completion"}
+
+
+def _our_files(folder: Path) -> set[str] | None:
+    """The names our manifest lists in `folder`, or None if the folder does not hold an output of ours."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("written_by") == "lit_lora":
+        files = manifest.get("files")
+        if isinstance(files, list) and all(isinstance(f, str) for f in files):
+            return set(files) | {MANIFEST}
+    present = {p.name for p in folder.iterdir()}
+    if "lit_lora.json" in present and present <= _LEGACY_ADAPTER:
+        return present
+    return None
+
+
+def check_output_dir(output_dir: str | os.PathLike, option: str, overwrite: bool) -> Path:
+    """The resolved folder, if it may be written; else a one-line error naming `option`."""
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise LitLoraError(f"{option} {str(output_dir)!r} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    ours = _our_files(out)
+    present = sorted(p.name for p in out.iterdir())
+    others = [name for name in present if ours is None or name not in ours]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise LitLoraError(
+            f"{option} {str(output_dir)!r} is not empty and holds files lit_lora did not write ({shown}); "
+            "choose a new or empty folder (nothing was changed)"
+        )
+    if not overwrite:
+        raise LitLoraError(
+            f"{option} {str(output_dir)!r} holds an earlier lit_lora output; pass --overwrite to replace it, "
+            "or choose a new folder"
+        )
+    return out
+
+
+def write_dir_atomically(
+    output_dir: str | os.PathLike, kind: str, fill: Callable[[Path], Any], option: str, overwrite: bool
+) -> Path:
+    """Call fill(tmp_dir) beside the target, add the manifest, then move it into place: the folder appears
+    whole or not at all. An earlier output of ours there is replaced only as `check_output_dir` allows."""
+    out = check_output_dir(output_dir, option, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        fill(tmp)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / MANIFEST).write_text(json.dumps({"written_by": "lit_lora", "kind": kind, "files": files}, indent=2),
+                                    encoding="utf-8")
+        if out.exists():
+            os.replace(out, old)  # only an empty folder or our own output reaches here
+        os.replace(tmp, out)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise LitLoraError(f"could not write {str(out)!r}: {err.strerror or err}; nothing was changed there") from err
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _is_completions_file(path: Path) -> bool:
+    """A JSONL file whose first line is one of our completion records."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        record = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and set(record) == COMPLETION_FIELDS
+
+
+def check_output_file(path: str | os.PathLike, option: str, overwrite: bool) -> Path:
+    """`path`, if a completions file may be written there: new, empty, or (with `overwrite`) ours."""
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise LitLoraError(f"{option} {str(path)!r} is a folder; give a file name")
+    if out.exists() and out.stat().st_size > 0:
+        if not _is_completions_file(out):
+            raise LitLoraError(
+                f"{option} {str(path)!r} exists and is not a lit_lora completions file; choose another file "
+                "(nothing was changed)"
+            )
+        if not overwrite:
+            raise LitLoraError(f"{option} {str(path)!r} exists; pass --overwrite to replace it, or choose another file")
+    return out
