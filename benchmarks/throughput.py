@@ -75,8 +75,9 @@ def build_peft_model(args: argparse.Namespace) -> Any:
     (Not through LitLora itself, so the plain loop and the Trainer do not import Lightning.)"""
     import torch
 
-    from lit_lora.hf_loading import load_base_model
-    from lit_lora.lora import LoraSettings, apply_lora
+    from lit_lora.hub import load_base_model
+    from lit_lora.lora import LoraSettings
+    from lit_lora.lora.wrap import apply_lora
 
     torch.manual_seed(SEED)
     base = load_base_model("random-init", model_shape(args), args.base_dtype, "sdpa")
@@ -84,7 +85,7 @@ def build_peft_model(args: argparse.Namespace) -> Any:
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    if args.gradient_checkpointing:  # = lit_lora.model.enable_checkpointing
+    if args.gradient_checkpointing:  # = lit_lora.lora.wrap.enable_checkpointing
         inner = model.get_base_model()
         kwargs = {"use_reentrant": False}
         if hasattr(inner, "activation_checkpointing_enable"):
@@ -185,7 +186,7 @@ def _common(args: argparse.Namespace) -> dict[str, str]:
 def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
-    from lit_lora.lightning_cli import TRAINER_DEFAULTS, LitLoraCLI
+    from lit_lora.cli.trainer_cli import TRAINER_DEFAULTS, LitLoraCLI
 
     class GateCallback(Callback):
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
@@ -193,7 +194,7 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
             ckpts = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
             bars = [type(c).__name__ for c in trainer.callbacks if isinstance(c, ProgressBar)]
             every = [c._every_n_train_steps for c in ckpts]
-            from lit_lora.speedups import is_compiled
+            from lit_lora.training.speed import is_compiled
 
             gate.settings = {
                 **describe_model(pl_module.model),

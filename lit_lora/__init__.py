@@ -1,7 +1,22 @@
 """lit_lora: LoRA fine-tuning of GPT-2-class causal LMs with PyTorch Lightning and PEFT.
 
-Heavy libraries (torch, lightning, transformers, peft, datasets) are imported by the modules that
-need them, not here, so `python -m lit_lora.cli --help` and input errors stay fast.
+Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
+one listed after it (tests/test_layout.py checks this and that no import goes in a circle):
+
+    errors, settings, constants, outputs   one-line errors, settings coercion, shared values, safe output paths
+    hub          loading base models and tokenizers (hub id or local folder)
+    lora/        LoRA in PEFT's terms: settings, wrapping, layer introspection, export and merge
+    measure/     numbers about a model or process: parameter counts, FLOPs, memory estimate, host memory
+    generation/  generation settings, the one decoding implementation, prompts in and completions out
+    data/        reading files, tokenizing and packing, batches, samplers, the LightningDataModule
+    training/    Lightning plumbing: checkpoint I/O and callback, safe stops, speed, declared contracts
+    model/       the LightningModule `LitLora` and its loss, schedule, RNG and checkpoint section
+    monitoring/  callbacks that watch a run, one per file (memory, throughput, bar, samples, HPARAMS)
+    restore      rebuilding a model from a checkpoint, adapter, merged folder or the base alone
+    cli/         `python -m lit_lora.cli`: dispatch, the LightningCLI, resume rules, the tool commands
+
+Heavy libraries (torch, lightning, transformers, peft, datasets) are imported by the modules that need
+them, not here, so `python -m lit_lora.cli --help` and input errors stay fast.
 """
 
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ def fit_args(model_dir: Any, train: Any, tmp: Any, *extra: str) -> list[str]:
 
 
 def _signalled(trainer: Any) -> bool:
-    from lit_lora.faults import GracefulStop
+    from lit_lora.training.faults import GracefulStop
 
     return trainer.received_sigterm or any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
 

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from lit_lora.adapter_io import export_adapter, merge_to_dir, module_from_checkpoint
-from lit_lora.checkpointing import atomic_torch_save
+from lit_lora.lora.export import export_adapter, merge_to_dir
+from lit_lora.restore import module_from_checkpoint
+from lit_lora.training.checkpoint_io import atomic_torch_save
 from lit_lora.cli import main
 from lit_lora.errors import LitLoraError
 from lit_lora.model import LitLora
@@ -63,7 +64,7 @@ def test_gpt2_small_checkpoint_is_megabytes(in_tmp, shakespeare, capsys):
 def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    ours = module_from_checkpoint(str(trained["ckpt"]))
+    ours = module_from_checkpoint(str(trained["ckpt"])).module
     base_logits = _logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     our_logits = _logits(ours.model)
     assert (our_logits - base_logits).abs().max() > 1e-3, "the adapter must have learned something"
@@ -88,7 +89,7 @@ def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tm
 
 
 def test_merge_gives_plain_transformers_model(trained, tmp_path):
-    ours = module_from_checkpoint(str(trained["ckpt"]))
+    ours = module_from_checkpoint(str(trained["ckpt"])).module
     expected = _logits(ours.model)
     assert main(["merge", "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "merged")]) == 0
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
@@ -100,7 +101,7 @@ def test_merge_gives_plain_transformers_model(trained, tmp_path):
 
 
 def test_start_training_from_an_adapter_dir(trained, tiny_model_dir, tmp_path):
-    ours = module_from_checkpoint(str(trained["ckpt"]))
+    ours = module_from_checkpoint(str(trained["ckpt"])).module
     export_adapter(ours, str(tmp_path / "a"))
     started = LitLora(model_name_or_path=str(tiny_model_dir), adapter_path=str(tmp_path / "a"), block_size=32)
     got, want = started.trainable_state_dict(), ours.trainable_state_dict()
@@ -112,7 +113,7 @@ def test_start_training_from_an_adapter_dir(trained, tiny_model_dir, tmp_path):
 
 
 def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
-    ours = module_from_checkpoint(str(trained["ckpt"]))
+    ours = module_from_checkpoint(str(trained["ckpt"])).module
     out = tmp_path / "adapter"
     export_adapter(ours, str(out))
     before = sorted(p.name for p in out.iterdir())
@@ -121,9 +122,9 @@ def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # Fails after the weights are already in the temporary folder, as a full disk would.
-    monkeypatch.setattr("lit_lora.adapter_io._model_card", disk_full)
+    monkeypatch.setattr("lit_lora.lora.export._model_card", disk_full)
     with pytest.raises(LitLoraError, match="No space left on device"):
-        merge_to_dir(module_from_checkpoint(str(trained["ckpt"])), str(tmp_path / "merged"))
+        merge_to_dir(module_from_checkpoint(str(trained["ckpt"])).module, str(tmp_path / "merged"))
     with pytest.raises(LitLoraError, match="nothing was changed"):
         export_adapter(ours, str(out), overwrite=True)
     assert not (tmp_path / "merged").exists()
@@ -165,5 +166,5 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
     cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
                           "--trainer.val_check_interval", "4"], cwd=tmp)
-    assert cli.trainer.global_step == 10 and cli.model.learning_rate == 1e-3
+    assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8

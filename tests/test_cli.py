@@ -41,7 +41,8 @@ def test_fit_help_lists_every_model_and_data_option(capsys):
     out = capsys.readouterr().out
     for prefix, cls in (("model", LitLora), ("data", LitLoraData)):
         for name in inspect.signature(cls.__init__).parameters:
-            if name == "self" or (prefix, name) in {("model", "block_size"), ("data", "tokenizer_name_or_path")}:
+            if name == "self" or (prefix, name) in {("model", "block_size"), ("data", "tokenizer_name_or_path"),
+                                                  ("data", "trust_remote_code")}:
                 continue  # linked from another option, so not settable on its own
             assert f"--{prefix}.{name}" in out, f"--{prefix}.{name} missing from fit --help"
     for name in ("r", "alpha", "dropout", "target_modules", "bias", "use_rslora", "use_dora"):

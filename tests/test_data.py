@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lit_lora.corpus import build_split, read_text_rows, file_fingerprint
-from lit_lora.data import Collator, LitLoraData
+from lit_lora.data.corpus import build_split
+from lit_lora.data.files import file_fingerprint, read_text_rows
+from lit_lora.data import LitLoraData
+from lit_lora.data.batches import Collator
 from lit_lora.errors import LitLoraError
-from lit_lora.hf_loading import load_tokenizer
+from lit_lora.hub import load_tokenizer
 
 KOREAN = (
     "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.\n"
@@ -34,9 +36,9 @@ def test_hello_world_uses_real_gpt2_tokenizer(gpt2_tokenizer_dir):
 
 
 def test_korean_survives_tokenization_and_packing(tmp_path, gpt2_tokenizer_dir, monkeypatch):
-    import lit_lora.corpus as corpus
+    import lit_lora.data.files as files
 
-    monkeypatch.setattr(corpus, "CHUNK_BYTES", 64)  # many rows, so blocks straddle row boundaries
+    monkeypatch.setattr(files, "CHUNK_BYTES", 64)  # many rows, so blocks straddle row boundaries
     src = tmp_path / "ko.txt"
     src.write_text(KOREAN * 4, encoding="utf-8")
     tok = load_tokenizer(str(gpt2_tokenizer_dir))
@@ -105,7 +107,7 @@ def test_jsonl_text_field(tmp_path, tiny_model_dir):
 
 
 def test_second_run_reuses_cache_without_tokenizing(tmp_path, tiny_model_dir, shakespeare, monkeypatch):
-    import lit_lora.corpus as corpus
+    import lit_lora.data.corpus as corpus
 
     _module(tmp_path, tiny_model_dir, train_files=str(shakespeare), block_size=32)
     arrow = set((tmp_path / "cache").rglob("*.arrow"))
@@ -159,7 +161,7 @@ def test_missing_file_and_bad_jsonl(tmp_path, tiny_model_dir):
 def test_step_totals_sum_each_optimizer_steps_samples_on_every_rank(world):
     """What the accumulated/DDP loss divides by: the targets of exactly the samples every rank trains on in
     that optimizer step (checked against the ranks' own batches, ragged last step included)."""
-    from lit_lora.sampler import ResumableSampler
+    from lit_lora.data.samplers import ResumableSampler
 
     counts = np.arange(1, 24) ** 2  # 23 samples with distinct counts
     for batch_size, accumulate in ((2, 1), (2, 2), (3, 3)):

@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from lit_lora.cli import main
-from lit_lora.sampler import ResumableSampler
+from lit_lora.data.samplers import ResumableSampler
 from tests.conftest import QUICKSTART, REPO, save_tiny_gpt2
 from tests.helpers import scalars
 

@@ -76,7 +76,7 @@ def exported(trained):
 @pytest.fixture(scope="module")
 def ckpt_model(trained):
     """(model, tokenizer) of the checkpoint, loaded once for the tests that call the generation API directly."""
-    from lit_lora.generation import load_generation_model
+    from lit_lora.restore import load_generation_model
 
     return load_generation_model(ckpt_path=str(trained.ckpt))
 
@@ -101,9 +101,9 @@ def _generate(tmp: Path, name: str, source: list[str], *extra: str, prompts=PROM
 def test_trained_adapter_changes_the_logits(trained):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.adapter_io import module_from_checkpoint
+    from lit_lora.restore import module_from_checkpoint
 
-    module = module_from_checkpoint(str(trained.ckpt))
+    module = module_from_checkpoint(str(trained.ckpt)).module
     assert any(float(p.detach().abs().max()) > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
     base = AutoModelForCausalLM.from_pretrained(trained.base).eval()
     ids = torch.arange(1, 20)[None]
@@ -113,7 +113,7 @@ def test_trained_adapter_changes_the_logits(trained):
 def test_every_source_loads_the_same_model(trained, exported):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.generation import load_generation_model
+    from lit_lora.restore import load_generation_model
 
     ids = torch.arange(1, 20)[None]
     ref, _ = load_generation_model(ckpt_path=str(trained.ckpt))
@@ -155,8 +155,8 @@ def test_adapter_on_an_overridden_base_with_other_weights_is_refused(trained, ex
 
 def test_adapter_of_a_random_init_base_is_rebuilt_from_its_seed(tmp_path):
     """The quickstart's case: no base weights on disk, only model_config + the run's seed in lit_lora.json."""
-    from lit_lora.adapter_io import export_adapter
-    from lit_lora.generation import load_generation_model
+    from lit_lora.lora.export import export_adapter
+    from lit_lora.restore import load_generation_model
     from lit_lora.model import LitLora
     from tests.conftest import QUICKSTART, TINY_SHAPE
 
@@ -166,15 +166,15 @@ def test_adapter_of_a_random_init_base_is_rebuilt_from_its_seed(tmp_path):
     for name, param in module.model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.1)  # a "trained" adapter
-    module.checkpoint_meta = {"lit_lora": {"seed": 5}}
-    export_adapter(module.eval(), str(tmp_path / "adapter"))
+    export_adapter(module.eval(), str(tmp_path / "adapter"), checkpoint={"lit_lora": {"seed": 5}})
     model, _ = load_generation_model(adapter_path=str(tmp_path / "adapter"))
     ids = torch.arange(1, 20)[None]
     torch.testing.assert_close(_logits(model, ids), _logits(module.model, ids), rtol=0, atol=1e-5)
 
 
 def test_sampling_with_the_same_seed_gives_the_same_text(ckpt_model):
-    from lit_lora.generation import GenerationSettings, generate_records
+    from lit_lora.generation.prompts import generate_records
+    from lit_lora.generation.settings import GenerationSettings
 
     def sample(seed: int) -> list[dict]:
         settings = GenerationSettings(max_new_tokens=12, temperature=1.0, top_k=0, num_return_sequences=2, seed=seed)
@@ -187,7 +187,8 @@ def test_sampling_with_the_same_seed_gives_the_same_text(ckpt_model):
 
 
 def test_batched_greedy_equals_one_prompt_at_a_time(ckpt_model):
-    from lit_lora.generation import GenerationSettings, generate_records
+    from lit_lora.generation.prompts import generate_records
+    from lit_lora.generation.settings import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=16, temperature=0)
     batched = list(generate_records(*ckpt_model, PROMPTS, settings, batch_size=4))
@@ -204,7 +205,9 @@ def test_single_prompt_streams_to_the_terminal(trained, tmp_path, capsys):
 
 
 def test_greedy_generation_runs_in_bfloat16_on_cpu(trained):
-    from lit_lora.generation import GenerationSettings, generate_records, load_generation_model
+    from lit_lora.generation.prompts import generate_records
+    from lit_lora.generation.settings import GenerationSettings
+    from lit_lora.restore import load_generation_model
 
     model, tokenizer = load_generation_model(ckpt_path=str(trained.ckpt), dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -213,7 +216,9 @@ def test_greedy_generation_runs_in_bfloat16_on_cpu(trained):
 
 
 def test_prompts_are_left_padded_and_long_prompts_keep_their_end(ckpt_model, capsys):
-    from lit_lora.generation import GenerationSettings, encode_prompts, generate_ids
+    from lit_lora.generation.decode import generate_ids
+    from lit_lora.generation.prompts import encode_prompts
+    from lit_lora.generation.settings import GenerationSettings
 
     model, tokenizer = ckpt_model
     enc = encode_prompts(tokenizer, ["The king", ""])
@@ -228,7 +233,7 @@ def test_prompts_are_left_padded_and_long_prompts_keep_their_end(ckpt_model, cap
 
 def test_prompts_file_text_and_jsonl(tmp_path):
     from lit_lora.errors import LitLoraError
-    from lit_lora.generation import read_prompts
+    from lit_lora.generation.prompts import read_prompts
 
     (tmp_path / "p.txt").write_text("first\n\n  \nsecond line\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a\nb"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
@@ -283,14 +288,14 @@ def _eval_args(sub: str, trained, tmp: Path, val: Path, *extra: str) -> list[str
 def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.adapter_io import module_from_checkpoint
-    from lit_lora.hf_loading import load_tokenizer
+    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.hub import load_tokenizer
 
     monkeypatch.chdir(tmp_path)
     val = _write_jsonl(tmp_path / "ragged.jsonl", RAGGED)
     other = _write_jsonl(tmp_path / "other.jsonl", RAGGED[:2])
     tokenizer = load_tokenizer(str(trained.base))
-    fine_tuned = module_from_checkpoint(str(trained.ckpt)).model
+    fine_tuned = module_from_checkpoint(str(trained.ckpt)).module.model
     base = AutoModelForCausalLM.from_pretrained(trained.base).eval()
 
     def expected(model) -> tuple[float, float]:
@@ -325,7 +330,8 @@ def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained,
 
 
 def test_predict_writes_the_same_completions_as_generate(trained, ckpt_model, tmp_path, monkeypatch):
-    from lit_lora.generation import GenerationSettings, generate_records
+    from lit_lora.generation.prompts import generate_records
+    from lit_lora.generation.settings import GenerationSettings
 
     monkeypatch.chdir(tmp_path)
     prompts_file = tmp_path / "prompts.txt"

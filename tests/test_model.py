@@ -8,7 +8,7 @@ import torch
 from lit_lora.errors import LitLoraError
 from lit_lora.lora import LoraSettings
 from lit_lora.model import LitLora, token_nll
-from lit_lora.summary import count_parameters, format_counts
+from lit_lora.measure.summary import count_parameters, format_counts
 from tests.conftest import QUICKSTART
 
 

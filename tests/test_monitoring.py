@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from lit_lora.cli import main
-from lit_lora.flops import training_flops_per_token
+from lit_lora.measure.flops import training_flops_per_token
 from lit_lora.lora import LoraSettings
-from lit_lora.memory_estimate import estimate_training_memory, static_bytes
+from lit_lora.measure.memory import estimate_training_memory, static_bytes
 from lit_lora.model import LitLora
 from lit_lora.monitoring import RunProgressBar, RunRichProgressBar, SampleGenerator, TokenThroughput, format_samples
 from tests.conftest import REPO

@@ -8,7 +8,7 @@ import torch
 
 from lit_lora.cli import main
 from lit_lora.model import LitLora
-from lit_lora.speedups import enable_tf32, is_compiled
+from lit_lora.training.speed import enable_tf32, is_compiled
 from tests.conftest import QUICKSTART, save_tiny_gpt2
 from tests.helpers import CountHostReads, HostReads, fit_args, run_cli
 

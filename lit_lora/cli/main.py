@@ -1,0 +1,91 @@
+"""`python -m lit_lora.cli SUBCOMMAND ...`: LightningCLI's fit/validate/test/predict plus our own tools.
+
+    python -m lit_lora.cli fit --config conf/quickstart.yaml
+    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt
+    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt --ckpt_path last
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from typing import Any, Optional
+
+from lit_lora.errors import LitLoraError, one_line, verbose_requested
+
+TRAINER_COMMANDS = {
+    "fit": "Fine-tune: train LoRA adapters, validate, checkpoint, export the best adapter.",
+    "validate": "Loss and perplexity of a checkpoint (or of the base model) on the validation split.",
+    "test": "Loss and perplexity on the test split (the validation files unless given).",
+    "predict": "Complete a prompts file into JSONL with the model's generation settings.",
+}
+# Our own subcommands: name -> (module with main(argv), one-line help). Imported only when used.
+TOOL_COMMANDS: dict[str, tuple[str, str]] = {
+    "summary": ("lit_lora.cli.summary", "Parameter counts and a training-memory estimate for a config."),
+    "export": ("lit_lora.cli.export", "Export a LoRA-only checkpoint as a PEFT adapter folder."),
+    "merge": ("lit_lora.cli.merge", "Merge LoRA into the base model: a plain transformers model folder."),
+    "generate": ("lit_lora.cli.generate", "Complete prompts with a checkpoint, adapter, merged or base model."),
+}
+
+
+def top_level_help() -> str:
+    lines = ["usage: python -m lit_lora.cli SUBCOMMAND [options]", "", "LoRA fine-tuning of GPT-2-class models.", ""]
+    lines.append("Subcommands (each has its own --help):")
+    for name, text in TRAINER_COMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    for name, (_, text) in TOOL_COMMANDS.items():
+        lines.append(f"  {name:<10} {text}")
+    lines += ["", "Options: --verbose (or LIT_LORA_VERBOSE=1) shows full tracebacks on errors."]
+    return "\n".join(lines)
+
+
+def cli_main(args: Optional[list[str]] = None) -> Any:
+    """Run LightningCLI in-process (tests call this with a list of arguments)."""
+    from lit_lora.cli.trainer_cli import LitLoraCLI  # Lightning: only for the subcommands that need it
+
+    # LightningCLI warns when given args that equal sys.argv; None means "read sys.argv" to it.
+    return LitLoraCLI(args=None if args == sys.argv[1:] else args)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = verbose_requested(argv)
+    argv = [a for a in argv if a != "--verbose"]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(top_level_help())
+        return 0
+    try:
+        if argv[0] in TOOL_COMMANDS:
+            module = importlib.import_module(TOOL_COMMANDS[argv[0]][0])
+            return int(module.main(argv[1:]) or 0)
+        if argv[0] not in TRAINER_COMMANDS:
+            raise LitLoraError(
+                f"unknown subcommand {argv[0]!r}; expected one of {', '.join([*TRAINER_COMMANDS, *TOOL_COMMANDS])}"
+            )
+        cli_main(argv)
+        return 0
+    except BaseException as err:
+        if _is_sigterm_stop(err):
+            return 0  # GracefulStop already saved last.ckpt and said so
+        if not _is_user_error(err):
+            raise
+        if verbose:
+            traceback.print_exc()
+        message = one_line(err)
+        if not isinstance(err, LitLoraError):  # a config/flag the parser rejected
+            message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
+        print(f"lit_lora: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _is_sigterm_stop(err: BaseException) -> bool:
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, LitLoraError):
+        return True
+    jsonargparse = sys.modules.get("jsonargparse")
+    return jsonargparse is not None and isinstance(err, jsonargparse.ArgumentError)

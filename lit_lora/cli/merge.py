@@ -1,0 +1,23 @@
+"""`python -m lit_lora.cli merge --ckpt_path CKPT --output_dir DIR`: a full transformers model, LoRA merged in."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lit_lora.cli.export import build_parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser(
+        "merge", "Merge the LoRA weights into the base model and save it with its tokenizer (loads without PEFT)."
+    ).parse_args(argv)
+    # start-up: torch, transformers and peft load only once the options have parsed.
+    from lit_lora.lora.export import merge_to_dir
+    from lit_lora.outputs import check_output_dir
+    from lit_lora.restore import module_from_checkpoint
+
+    check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
+    restored = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
+    out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
+    print(f"lit_lora: merged model written to {out}")
+    return 0

@@ -1,0 +1,206 @@
+"""`LitLoraCLI`: LightningCLI with our defaults, forced callbacks and checkpoint-aware resume. It wires
+options, defaults and links; the resume rules are in `resume.py`, the run-folder rules in `run_folder.py`."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
+from lit_lora.cli.run_folder import check_data_files, claim_logger_version, default_precision, set_logger_version
+from lit_lora.data.datamodule import LitLoraData
+from lit_lora.errors import LitLoraError
+from lit_lora.generation.writer import JsonlPredictionWriter
+from lit_lora.hub import tokenizer_source
+from lit_lora.model.module import LitLora
+from lit_lora.monitoring.hparams import HparamsMetric
+from lit_lora.monitoring.memory import MemoryMonitor
+from lit_lora.monitoring.progress import with_run_eta
+from lit_lora.monitoring.samples import SampleGenerator
+from lit_lora.monitoring.throughput import TokenThroughput
+from lit_lora.restore import export_best_checkpoint
+from lit_lora.training.checkpoint import RunCheckpoint
+from lit_lora.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file, run_version_of
+from lit_lora.training.faults import GracefulStop
+
+# Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
+DEFAULT_SEED = 1234
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 3,
+    "gradient_clip_val": 1.0,
+    "log_every_n_steps": 10,
+    # Our sampler splits the data across ranks itself and can resume mid-epoch; Lightning's replacement
+    # DistributedSampler could not.
+    "use_distributed_sampler": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "lightning_logs", "name": "lit_lora", "default_hp_metric": False},
+    },
+}
+
+class LitLoraCLI(LightningCLI):
+    def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites, not aborts
+        kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
+        # The module builds its own AdamW + warm-up/cosine schedule; no generic --optimizer groups.
+        kwargs.setdefault("auto_configure_optimizers", False)
+        # Only the subcommand being run gets a parser: building all four (Trainer, model, data and every
+        # callback group each) costs more start-up than `import lightning.pytorch` leaves room for.
+        argv = sys.argv[1:] if args is None else args
+        first = argv[0] if isinstance(argv, (list, tuple)) and argv else None
+        self._only_subcommand = first if first in LightningCLI.subcommands() else None
+        super().__init__(LitLora, LitLoraData, args=args, **kwargs)
+
+    def subcommands(self) -> dict[str, set[str]]:  # a staticmethod in LightningCLI, which calls it on self
+        every = LightningCLI.subcommands()
+        only = getattr(self, "_only_subcommand", None)
+        return {only: every[only]} if only else every
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Parse errors raise instead of printing the whole usage; lit_lora.cli.main prints one line.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val_loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "step{step:06d}-val_loss{val_loss:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+                # A resumed run must keep writing last.ckpt, not last-v1.ckpt, or `--ckpt_path last` goes stale.
+                "checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": "val_loss",
+                "early_stopping.mode": "min",
+                "early_stopping.patience": 3,
+                # Judge after each validation only: a run that ends on max_steps before its first
+                # validation must not fail for want of val_loss.
+                "early_stopping.check_on_train_epoch_end": False,
+            }
+        )
+        parser.add_lightning_class_args(GracefulStop, "graceful_stop")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # Watching a run (monitoring.py): memory/*, throughput/*, samples, hp/best_val_loss.
+        parser.add_lightning_class_args(MemoryMonitor, "memory")
+        parser.add_lightning_class_args(TokenThroughput, "throughput")
+        parser.add_lightning_class_args(SampleGenerator, "samples")
+        parser.add_lightning_class_args(HparamsMetric, "hparams_metric")
+        # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predict_writer")
+        parser.link_arguments("data.block_size", "model.block_size")
+        parser.link_arguments(
+            ("model.tokenizer_name_or_path", "model.model_name_or_path"),
+            "data.tokenizer_name_or_path",
+            compute_fn=tokenizer_source,
+        )
+        parser.link_arguments("model.trust_remote_code", "data.trust_remote_code")
+
+    # -- checkpoint-aware resume ---------------------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaces LightningCLI's version (see resume.py)."""
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else None
+        if not cfg or not cfg.get("ckpt_path"):
+            return
+        ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *logger_location(_plain(cfg.trainer.get("logger"))))
+        if found and rank_zero_only.rank == 0:  # known from the launcher's environment already, before the Trainer
+            print(f"lit_lora: resuming from {ckpt_path}")
+        ckpt = load_checkpoint_file(ckpt_path)
+        cfg.ckpt_path = ckpt_path
+        model_cfg = cfg.model
+        current = {key: _plain(value) for key, value in vars(model_cfg).items()}
+        defaults = {key: _plain(value) for key, value in vars(self._parser(sub).get_defaults().model).items()}
+        merged = merge_checkpoint_hparams(current, defaults, ckpt.get("hyper_parameters") or {})
+        for key, value in merged.items():
+            if value == current[key]:
+                continue
+            if isinstance(value, dict) and hasattr(model_cfg[key], "keys"):  # a settings group such as lora
+                for field, field_value in value.items():
+                    model_cfg[key][field] = field_value
+            else:
+                model_cfg[key] = value
+        version = run_version_of(ckpt_path)
+        if sub == "fit" and version is not None:
+            # Continue the same TensorBoard run and checkpoint folder instead of starting version_N+1.
+            set_logger_version(cfg.trainer, version)
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
+        if trainer_cfg.get("precision") is None:
+            trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
+        if sub in ("fit", "validate", "test"):
+            check_data_files(self.config[sub].data)
+
+    def before_fit(self) -> None:
+        logger = self.trainer.logger
+        root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
+        if root and self.trainer.is_global_zero:
+            try:  # fail now, with a clear line, rather than at the first log or checkpoint hours later
+                os.makedirs(root, exist_ok=True)
+                with tempfile.TemporaryFile(dir=root):
+                    pass
+            except OSError as err:
+                raise LitLoraError(f"log directory {root!r} is not writable: {err.strerror or err}") from err
+
+    def after_fit(self) -> None:
+        """Export the best checkpoint (or the last, without validation) as a PEFT adapter next to the logs."""
+        trainer = self.trainer
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must call it, not only rank 0.
+        log_dir = trainer.log_dir
+        if not trainer.is_global_zero or trainer.interrupted or _stopped_by_signal(trainer):
+            return
+        out = export_best_checkpoint(trainer, self.model, os.path.join(log_dir or ".", "adapter"))
+        if out is not None:
+            best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+            print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
+
+    # -- trainer -------------------------------------------------------------------------------------------
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        # After the model and data were built: a bad option stops the run before any folder is made.
+        logger = kwargs.get("logger", self._get(self.config_init, "trainer", default={}).get("logger"))
+        for each in logger if isinstance(logger, list) else [logger]:
+            claim_logger_version(each)
+        trainer = super().instantiate_trainer(**kwargs)
+        if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
+        for i, callback in enumerate(trainer.callbacks):
+            trainer.callbacks[i] = with_run_eta(callback) or callback
+        return trainer
+
+
+def _stopped_by_signal(trainer: Any) -> bool:
+    return any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse value as plain dicts and lists."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(value)
+    return value

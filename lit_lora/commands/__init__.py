@@ -1,1 +1,0 @@
-"""Subcommands of `python -m lit_lora.cli` that are not Trainer methods; each module has main(argv)."""

@@ -1,0 +1,197 @@
+"""Turning files (read by `files.py`) or a Hugging Face dataset into tokenized, packed `datasets` rows, with
+an on-disk cache.
+
+Three stages, each cached by `datasets` under a fingerprint of its inputs, so a second run on the same
+files and tokenizer reads Arrow files and never calls the tokenizer:
+
+1. rows: text files are read in ~256 KB chunks cut at line starts (a file is one document; the last
+   chunk of a file carries `doc_end`); JSONL lines become one row each.
+2. tokens: `Dataset.map(batched=True, num_proc=...)`; EOS is appended at every document end.
+3. blocks: a streaming pass packs the token stream into `block_size` blocks, carrying the remainder
+   from row to row (only the corpus's final partial block is dropped).
+
+Prompt/completion data skips packing: each example is one row with its own labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.files import file_fingerprint, read_jsonl_rows, read_text_rows
+from lit_lora.errors import LitLoraError
+
+# Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
+# which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
+ROWS_PER_BATCH = 16
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}".encode()).hexdigest()[:16]
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _num_proc(rows: int, num_proc: Optional[int]) -> Optional[int]:
+    if num_proc is not None:
+        return num_proc if num_proc > 1 and rows >= num_proc else None
+    cpus = os.cpu_count() or 1
+    # Worker processes only pay off on corpora of several MB (rows are ~256 KB each).
+    return min(cpus, rows // 8) if rows >= 16 and cpus > 1 else None
+
+
+def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return {"ids": [i + [eos] if end else i for i, end in zip(ids, batch["doc_end"])]}
+
+
+def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
+    eos = tokenizer.eos_token_id
+    prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
+    completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+    out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
+    for p, c in zip(prompts, completions):
+        c = c + [eos]  # so the model learns to stop
+        truncated = len(p) + len(c) > block_size
+        if truncated:
+            # Policy: keep the prompt (its last block_size - 1 tokens at most) and cut the completion's end.
+            p = p[-(block_size - 1) :]
+            c = c[: block_size - len(p)]
+        out["input_ids"].append(p + c)
+        out["labels"].append([IGNORE_INDEX] * len(p) + c)
+        out["truncated"].append(truncated)
+    return out
+
+
+def pack_blocks(arrow_files: list[str], block_size: int) -> Iterator[dict[str, list[int]]]:
+    """Stream token rows from Arrow files and cut them into full blocks, carrying the remainder over.
+
+    Only the concatenated token stream matters (EOS already marks document ends), so each record batch is
+    flattened at once. The files are read batch by batch, not memory-mapped: the mapped pages of a
+    corpus-sized file would count in this process's resident memory."""
+    import numpy as np
+    import pyarrow as pa
+
+    buf = np.zeros(0, dtype=np.int64)
+    for path in arrow_files:
+        with pa.OSFile(path) as source:
+            for record_batch in pa.ipc.open_stream(source):
+                buf = np.concatenate([buf, record_batch.column("ids").flatten().to_numpy()])
+                n_full = len(buf) // block_size
+                for k in range(n_full):
+                    yield {"input_ids": buf[k * block_size : (k + 1) * block_size].tolist()}
+                buf = buf[n_full * block_size :]
+
+
+def build_split(
+    files: list[str],
+    fmt: str,
+    tokenizer: Any,
+    block_size: int,
+    cache_dir: Optional[str],
+    text_field: str = "text",
+    num_proc: Optional[int] = None,
+    hf_rows: Any = None,
+) -> Any:
+    """Tokenized dataset for one split: packed `input_ids` blocks, or prompt/completion examples with labels.
+
+    `hf_rows` is an already loaded `datasets.Dataset` (a hub or local HF dataset) used instead of files.
+    """
+    from datasets import disable_progress_bars
+
+    disable_progress_bars()
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    rows, source_fp = (hf_rows, hf_rows._fingerprint) if hf_rows is not None else _read_rows(
+        files, fmt, cache_dir, text_field
+    )
+    if len(rows) == 0:
+        raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
+
+    proc = _num_proc(len(rows), num_proc)
+    if fmt == "prompt_completion":
+        return rows.map(
+            _tokenize_pairs,
+            batched=True,
+            fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
+            remove_columns=rows.column_names,
+            num_proc=proc,
+            new_fingerprint=_hash("pairs", source_fp, tok_fp, block_size),
+            desc="tokenizing",
+        )
+    if text_field != "text" and text_field in rows.column_names:
+        rows = rows.rename_column(text_field, "text")
+    if "doc_end" not in rows.column_names:
+        rows = rows.add_column("doc_end", [True] * len(rows))
+    tokens = rows.map(
+        _tokenize_text,
+        batched=True,
+        batch_size=ROWS_PER_BATCH if fmt == "text" else 1000,  # text rows are ~256 KB; JSONL rows one document
+        fn_kwargs={"tokenizer": tokenizer},
+        remove_columns=rows.column_names,
+        num_proc=proc,
+        new_fingerprint=_hash("tokens", source_fp, tok_fp),
+        desc="tokenizing",
+    )
+    arrow_files = [f["filename"] for f in tokens.cache_files]
+    if not arrow_files:  # in-memory dataset (tiny HF datasets): write it so the packer can stream it
+        path = Path(cache_dir or Path.home() / ".cache" / "lit_lora") / f"tokens-{_hash(source_fp, tok_fp)}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokens = tokens.flatten_indices(cache_file_name=str(path))
+        arrow_files = [f["filename"] for f in tokens.cache_files]
+    short = (
+        f"the corpus {files or 'dataset'} is shorter than one block of data.block_size={block_size} tokens; "
+        "add text or lower --data.block_size"
+    )
+    return _from_generator(
+        pack_blocks, {"arrow_files": arrow_files, "block_size": block_size}, cache_dir, {"input_ids": ["int32"]}, short
+    )
+
+
+def _read_rows(files: list[str], fmt: str, cache_dir: Optional[str], text_field: str) -> tuple[Any, str]:
+    """Stage 1, cached: the files' rows, and a fingerprint of what they were read from."""
+    fingerprint = file_fingerprint(files)
+    empty = f"the corpus {files} is empty"
+    if fmt == "text":
+        rows = _from_generator(
+            read_text_rows, {"files": fingerprint}, cache_dir, {"text": "string", "doc_end": "bool"}, empty,
+            writer_batch_size=ROWS_PER_BATCH,
+        )
+    else:
+        fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
+        columns = {f: "string" for f in fields} | ({} if fmt == "prompt_completion" else {"doc_end": "bool"})
+        rows = _from_generator(read_jsonl_rows, {"files": fingerprint, "fields": fields}, cache_dir, columns, empty)
+    return rows, _hash(fingerprint, fmt, text_field)
+
+
+def _from_generator(
+    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str,
+    writer_batch_size: Optional[int] = None,
+) -> Any:
+    """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
+    the generator come out as themselves, not wrapped in DatasetGenerationError."""
+    from datasets import Dataset, Features, List, Value
+    from datasets.exceptions import DatasetGenerationError
+
+    features = Features({k: List(Value(v[0])) if isinstance(v, list) else Value(v) for k, v in columns.items()})
+    try:
+        return Dataset.from_generator(
+            fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features, writer_batch_size=writer_batch_size
+        )
+    except DatasetGenerationError as err:
+        cause = err.__cause__
+        if isinstance(cause, LitLoraError):
+            raise cause from None
+        raise
+    except ValueError as err:
+        if "corresponds to no data" in str(err):  # the generator yielded nothing
+            raise LitLoraError(empty_message) from None
+        raise

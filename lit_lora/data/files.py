@@ -1,0 +1,124 @@
+"""Reading data files: expanding globs, detecting the format, and streaming rows out of text files (in
+~256 KB chunks cut where the tokenizer cannot join tokens across the cut) and JSONL files, with errors that
+name the file and line."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Iterable, Iterator
+
+from lit_lora.errors import LitLoraError
+
+CHUNK_BYTES = 256 * 1024
+
+
+def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
+    """Expand files and globs in order; each pattern must match at least one readable file."""
+    files: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        matches = [m for m in matches if os.path.isfile(m)]
+        if not matches:
+            raise LitLoraError(f"{option}: no file matches {pattern!r}")
+        for m in matches:
+            if not os.access(m, os.R_OK):
+                raise LitLoraError(f"{option}: file {m!r} is not readable")
+        files.extend(matches)
+    return files
+
+
+
+def detect_format(files: list[str]) -> str:
+    """'text' for plain files; for .jsonl/.json, 'prompt_completion' or 'jsonl' by the first record's fields."""
+    if not all(f.endswith((".jsonl", ".json")) for f in files):
+        if any(f.endswith((".jsonl", ".json")) for f in files):
+            raise LitLoraError(f"cannot mix JSONL and plain-text files in one split: {files}")
+        return "text"
+    with open(files[0], encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise LitLoraError(f"{files[0]}:1: line is not valid JSON") from None
+                return "prompt_completion" if isinstance(record, dict) and "prompt" in record else "jsonl"
+    raise LitLoraError(f"{files[0]} is empty")
+
+
+
+def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
+    """What identifies a file's content for caching: path, size and modification time."""
+    return [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
+
+
+
+def _decode(data: bytes, path: str, offset: int) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LitLoraError(
+            f"{path} is not UTF-8: invalid byte 0x{data[err.start]:02x} at byte offset {offset + err.start}"
+        ) from None
+
+
+
+def _cut_point(buf: bytes) -> int:
+    """Index just after the last newline that is followed by a non-space byte; GPT-2's pre-tokenizer
+    never joins tokens across such a point, so chunked and whole-file tokenization agree."""
+    i = len(buf) - 2
+    while i >= 0:
+        i = buf.rfind(b"\n", 0, i + 1)
+        if i < 0 or i + 1 >= len(buf):
+            return -1
+        if buf[i + 1 : i + 2] not in (b" ", b"\t", b"\r", b"\n"):
+            return i + 1
+        i -= 1
+    return -1
+
+
+
+def read_text_rows(files: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+    """Rows of ~CHUNK_BYTES of text; a file is one document."""
+    for path, _, _ in files:
+        offset = 0
+        carry = b""
+        with open(path, "rb") as fh:
+            while True:
+                block = fh.read(CHUNK_BYTES)
+                buf = carry + block
+                if not block:
+                    if buf or offset:  # an empty file is no document at all
+                        yield {"text": _decode(buf, path, offset), "doc_end": True}
+                    break
+                cut = _cut_point(buf) if len(buf) >= CHUNK_BYTES else -1
+                if cut <= 0:
+                    carry = buf
+                    continue
+                yield {"text": _decode(buf[:cut], path, offset), "doc_end": False}
+                offset += cut
+                carry = buf[cut:]
+
+
+
+def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    for path, _, _ in files:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                line = _decode(raw, path, 0).strip() if raw.strip() else ""
+                if not line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise LitLoraError(f"{path}:{lineno}: line is not valid JSON") from None
+                if not isinstance(record, dict):
+                    raise LitLoraError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
+                missing = [f for f in fields if not isinstance(record.get(f), str)]
+                if missing:
+                    raise LitLoraError(f"{path}:{lineno}: missing string field {missing[0]!r}")
+                row = {f: record[f] for f in fields}
+                if "prompt" not in fields:
+                    row["doc_end"] = True
+                yield row

@@ -1,0 +1,112 @@
+"""Choosing and building the splits: files and globs (text or JSONL, format detected once per split) or a
+Hugging Face dataset, tokenized and packed by `corpus.build_split`. `LitLoraData` calls these with its
+hyperparameters; nothing here keeps state."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Union
+
+from lightning.pytorch.trainer.states import TrainerFn
+
+from lit_lora.data.corpus import build_split
+from lit_lora.data.files import detect_format, resolve_files
+from lit_lora.errors import LitLoraError
+
+NO_TRAINING_DATA = "no training data: give --data.train_files FILE (or a glob) or --data.dataset_name"
+
+
+def file_list(value: Union[str, list[str], None]) -> list[str]:
+    """A files option as a list: one pattern, several, or none."""
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def _files_and_format(patterns: list[str], option: str, fmt: str) -> tuple[list[str], str]:
+    files = resolve_files(patterns, option)
+    return files, detect_format(files) if fmt == "auto" else fmt
+
+
+def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+    return dict(tokenizer=tokenizer, block_size=hp["block_size"], cache_dir=hp["cache_dir"],
+                text_field=hp["text_field"], num_proc=hp["num_proc"])
+
+
+def _from_dataset(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+    from datasets import load_dataset
+
+    name, field = hp["dataset_name"], hp["text_field"]
+    try:
+        splits = load_dataset(name, hp["dataset_config"], cache_dir=hp["cache_dir"])
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise LitLoraError(f"data.dataset_name {name!r} could not be loaded: {err}") from err
+    if hp["train_split"] not in splits:
+        raise LitLoraError(f"data.train_split {hp['train_split']!r} not in dataset splits {list(splits)}")
+    columns = splits[hp["train_split"]].column_names
+    fmt = "prompt_completion" if {"prompt", "completion"} <= set(columns) else "jsonl"
+    if fmt == "jsonl" and field not in columns:
+        raise LitLoraError(f"dataset {name!r} has no field {field!r}; columns: {columns}")
+    keep = ["prompt", "completion"] if fmt == "prompt_completion" else [field]
+    kwargs = dict(fmt=fmt, **_split_kwargs(hp, tokenizer))
+    train = build_split([], hf_rows=splits[hp["train_split"]].select_columns(keep), **kwargs)
+    val = None
+    if hp["val_split"] in splits:
+        val = build_split([], hf_rows=splits[hp["val_split"]].select_columns(keep), **kwargs)
+    return train, val, fmt
+
+
+def _from_files(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+    files, fmt = _files_and_format(file_list(hp["train_files"]), "data.train_files", hp["format"])
+    kwargs = _split_kwargs(hp, tokenizer)
+    train, val = build_split(files, fmt, **kwargs), None
+    if hp["val_files"]:
+        val_files, val_fmt = _files_and_format(file_list(hp["val_files"]), "data.val_files", hp["format"])
+        if val_fmt != fmt:
+            raise LitLoraError(f"data.val_files are {val_fmt} but data.train_files are {fmt}")
+        val = build_split(val_files, fmt, **kwargs)
+    return train, val, fmt
+
+
+def build_training_splits(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+    """(train, val or None, format) from the data options; the validation split is held out of the training
+    data (`val_fraction`, seeded) when no validation files or split are given."""
+    if not hp["train_files"] and not hp["dataset_name"]:  # allowed for predict only
+        raise LitLoraError(NO_TRAINING_DATA)
+    train, val, fmt = (_from_dataset if hp["dataset_name"] else _from_files)(hp, tokenizer)
+    block = hp["block_size"]
+    if len(train) == 0:
+        raise LitLoraError(
+            f"the training corpus is shorter than one block of data.block_size={block} tokens; "
+            "add text or lower --data.block_size"
+        )
+    fraction = hp["val_fraction"]
+    if val is None and fraction > 0:
+        n_val = math.ceil(len(train) * fraction)
+        if len(train) - n_val < 1:
+            raise LitLoraError(
+                f"the corpus has {len(train)} block(s) of {block} tokens: too few to hold out "
+                f"data.val_fraction={fraction}; add text, lower --data.block_size or give --data.val_files"
+            )
+        split = train.train_test_split(test_size=n_val, seed=hp["seed"], shuffle=True)
+        train, val = split["train"], split["test"]
+    if val is not None and len(val) == 0:
+        raise LitLoraError(f"the validation split is shorter than one block of data.block_size={block} tokens")
+    return train, val, fmt
+
+
+def eval_files_only(hp: Mapping[str, Any], fn: Any) -> Optional[tuple[list[str], str]]:
+    """(files, option name) when `validate`/`test` has files of its own: the training split is then neither
+    needed nor built. `fn` is the trainer's current function (`trainer.state.fn`)."""
+    if fn == TrainerFn.VALIDATING and hp["val_files"] and not hp["dataset_name"]:
+        return file_list(hp["val_files"]), "data.val_files"
+    if fn == TrainerFn.TESTING and hp["test_files"]:
+        return file_list(hp["test_files"]), "data.test_files"
+    return None
+
+
+def build_eval_split(files: list[str], option: str, hp: Mapping[str, Any], tokenizer: Any) -> Any:
+    """A validation or test split from its own files, without the training split."""
+    files, fmt = _files_and_format(files, option, hp["format"])
+    split = build_split(files, fmt, **_split_kwargs(hp, tokenizer))
+    if len(split) == 0:
+        raise LitLoraError(f"{option} are shorter than one block of data.block_size={hp['block_size']} tokens")
+    return split.remove_columns("truncated") if "truncated" in split.column_names else split

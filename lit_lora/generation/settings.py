@@ -1,0 +1,81 @@
+"""How completions are generated: one settings class for `generate`, `predict` and validation samples."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from lit_lora.errors import LitLoraError
+from lit_lora.settings import coerce_settings
+
+
+@dataclass
+class GenerationSettings:
+    """How completions are generated (the same for `generate` and `predict`).
+
+    Args:
+        max_new_tokens: Tokens generated after each prompt; fewer when the model emits EOS.
+        temperature: 0 is greedy decoding (deterministic, no seed needed); above 0 samples, higher is more random.
+        top_k: When sampling, draw only from the k most likely tokens; 0 or None: no limit.
+        top_p: When sampling, draw from the smallest set of tokens whose probabilities add up to top_p (nucleus);
+            1.0: no limit.
+        num_return_sequences: Completions per prompt (needs sampling: greedy would repeat one).
+        seed: Seed of the sampling RNG, reset before each batch: the same seed, prompts and batch size give
+            the same text. None: a different draw every run.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: Optional[int] = 50
+    top_p: float = 1.0
+    num_return_sequences: int = 1
+    seed: Optional[int] = 1234
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LitLoraError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise LitLoraError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise LitLoraError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise LitLoraError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.num_return_sequences < 1:
+            raise LitLoraError(f"num_return_sequences must be at least 1, got {self.num_return_sequences}")
+        if self.greedy and self.num_return_sequences > 1:
+            raise LitLoraError(
+                "num_return_sequences > 1 needs sampling (temperature > 0): greedy decoding gives one completion"
+            )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def checked(cls, option_prefix: str, **values: Any) -> "GenerationSettings":
+        """Settings built from another option group's values; errors name its options (`samples.top_k`)."""
+        try:
+            return cls(**values)
+        except LitLoraError as err:
+            raise LitLoraError(f"{option_prefix}.{err}") from None
+
+    @classmethod
+    def coerce(cls, value: "GenerationSettings | dict | None") -> "GenerationSettings":
+        return coerce_settings(cls, value, "generation settings")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def generate_kwargs(self, eos_token_id: int) -> dict[str, Any]:
+        """Keyword arguments for `model.generate`; every value is set so the model's own
+        generation_config (e.g. the hub's defaults for gpt2) cannot change what the user asked for."""
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens,
+            num_return_sequences=self.num_return_sequences,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,  # finished rows are padded with EOS; cut off by decode_completion
+        )
+        if self.greedy:
+            # None, not 1.0/50: transformers warns about sampling settings passed to greedy decoding.
+            return kwargs | dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        return kwargs | dict(do_sample=True, temperature=self.temperature, top_k=self.top_k or 0, top_p=self.top_p)

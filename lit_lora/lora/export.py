@@ -1,0 +1,106 @@
+"""Writing a trained adapter out: PEFT's adapter format, or merged into a plain transformers model, each
+with a model card. Folders appear whole or not at all, and only where `lit_lora.outputs` allows (never
+over files that are not ours)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from lit_lora.hub import load_tokenizer, tokenizer_source
+from lit_lora.outputs import write_dir_atomically
+
+
+class AdapterSource(Protocol):
+    """What export and merge read from a trained module (`LitLora` is one)."""
+
+    model: Any  # the PEFT model
+    hparams: Any  # model_name_or_path, model_config, tokenizer_name_or_path, lora
+
+    def base_fingerprint(self) -> str: ...
+
+
+def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str) -> str:
+    hp = module.hparams
+    lora = hp.get("lora", {})
+    meta = (ckpt or {}).get("lit_lora", {})
+    data = (ckpt or {}).get("datamodule_hyper_parameters", {})
+    step = (ckpt or {}).get("global_step", "n/a")
+    val = meta.get("val_loss")
+    lines = [
+        "---",
+        "library_name: peft" if kind == "adapter" else "library_name: transformers",
+        f"base_model: {hp['model_name_or_path']}",
+        "tags: [lora, lit_lora]",
+        "---",
+        "",
+        f"# {'LoRA adapter' if kind == 'adapter' else 'Merged LoRA model'} trained with lit_lora",
+        "",
+        f"- Base model: `{hp['model_name_or_path']}`" + (" (randomly initialised shape)" if hp.get("model_config") is not None else ""),
+        f"- Base weights fingerprint: `{module.base_fingerprint()}`",
+        f"- LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+        f"target_modules={lora.get('target_modules')}",
+        f"- Data: {data.get('train_files') or data.get('dataset_name') or 'n/a'} (block_size={data.get('block_size', 'n/a')})",
+        f"- Steps: {step}",
+        f"- Final val_loss: {val:.4f}" if isinstance(val, float) else "- Final val_loss: n/a",
+        "",
+        "Load with:",
+        "",
+        "```python",
+    ]
+    if kind == "adapter":
+        lines += [
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({hp['model_name_or_path']!r}), DIR)",
+        ]
+    else:
+        lines += ["from transformers import AutoModelForCausalLM", "model = AutoModelForCausalLM.from_pretrained(DIR)"]
+    return "\n".join(lines + ["```", ""])
+
+
+def export_adapter(
+    module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
+) -> Path:
+    """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format).
+
+    With `checkpoint` (a lit_lora checkpoint of this module's run) its LoRA weights are written instead of
+    the module's own, so the end of `fit` exports its best checkpoint without loading a second base model.
+    """
+    peft_model = module.model
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = module.hparams["model_name_or_path"]
+    # PEFT's save_pretrained filters a state dict under the PeftModel's own names ("model." is LitLora's).
+    weights = None
+    if checkpoint and "state_dict" in checkpoint:
+        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+
+    def fill(tmp: Path) -> None:
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+        (tmp / "README.md").write_text(_model_card(module, checkpoint, "adapter"), encoding="utf-8")
+        info = {"base_model": module.hparams["model_name_or_path"], "base_fingerprint": module.base_fingerprint(),
+                "model_config": module.hparams.get("model_config"),
+                "seed": (checkpoint or {}).get("lit_lora", {}).get("seed"),
+                # `generate --adapter_path` needs it when the base is random-init (no tokenizer beside it).
+                "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path")}
+        (tmp / "lit_lora.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
+
+
+def merge_to_dir(
+    module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
+) -> Path:
+    """Merge LoRA into the base weights (`merge_and_unload`) and save a plain transformers model + tokenizer."""
+    hp = module.hparams
+    tokenizer = load_tokenizer(tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"]),
+                               trust_remote_code=bool(hp.get("trust_remote_code")))
+    merged = module.model.merge_and_unload()
+
+    def fill(tmp: Path) -> None:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(_model_card(module, checkpoint, "merged"), encoding="utf-8")
+
+    return write_dir_atomically(output_dir, "merged", fill, "--output_dir", overwrite)

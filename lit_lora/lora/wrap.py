@@ -1,0 +1,58 @@
+"""Wrapping a base model with LoRA (new adapters, or an existing PEFT adapter to train further) and
+turning on activation checkpointing for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lit_lora.errors import LitLoraError
+from lit_lora.lora.layers import base_model, linear_module_names
+from lit_lora.lora.settings import LoraSettings
+
+
+def apply_lora(model: Any, settings: LoraSettings) -> Any:
+    """Wrap `model` in a PEFT LoRA model; only LoRA (and modules_to_save) parameters stay trainable."""
+    from peft import get_peft_model
+
+    config = settings.to_peft_config(model)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        if "not found in the base model" in str(err) or "Target modules" in str(err):
+            raise LitLoraError(
+                f"model.lora.target_modules {settings.target_modules!r} match no module of the model; "
+                f"its linear/Conv1D module names are {linear_module_names(model)}"
+            ) from err
+        raise
+
+
+def check_adapter_dir(adapter_dir: str, option: str) -> Path:
+    """The folder, if it holds a PEFT adapter; else a one-line error naming `option`."""
+    folder = Path(adapter_dir)
+    if not (folder / "adapter_config.json").is_file():
+        raise LitLoraError(f"{option} {adapter_dir!r} is not a PEFT adapter directory (no adapter_config.json)")
+    return folder
+
+
+def load_adapter_for_training(base: Any, adapter_dir: str, option: str = "model.adapter_path") -> Any:
+    """Wrap `base` with an existing PEFT LoRA adapter (ours or anyone's), its weights trainable."""
+    from peft import PeftModel
+
+    check_adapter_dir(adapter_dir, option)
+    try:
+        return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise LitLoraError(f"{option} {adapter_dir!r} does not fit the base model: {err}") from err
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing that also trains adapters over a frozen base."""
+    base = base_model(model)
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # With reentrant checkpointing a frozen embedding output would cut the graph; harmless otherwise.
+    base.enable_input_require_grads()

@@ -1,0 +1,50 @@
+"""The `lit_lora` section of a checkpoint, beside Lightning's own: what a resume and a rebuild of the base
+need (RNG states, the base weights' fingerprint, the seed of a random-init base, the last val_loss), and
+the checks a checkpoint must pass before its weights are loaded."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from lit_lora.constants import CHECKPOINT_FORMAT
+from lit_lora.errors import LitLoraError
+from lit_lora.model.rng import capture_rng
+
+SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed
+
+
+def checkpoint_section(base_fingerprint: str, val_loss: Optional[float]) -> dict[str, Any]:
+    """The `lit_lora` section written into every checkpoint."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "rng": capture_rng(),
+        "base_fingerprint": base_fingerprint,
+        # A randomly initialised base (model_config) is rebuilt from this seed by export/merge/generate.
+        "seed": int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
+        "val_loss": val_loss,
+    }
+
+
+def check_checkpoint(checkpoint: dict[str, Any], expected_keys: set[str], base_fingerprint: str) -> dict[str, Any]:
+    """The checkpoint's `lit_lora` section, once its LoRA keys and base fingerprint fit this model; else a
+    one-line error naming the likely cause."""
+    meta = checkpoint.get("lit_lora")
+    if not isinstance(meta, dict):
+        raise LitLoraError("the checkpoint was not written by lit_lora (no 'lit_lora' section)")
+    got = set(checkpoint.get("state_dict", {}))
+    # FSDP loads the weights itself and pops them before this hook: nothing is left to compare.
+    if "state_dict" in checkpoint and got != expected_keys:
+        missing, extra = sorted(expected_keys - got), sorted(got - expected_keys)
+        raise LitLoraError(
+            f"the checkpoint's LoRA weights do not match this model: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); "
+            "were the LoRA settings or base model changed?"
+        )
+    saved = meta.get("base_fingerprint")
+    if saved and saved != base_fingerprint:
+        raise LitLoraError(
+            f"the base model's weights differ from those the checkpoint was trained on "
+            f"(fingerprint {base_fingerprint} != {saved}); check model.model_name_or_path"
+        )
+    return meta

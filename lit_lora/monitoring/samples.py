@@ -1,0 +1,92 @@
+"""`SampleGenerator`: a few completions at each validation, logged as text (TensorBoard's TEXT tab)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from lightning.pytorch.callbacks import Callback
+
+from lit_lora.generation.decode import sample_tokens
+from lit_lora.generation.settings import GenerationSettings
+from lit_lora.hub import load_tokenizer, tokenizer_source
+from lit_lora.training.contracts import TrainingData
+
+
+class SampleGenerator(Callback):
+    """At the end of each validation, completes a few prompts and logs the text to TensorBoard (tag
+    `samples`), so you can read the model change.
+
+    Sampling draws from a private generator seeded with `seed` at each validation, never from the global
+    RNG (exact resume depends on it), so two validations differ only because the weights did. The model's
+    train/eval mode is restored afterwards.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str] = ["The", "Once upon a time"],  # noqa: B006  (copied below, never mutated)
+        max_new_tokens: int = 32,
+        temperature: float = 0.8,
+        top_k: Optional[int] = 50,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            prompts: Prompts to complete at each validation; [] turns samples off.
+            max_new_tokens: Tokens generated per prompt (fewer when the model emits EOS).
+            temperature: 0 is greedy decoding; above 0 samples, higher is more random.
+            top_k: When sampling, draw only from the k most likely tokens; None: no limit.
+            seed: Seed of the private sampling generator, reset at each validation.
+        """
+        # The checks and the decoding of `generate`, under this group's option names.
+        self.settings = GenerationSettings.checked(
+            "samples", max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
+        )
+        self.prompts = list(prompts)
+        self.last_samples: list[tuple[str, str]] = []  # (prompt, continuation) of the latest validation
+        self._tokenizer: Any = None
+
+    def _get_tokenizer(self, trainer: Any, pl_module: Any) -> Any:
+        if self._tokenizer is None and isinstance(trainer.datamodule, TrainingData):
+            self._tokenizer = trainer.datamodule.tokenizer
+        if self._tokenizer is None:
+            hp = pl_module.hparams
+            source = tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
+            self._tokenizer = load_tokenizer(source, trust_remote_code=bool(hp.get("trust_remote_code")))
+        return self._tokenizer
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+            return
+        tokenizer = self._get_tokenizer(trainer, pl_module)
+        self.last_samples = [(p, self.complete(pl_module.model, tokenizer, p)) for p in self.prompts]
+        text = format_samples(self.last_samples)
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("samples", text, global_step=trainer.global_step)
+
+    def complete(self, model: Any, tokenizer: Any, prompt: str) -> str:
+        """The continuation of `prompt` (the prompt itself not included)."""
+        modes = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+            ids = sample_tokens(model, prompt_ids, self.settings, tokenizer.eos_token_id)
+        finally:
+            for m, training in modes:
+                m.training = training
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def format_samples(samples: list[tuple[str, str]]) -> str:
+    """Markdown for TensorBoard's TEXT tab: the prompt in bold, then prompt + continuation as a code block
+    (TensorBoard renders markdown; an indented block keeps the text's own newlines and symbols)."""
+    parts = []
+    for prompt, continuation in samples:
+        body = "\n".join("    " + line for line in (prompt + continuation).split("\n"))
+        parts.append(f"**{_md_escape(prompt)}**\n\n{body}")
+    return "\n\n".join(parts)
+
+
+def _md_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>" else c for c in text.replace("\n", " "))

@@ -1,0 +1,120 @@
+"""`TokenThroughput`: tokens/s, samples/s, steps/s and, on CUDA, model FLOP utilisation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_lora.measure.flops import peak_flops, training_flops_per_token
+from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
+from lit_lora.training.contracts import TrainedModule
+
+
+class TokenThroughput(Callback):
+    """Logs tokens/s (real tokens: attention_mask ones, or every token of packed blocks), samples/s,
+    optimizer steps/s and, on CUDA, model FLOP utilisation against the device's peak for the precision.
+
+    Values are per process, averaged over each logging interval; validation and checkpointing time is
+    left out, data loading is in. The first interval includes warm-up.
+    """
+
+    def __init__(self, log_every_n_steps: Optional[int] = None, prog_bar: bool = True) -> None:
+        """
+        Args:
+            log_every_n_steps: Log every this many optimizer steps; default: the trainer's log_every_n_steps.
+            prog_bar: Show tokens/s in the progress bar.
+        """
+        self.log_every_n_steps = log_every_n_steps
+        self.prog_bar = prog_bar
+        self.steps_per_sec: Optional[float] = None
+        self.tokens_per_sec: Optional[float] = None
+        self._last = -1
+        self._reset()
+        self._t0: Optional[float] = None
+        self._flops_coeffs: tuple[int, int] = (0, 0)
+        self._peak: Optional[float] = None
+
+    def _reset(self) -> None:
+        self._elapsed = 0.0
+        self._tokens = 0
+        self._tokens_on_device: Optional[torch.Tensor] = None
+        self._samples = 0
+        self._flops = 0
+        self._steps_at_start: Optional[int] = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._reset()
+        self._t0 = None
+        self._last = trainer.global_step
+        if isinstance(pl_module, TrainedModule):
+            model = pl_module.model
+            # FLOPs per token are linear in the sequence length (attention); two points give the line, so
+            # padded batches of any width cost no extra work per step.
+            f0 = training_flops_per_token(model, 0).model
+            f1 = training_flops_per_token(model, 1).model
+            self._flops_coeffs = (f0, f1 - f0)
+        self._peak = peak_flops(pl_module.device, trainer.precision)
+
+    def _pause(self) -> None:
+        if self._t0 is not None:
+            self._elapsed += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        if self._steps_at_start is None:
+            self._steps_at_start = trainer.global_step
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        self._pause()
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._pause()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is None:
+            return
+        b, t = ids.shape
+        mask = batch.get("attention_mask")
+        if mask is None:  # packed blocks: every token is real
+            self._tokens += b * t
+        else:  # summed on the device; read once per interval
+            count = mask.sum()
+            self._tokens_on_device = count if self._tokens_on_device is None else self._tokens_on_device + count
+        self._samples += b
+        c0, c1 = self._flops_coeffs
+        self._flops += b * t * (c0 + c1 * t)
+        if should_log(trainer, self.log_every_n_steps, self._last):
+            self._last = trainer.global_step
+            self._emit(trainer, pl_module)
+
+    def _emit(self, trainer: Any, pl_module: Any) -> None:
+        device = pl_module.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per interval, so the clock covers the queued work
+        tokens = self._tokens + (int(self._tokens_on_device.item()) if self._tokens_on_device is not None else 0)
+        self._pause()
+        elapsed = self._elapsed
+        steps = trainer.global_step - (self._steps_at_start or 0)
+        flops, samples = self._flops, self._samples
+        self._reset()
+        self._steps_at_start = trainer.global_step
+        self._t0 = time.perf_counter()
+        if elapsed <= 0:
+            return
+        self.tokens_per_sec = tokens / elapsed
+        self.steps_per_sec = steps / elapsed if steps > 0 else self.steps_per_sec
+        metrics = {
+            "throughput/tokens_per_sec": self.tokens_per_sec,
+            "throughput/samples_per_sec": samples / elapsed,
+            "throughput/steps_per_sec": steps / elapsed,
+        }
+        if self._peak:
+            metrics["throughput/tflops_per_sec"] = flops / elapsed / 1e12
+            metrics["throughput/mfu"] = flops / elapsed / self._peak
+        log_metrics(trainer, metrics, batch_step(trainer))

@@ -1,0 +1,181 @@
+"""Stopping safely: SIGTERM/SIGINT save a resumable checkpoint at the end of the current batch; a
+non-finite loss stops the run before anything poisoned is saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_lora.errors import LitLoraError
+
+
+class FiniteLossGuard:
+    """Stops a run whose training loss turns NaN/Inf before anything poisoned is saved.
+
+    On the CPU the loss is read at once, before backward(): reading a CPU tensor costs nothing, and the
+    weights are never updated. On a GPU, reading it every step would make the host wait for each step's
+    kernels before queueing the next step; there the check stays on the device (no synchronisation) and
+    is read at every logging step, before every checkpoint and at the end of training. The weights in
+    memory may then have taken a few bad steps, but no checkpoint ever holds them.
+    """
+
+    def __init__(self) -> None:
+        # None: decide from the loss's device (CPU: at once). Tests set True to run the GPU path on a CPU.
+        self.defer: Optional[bool] = None
+        self._first_bad: Optional[torch.Tensor] = None  # step index of the first bad loss, -1 while none
+        self._bad_value: Optional[torch.Tensor] = None
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach()
+        defer = self.defer if self.defer is not None else loss.device.type != "cpu"
+        if not defer:
+            if not bool(torch.isfinite(loss)):
+                raise _non_finite(float(loss), step, "stopped before updating weights")
+            return
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        first_now = (self._first_bad < 0) & ~torch.isfinite(loss)
+        self._first_bad = torch.where(first_now, step, self._first_bad)
+        self._bad_value = torch.where(first_now, loss, self._bad_value)
+
+    def check(self, steps_done: int) -> None:
+        """Raise if a loss seen so far was non-finite (when deferred: one read from the device)."""
+        if self._first_bad is None:
+            return
+        first = int(self._first_bad)
+        if first >= 0:
+            when = f"noticed after step {steps_done} and stopped before saving a checkpoint"
+            raise _non_finite(float(self._bad_value), first, when)
+
+    def check_everywhere(self, strategy: Any, steps_done: int) -> None:
+        """`check` in every process together: one whose loss was non-finite tells the others (one collective),
+        instead of raising alone while they wait for it in the next gradient all-reduce."""
+        try:
+            self.check(steps_done)
+            error = None
+        except LitLoraError as err:
+            error = err
+        if strategy.reduce_boolean_decision(error is not None, all=False) and error is None:
+            error = LitLoraError(
+                f"non-finite training loss in another process, noticed after step {steps_done}; stopped "
+                "before saving a checkpoint. The last checkpoint written before it is intact"
+            )
+        if error is not None:
+            raise error
+
+
+def _non_finite(value: float, step: int, when: str) -> LitLoraError:
+    return LitLoraError(
+        f"non-finite training loss ({value}) at step {step + 1}; {when}. "
+        "The last checkpoint written before it is intact; lower --model.learning_rate or check the data"
+    )
+
+
+class GracefulStop(Callback):
+    """SIGTERM (Lightning's handler notices it) or SIGINT/Ctrl-C (ours) ends the run after the current
+    training batch with a resumable `last.ckpt`. A second Ctrl-C interrupts at once.
+
+    With several processes, the ranks may notice a signal at different batches, and saving is collective:
+    one rank saving while another starts the next step would hang both. There Lightning decides: before
+    each batch it broadcasts rank 0's SIGTERM flag and raises SIGTERMException on every rank together; this
+    callback saves `last.ckpt` then, from `on_exception`. Ctrl-C on rank 0 is turned into that SIGTERM
+    (Lightning's launcher passes it on to the other ranks); the other ranks leave Ctrl-C to rank 0.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous: Any = None
+        self._previous_term: Any = None
+        self._distributed = False
+        self._rank = 0
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self.signal_name = None
+        self._distributed = trainer.world_size > 1
+        self._rank = trainer.global_rank
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # After Lightning has installed its SIGTERM handler (it does so after on_fit_start).
+        main = threading.current_thread() is threading.main_thread()
+        if main and self._distributed and hasattr(trainer, "_signal_connector"):
+            self._previous_term = signal.signal(signal.SIGTERM, self._sigterm_flag_only(trainer))
+
+    @staticmethod
+    def _sigterm_flag_only(trainer: Any) -> Any:
+        """Lightning 2.6's own SIGTERM handler runs a broadcast inside the handler, wherever each rank happens
+        to be; a rank that gets SIGTERM twice (from `kill` on the process group and again from Lightning's
+        launcher) runs two, and every rank hangs. This one only records the signal, once, and passes it on
+        to the launcher's child ranks; the broadcast Lightning makes before each batch does the rest."""
+
+        def handler(signum: int, frame: Any) -> None:
+            connector = trainer._signal_connector
+            if connector.received_sigterm:
+                return
+            connector.received_sigterm = True
+            launcher = trainer.strategy.launcher
+            if launcher is not None and hasattr(launcher, "kill"):
+                launcher.kill(signum)
+
+        return handler
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._distributed and self._rank != 0:
+            return  # rank 0 stops every rank (see the class docstring)
+        self.signal_name = "SIGINT"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._distributed:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._distributed:
+            return  # Lightning raises SIGTERMException on every rank before the next batch: on_exception
+        if self.signal_name is None and trainer.received_sigterm:
+            self.signal_name = "SIGTERM"
+        if self.signal_name is None:
+            return
+        self._save(trainer)
+        # Ends the loop cleanly after this batch (for SIGTERM Lightning then raises SIGTERMException).
+        trainer.should_stop = True
+
+    def _save(self, trainer: Any) -> None:
+        callback = trainer.checkpoint_callback
+        if callback is not None and callback.dirpath:
+            path = f"{callback.dirpath}/last.ckpt"
+            if callback._last_global_step_saved < trainer.global_step:
+                trainer.save_checkpoint(path)
+                callback._last_global_step_saved = trainer.global_step
+            if trainer.is_global_zero:
+                print(
+                    f"lit_lora: received {self.signal_name}; saved {path} at step {trainer.global_step}. "
+                    "Resume with --ckpt_path last",
+                    flush=True,
+                )
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if self._distributed and isinstance(exception, SIGTERMException) and trainer.training:
+            self.signal_name = self.signal_name or "SIGTERM"
+            self._save(trainer)
+        self._restore()
+
+    def _restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self._previous_term is not None:
+            signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None
