@@ -19,6 +19,7 @@ from lit_lora.lora.layers import frozen_weights_fingerprint
 from lit_lora.lora.wrap import check_adapter_dir, load_adapter_for_training
 from lit_lora.model.module import LitLora
 from lit_lora.training.checkpoint_io import load_checkpoint_file
+from lit_lora.training.devices import resolve_device
 from lit_lora.training.distributed import is_fsdp
 
 
@@ -55,16 +56,6 @@ def module_from_checkpoint(
     module.on_load_checkpoint(ckpt)  # checks keys and the base fingerprint
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return Restored(module.eval(), ckpt)
-
-
-def resolve_device(device: Literal["cpu", "cuda", "auto"]) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LitLoraError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise LitLoraError(f"--device must be cpu, cuda or auto, got {device!r}")
-    return torch.device(device)
 
 
 def load_generation_model(

@@ -20,3 +20,12 @@ def coerce_settings(cls: type[T], value: Any, what: str) -> T:
     if isinstance(value, dict):
         return cls(**value)
     raise LitLoraError(f"{what} must be a mapping, got {value!r}")
+
+
+def build_settings(cls: type[T], option_prefix: str, values: dict[str, Any]) -> T:
+    """`cls(**values)`, its own checks run, their one-line errors naming the option as the user spells it
+    (`option_prefix` "samples." gives `samples.top_k ...`, "--" gives `--top_k ...`)."""
+    try:
+        return cls(**values)
+    except LitLoraError as err:
+        raise LitLoraError(f"{option_prefix}{err}") from None

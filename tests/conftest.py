@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 # Set before transformers/huggingface_hub are imported anywhere: no test may touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -11,6 +12,18 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`gpu` tests skip, with the reason, where no CUDA GPU is visible."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -55,6 +68,21 @@ def shakespeare(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
     out.write_text(text, encoding="utf-8")
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_model_dir, shakespeare) -> SimpleNamespace:
+    """One short real fit shared by the checkpoint, export and generation tests: 8 steps at a learning rate
+    large enough that lora_B is clearly non-zero, validated at steps 4 and 8. Tests read it and write
+    elsewhere (a resume test copies the checkpoint first)."""
+    from tests.helpers import fit_args, run_cli
+
+    tmp = tmp_path_factory.mktemp("trained")
+    run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8",
+                     "--model.learning_rate", "2e-2", "--trainer.val_check_interval", "4"), cwd=tmp)
+    run = tmp / "lightning_logs" / "lit_lora" / "version_0"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    return SimpleNamespace(dir=tmp, run=run, ckpt=run / "checkpoints" / "last.ckpt", base=tiny_model_dir)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 
 import pytest
 import torch
@@ -23,13 +24,8 @@ IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 300, 11]])
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir, shakespeare):
-    """A short real fit with a learning rate large enough that lora_B is clearly non-zero."""
-    tmp = tmp_path_factory.mktemp("trained")
-    run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8",
-                     "--model.learning_rate", "2e-2", "--trainer.val_check_interval", "4"), cwd=tmp)
-    run = tmp / "lightning_logs" / "lit_lora" / "version_0"
-    return {"run": run, "ckpt": run / "checkpoints" / "last.ckpt", "tmp": tmp}
+def trained(trained_run):
+    return trained_run
 
 
 def _logits(model) -> torch.Tensor:
@@ -38,7 +34,7 @@ def _logits(model) -> torch.Tensor:
 
 
 def test_checkpoint_is_lora_only_and_weights_only_loadable(trained):
-    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    ckpt = torch.load(trained.ckpt, weights_only=True)
     assert ckpt["state_dict"] and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"] and ckpt["lr_schedulers"] and ckpt["loops"]["fit_loop"]
     callbacks = " ".join(ckpt["callbacks"])
@@ -64,11 +60,11 @@ def test_gpt2_small_checkpoint_is_megabytes(in_tmp, shakespeare, capsys):
 def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tmp_path):
     from peft import PeftModel
 
-    ours = module_from_checkpoint(str(trained["ckpt"])).module
+    ours = module_from_checkpoint(str(trained.ckpt)).module
     base_logits = _logits(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     our_logits = _logits(ours.model)
     assert (our_logits - base_logits).abs().max() > 1e-3, "the adapter must have learned something"
-    assert main(["export", "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "adapter")]) == 0
+    assert main(["export", "--ckpt_path", str(trained.ckpt), "--output_dir", str(tmp_path / "adapter")]) == 0
     files = {p.name for p in (tmp_path / "adapter").iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= files
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
@@ -79,19 +75,19 @@ def test_export_loads_in_plain_peft_with_same_logits(trained, tiny_model_dir, tm
     peft_model.eval()
     assert (_logits(peft_model) - our_logits).abs().max() <= 1e-5
     # fit already exported the best checkpoint next to its logs, its weights and not the last ones
-    (best,) = (trained["run"] / "checkpoints").glob("step*.ckpt")
+    (best,) = (trained.run / "checkpoints").glob("step*.ckpt")
     best_weights = torch.load(best, weights_only=True)["state_dict"]
-    fit_export = load_file(trained["run"] / "adapter" / "adapter_model.safetensors")
+    fit_export = load_file(trained.run / "adapter" / "adapter_model.safetensors")
     assert set(fit_export) == {k.removeprefix("model.").replace(".default.", ".") for k in best_weights}
     assert all(torch.equal(fit_export[k.removeprefix("model.").replace(".default.", ".")], v)
                for k, v in best_weights.items())
-    assert f"Steps: {int(best.name[4:10])}" in (trained["run"] / "adapter" / "README.md").read_text()
+    assert f"Steps: {int(best.name[4:10])}" in (trained.run / "adapter" / "README.md").read_text()
 
 
 def test_merge_gives_plain_transformers_model(trained, tmp_path):
-    ours = module_from_checkpoint(str(trained["ckpt"])).module
+    ours = module_from_checkpoint(str(trained.ckpt)).module
     expected = _logits(ours.model)
-    assert main(["merge", "--ckpt_path", str(trained["ckpt"]), "--output_dir", str(tmp_path / "merged")]) == 0
+    assert main(["merge", "--ckpt_path", str(trained.ckpt), "--output_dir", str(tmp_path / "merged")]) == 0
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert type(merged).__name__ == "GPT2LMHeadModel"
@@ -101,7 +97,7 @@ def test_merge_gives_plain_transformers_model(trained, tmp_path):
 
 
 def test_start_training_from_an_adapter_dir(trained, tiny_model_dir, tmp_path):
-    ours = module_from_checkpoint(str(trained["ckpt"])).module
+    ours = module_from_checkpoint(str(trained.ckpt)).module
     export_adapter(ours, str(tmp_path / "a"))
     started = LitLora(model_name_or_path=str(tiny_model_dir), adapter_path=str(tmp_path / "a"), block_size=32)
     got, want = started.trainable_state_dict(), ours.trainable_state_dict()
@@ -113,7 +109,7 @@ def test_start_training_from_an_adapter_dir(trained, tiny_model_dir, tmp_path):
 
 
 def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
-    ours = module_from_checkpoint(str(trained["ckpt"])).module
+    ours = module_from_checkpoint(str(trained.ckpt)).module
     out = tmp_path / "adapter"
     export_adapter(ours, str(out))
     before = sorted(p.name for p in out.iterdir())
@@ -124,7 +120,7 @@ def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
     # Fails after the weights are already in the temporary folder, as a full disk would.
     monkeypatch.setattr("lit_lora.lora.export._model_card", disk_full)
     with pytest.raises(LitLoraError, match="No space left on device"):
-        merge_to_dir(module_from_checkpoint(str(trained["ckpt"])).module, str(tmp_path / "merged"))
+        merge_to_dir(module_from_checkpoint(str(trained.ckpt)).module, str(tmp_path / "merged"))
     with pytest.raises(LitLoraError, match="nothing was changed"):
         export_adapter(ours, str(out), overwrite=True)
     assert not (tmp_path / "merged").exists()
@@ -149,7 +145,7 @@ def test_atomic_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):
 
 def test_bad_checkpoint_files_are_one_line_errors(trained, tiny_model_dir, shakespeare, tmp_path, capsys):
     truncated = tmp_path / "truncated.ckpt"
-    truncated.write_bytes(trained["ckpt"].read_bytes()[:1000])
+    truncated.write_bytes(trained.ckpt.read_bytes()[:1000])
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)
     for path, message in ((truncated, "cannot be read (truncated"), (foreign, "was not written by lit_lora"),
@@ -159,9 +155,11 @@ def test_bad_checkpoint_files_are_one_line_errors(trained, tiny_model_dir, shake
         assert message in err and str(path) in err and len(err.splitlines()) == 1
 
 
-def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_model_dir, shakespeare, capsys):
-    tmp = trained["tmp"]
-    args = fit_args(tiny_model_dir, shakespeare, tmp, "--ckpt_path", str(trained["ckpt"]))
+def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_model_dir, shakespeare, tmp_path,
+                                                                capsys):
+    tmp = tmp_path  # a copy: the shared run stays as it was
+    shutil.copy(trained.ckpt, tmp / "last.ckpt")
+    args = fit_args(tiny_model_dir, shakespeare, tmp, "--ckpt_path", str(tmp / "last.ckpt"))
     assert main(args + ["--model.lora.r", "16"]) == 2
     assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
     cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",

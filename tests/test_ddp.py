@@ -172,6 +172,7 @@ def runs(workdir):
     return dirs | {"out": out}
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     ddp, single = runs["ddp"], runs["single"]
     out = runs["out"]["ddp"][1]
@@ -227,6 +228,7 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     assert (ddp / "lightning_logs" / "lit_lora" / "version_0" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_run_resumes_mid_epoch_on_two_processes(runs):
     # From step 2 (mid-epoch 0) to the end: the same batches and the same final weights as without the stop.
     run = runs["ddp-resumed"]
@@ -238,6 +240,7 @@ def test_ddp_run_resumes_mid_epoch_on_two_processes(runs):
     assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= 1e-6
 
 
+@pytest.mark.slow
 def test_end_of_epoch_checkpoints_move_between_one_and_two_processes(runs):
     last = f"step{STEPS_PER_EPOCH * EPOCHS:06d}.ckpt"
     # Two processes -> one: epoch 1 from the DDP run's end-of-epoch-0 checkpoint, as the one-process run did it.
@@ -254,6 +257,7 @@ def test_end_of_epoch_checkpoints_move_between_one_and_two_processes(runs):
     assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= TOL
 
 
+@pytest.mark.slow
 def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error(runs):
     code, _, err = runs["out"]["ddp-mid-epoch-to-one"]
     assert code == 2
@@ -264,6 +268,7 @@ def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error
     assert not (runs["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_every_process_saves_once_and_resumes_exactly(runs, workdir, signum):
     """`kill -TERM -PGID` or Ctrl-C reaches every rank (and Lightning's launcher sends rank 1 a second
@@ -289,6 +294,7 @@ def test_signal_to_every_process_saves_once_and_resumes_exactly(runs, workdir, s
         assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["ddp"], last))) <= 1e-6
 
 
+@pytest.mark.slow
 def test_non_finite_loss_in_one_process_stops_every_process(workdir):
     """Rank 1's loss turns NaN at step 4 while rank 0's is still finite: both stop (no rank left waiting in
     an all-reduce), before the step-4 checkpoint, and the step-2 checkpoint is intact."""

@@ -32,6 +32,7 @@ def _config(tmp, model_dir, corpus) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
     proc = start_cli(tmp_path, "fit", "--config", _config(tmp_path, tiny_model_dir, shakespeare))

@@ -1,7 +1,7 @@
 """Using the fine-tuned model: `generate` from a checkpoint / exported adapter / merged folder, `validate` and
 `test` perplexity checked against a plain loop, and `predict` to JSONL.
 
-One short fit (module-scoped) gives a checkpoint whose LoRA weights are trained (lora_B != 0), so an adapter
+One short fit (shared, tests/conftest.py) gives a checkpoint whose LoRA weights are trained (lora_B != 0), so an adapter
 that silently does nothing cannot pass.
 """
 
@@ -53,15 +53,9 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir, shakespeare):
-    """A short fit on the tiny model: its last.ckpt, plus the folder it ran in."""
-    tmp = tmp_path_factory.mktemp("trained")
-    run_cli(fit_args(tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "6",
-                     "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
-                     "--trainer.num_sanity_val_steps", "0", "--model.learning_rate", "1e-2"), cwd=tmp)
-    ckpt = tmp / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
-    return SimpleNamespace(dir=tmp, ckpt=ckpt, base=tiny_model_dir)
+def trained(trained_run):
+    """The shared short fit (tests/conftest.py): its last.ckpt, the folder it ran in, its base model."""
+    return trained_run
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def layer(module: str, layers: list[tuple[str, ...]]) -> int:
 
 
 def upward_imports(root: Path, layers: list[tuple[str, ...]]) -> list[str]:
-    return [f"{a} imports {b} (line {line})" for a, b, line, _ in own_imports(root) if layer(b, layers) > layer(a, layers)]
+    return [f"{a} imports {b} (line {line})" for a, b, line, _ in own_imports(root)
+            if layer(b, layers) > layer(a, layers)]
 
 
 def import_cycles(root: Path) -> list[list[str]]:

@@ -103,6 +103,7 @@ def test_version_folders_are_claimed_once_and_last_is_the_newest_complete_run(tm
     assert find_last_checkpoint(str(tmp_path / "logs"), "lit_lora") == str(root / "version_0/checkpoints/last.ckpt")
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_model_dir, shakespeare):
     procs = []
     for lr in ("1e-3", "2e-3"):  # each run's config tells which run wrote it

@@ -57,6 +57,7 @@ def _lora_weights(cli) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in cli.model.trainable_state_dict().items()}
 
 
+@pytest.mark.slow
 def test_compile_is_opt_in_and_keeps_checkpoint_keys(in_tmp, shakespeare):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -59,6 +59,7 @@ def corpus(tmp_path_factory, shakespeare):
     return path
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, corpus):
     full, cut = tmp_path / "full", tmp_path / "cut"
     full.mkdir(), cut.mkdir()

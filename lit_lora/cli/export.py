@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
+from jsonargparse import ArgumentParser
 
-def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m lit_lora.cli {prog}", description=what)
-    parser.add_argument("--ckpt_path", required=True, help="A lit_lora checkpoint file (.ckpt).")
-    parser.add_argument("--output_dir", required=True,
+from lit_lora.cli.tool_parser import tool_parser
+
+
+def build_parser(prog: str, what: str) -> ArgumentParser:
+    """The options of `export` and `merge`."""
+    parser = tool_parser(prog, what)
+    parser.add_argument("--ckpt_path", type=str, required=True, help="A lit_lora checkpoint file (.ckpt).")
+    parser.add_argument("--output_dir", type=str, required=True,
                         help="Folder to write: new, empty, or an earlier output of ours (with --overwrite).")
     parser.add_argument("--overwrite", action="store_true",
                         help="Replace an earlier export/merge of lit_lora in --output_dir (never other files).")
     parser.add_argument(
-        "--model.model_name_or_path", dest="model_name_or_path", default=None,
+        "--model.model_name_or_path", type=Optional[str], default=None,
         help="Load the base model from here instead of the path saved in the checkpoint (same weights, moved).",
     )
     return parser
@@ -28,7 +32,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_lora.restore import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
-    restored = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
+    restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
     print(f"lit_lora: exported adapter to {out} (base model: {restored.module.hparams['model_name_or_path']})")
     return 0

@@ -17,7 +17,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_lora.restore import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
-    restored = module_from_checkpoint(args.ckpt_path, args.model_name_or_path)
+    restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
     print(f"lit_lora: merged model written to {out}")
     return 0

@@ -1,5 +1,5 @@
-"""The run folder and what is checked before one is made: data files exist, a precision default for the
-device, and a `version_N` folder claimed for this run alone (or the checkpoint's, on resume)."""
+"""The run folder and what is checked before one is made: data files exist, and a `version_N` folder
+claimed for this run alone (or the checkpoint's, on resume)."""
 
 from __future__ import annotations
 
@@ -20,14 +20,6 @@ def check_data_files(data_cfg: Any) -> None:
         value = data_cfg.get(key)
         if value:
             resolve_files(file_list(value), f"data.{key}")
-
-
-def default_precision(accelerator: Any) -> str:
-    """bf16-mixed where a CUDA GPU supports it (half the activation memory, tensor cores), else fp32."""
-    import torch
-
-    on_gpu = accelerator in (None, "auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
 # Rank 0 claims the run's version folder; the processes Lightning's launcher starts for the other ranks

@@ -19,8 +19,9 @@ from lit_lora.errors import LitLoraError
 
 
 def _summary_cli_class() -> type:
-    from lit_lora.cli.run_folder import default_precision  # start-up: Lightning loads after --help
+    # start-up: Lightning loads after --help
     from lit_lora.cli.trainer_cli import LitLoraCLI
+    from lit_lora.training.devices import default_precision
 
     class SummaryCLI(LitLoraCLI):
         """Parses exactly as `fit` does, then builds the model alone."""
@@ -48,15 +49,6 @@ def _summary_cli_class() -> type:
     return SummaryCLI
 
 
-def _device(accelerator: Any) -> str:
-    import torch
-
-    accelerator = str(accelerator or "auto").lower()
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "cuda"
-    return "cpu" if accelerator in ("auto", "cpu") else accelerator
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
@@ -75,7 +67,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     batch_size = cfg.data.get("batch_size")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise LitLoraError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    device = _device(cfg.trainer.get("accelerator"))
+    from lit_lora.training.devices import accelerator_device  # start-up: see _summary_cli_class
+
+    device = accelerator_device(cfg.trainer.get("accelerator"))
     for line in summary_lines(module.model, module.lora_settings, batch_size, module.block_size, precision, device,
                               module.gradient_checkpointing):
         print(f"lit_lora: {line}", flush=True)

@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
-from lit_lora.cli.run_folder import check_data_files, claim_logger_version, default_precision, set_logger_version
+from lit_lora.cli.run_folder import check_data_files, claim_logger_version, set_logger_version
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
@@ -27,6 +27,7 @@ from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.restore import export_best_checkpoint
 from lit_lora.training.checkpoint import RunCheckpoint
 from lit_lora.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file, run_version_of
+from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
@@ -44,6 +45,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
         "init_args": {"save_dir": "lightning_logs", "name": "lit_lora", "default_hp_metric": False},
     },
 }
+
 
 class LitLoraCLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
@@ -97,7 +99,6 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(GracefulStop, "graceful_stop")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
-        # Watching a run (monitoring.py): memory/*, throughput/*, samples, hp/best_val_loss.
         parser.add_lightning_class_args(MemoryMonitor, "memory")
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleGenerator, "samples")
@@ -121,7 +122,7 @@ class LitLoraCLI(LightningCLI):
         if not cfg or not cfg.get("ckpt_path"):
             return
         ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *logger_location(_plain(cfg.trainer.get("logger"))))
-        if found and rank_zero_only.rank == 0:  # known from the launcher's environment already, before the Trainer
+        if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
             print(f"lit_lora: resuming from {ckpt_path}")
         ckpt = load_checkpoint_file(ckpt_path)
         cfg.ckpt_path = ckpt_path

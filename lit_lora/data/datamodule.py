@@ -134,7 +134,9 @@ class LitLoraData(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if stage == "predict":
             if not self.hparams.predict_file:
-                raise LitLoraError("predict needs prompts: give --data.predict_file FILE (one prompt per line, or JSONL)")
+                raise LitLoraError(
+                    "predict needs prompts: give --data.predict_file FILE (one prompt per line, or JSONL)"
+                )
             self.predict_prompts = read_prompts(self.hparams.predict_file)
             return
         eval_only = self._eval_files_only() if stage in ("validate", "test") else None
@@ -270,8 +272,8 @@ class LitLoraData(pl.LightningDataModule):
         if not state:
             return
         if state.get("seed") != self.hparams.seed:
-            print(f"lit_lora: data.seed changed from {state.get('seed')} to {self.hparams.seed}; the data order differs "
-                  "from the checkpointed run")
+            print(f"lit_lora: data.seed changed from {state.get('seed')} to {self.hparams.seed}; the data order "
+                  "differs from the checkpointed run")
         self._resume = dict(state)
 
 

@@ -52,14 +52,6 @@ class GenerationSettings:
         return self.temperature == 0
 
     @classmethod
-    def checked(cls, option_prefix: str, **values: Any) -> "GenerationSettings":
-        """Settings built from another option group's values; errors name its options (`samples.top_k`)."""
-        try:
-            return cls(**values)
-        except LitLoraError as err:
-            raise LitLoraError(f"{option_prefix}.{err}") from None
-
-    @classmethod
     def coerce(cls, value: "GenerationSettings | dict | None") -> "GenerationSettings":
         return coerce_settings(cls, value, "generation settings")
 

@@ -55,7 +55,8 @@ class MemoryMonitor(Callback):
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: torch.Tensor) -> None:
         if not self._forward_seen:  # activations of the first step are all alive now
             self._forward_seen = True
-            log_metrics(trainer, {"memory/after_first_forward_mb": device_memory_mb(pl_module.device)}, trainer.global_step)
+            metrics = {"memory/after_first_forward_mb": device_memory_mb(pl_module.device)}
+            log_metrics(trainer, metrics, trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not should_log(trainer, self.log_every_n_steps, self._last):

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lit_lora.generation.decode import sample_tokens
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.hub import load_tokenizer, tokenizer_source
+from lit_lora.settings import build_settings
 from lit_lora.training.contracts import TrainingData
 
 
@@ -38,9 +39,8 @@ class SampleGenerator(Callback):
             seed: Seed of the private sampling generator, reset at each validation.
         """
         # The checks and the decoding of `generate`, under this group's option names.
-        self.settings = GenerationSettings.checked(
-            "samples", max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed
-        )
+        values = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        self.settings = build_settings(GenerationSettings, "samples.", values)
         self.prompts = list(prompts)
         self.last_samples: list[tuple[str, str]] = []  # (prompt, continuation) of the latest validation
         self._tokenizer: Any = None
