@@ -17,6 +17,9 @@ from lit_lora.training.checkpoint_io import find_last_checkpoint
 PROTECTED_LORA_FIELDS = ("r", "alpha", "target_modules", "use_dora", "modules_to_save")
 # Not taken from the checkpoint: the data's block size, which the CLI links into the model.
 NOT_MERGED = ("block_size",)
+# What the base model is. Typing either one means "this base": neither is then filled in from the
+# checkpoint, so a path typed for a pretrained model never silently gets the checkpoint's random-init shape.
+BASE_OPTIONS = ("model_name_or_path", "model_config")
 
 
 def resolve_ckpt_path(ckpt_path: str, save_dir: str, name: str) -> tuple[str, bool]:
@@ -56,8 +59,11 @@ def merge_checkpoint_hparams(
     an option the user set is kept, unless it cannot fit the checkpoint's tensors (a protected LoRA field, a
     different `model_config`), which is a one-line error. Keys starting with `_` (Lightning's) are ignored."""
     merged = dict(current)
+    base_typed = any(k in current and current[k] != defaults.get(k) for k in BASE_OPTIONS)
     for key, saved_value in saved.items():
         if key.startswith("_") or key not in current or key in NOT_MERGED:
+            continue
+        if base_typed and key in BASE_OPTIONS and current[key] == defaults.get(key):
             continue
         value, default = current[key], defaults.get(key)
         if key == "lora":

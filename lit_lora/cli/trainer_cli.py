@@ -26,7 +26,7 @@ from lit_lora.monitoring.samples import SampleGenerator
 from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.restore import export_best_checkpoint
 from lit_lora.training.checkpoint import RunCheckpoint
-from lit_lora.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file, run_version_of
+from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file, run_version_of
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 
@@ -125,6 +125,8 @@ class LitLoraCLI(LightningCLI):
         if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
             print(f"lit_lora: resuming from {ckpt_path}")
         ckpt = load_checkpoint_file(ckpt_path)
+        if sub == "fit":
+            check_resumable(ckpt, ckpt_path)
         cfg.ckpt_path = ckpt_path
         model_cfg = cfg.model
         current = {key: _plain(value) for key, value in vars(model_cfg).items()}

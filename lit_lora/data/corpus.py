@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lit_lora.constants import IGNORE_INDEX
-from lit_lora.data.files import file_fingerprint, read_jsonl_rows, read_text_rows
+from lit_lora.data.files import MAX_ROW_BYTES, file_fingerprint, read_jsonl_rows, read_text_rows
 from lit_lora.errors import LitLoraError
 
 # Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
 # which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
 ROWS_PER_BATCH = 16
+# Bumped when the rules for cutting text into rows change, so cached rows of the old rules are not reused.
+CUTS_VERSION = 2
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -111,7 +113,7 @@ def build_split(
     disable_progress_bars()
     tok_fp = tokenizer_fingerprint(tokenizer)
     rows, source_fp = (hf_rows, hf_rows._fingerprint) if hf_rows is not None else _read_rows(
-        files, fmt, cache_dir, text_field
+        files, fmt, cache_dir, text_field, tokenizer
     )
     if len(rows) == 0:
         raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
@@ -156,15 +158,21 @@ def build_split(
     )
 
 
-def _read_rows(files: list[str], fmt: str, cache_dir: Optional[str], text_field: str) -> tuple[Any, str]:
+def _read_rows(
+    files: list[str], fmt: str, cache_dir: Optional[str], text_field: str, tokenizer: Any
+) -> tuple[Any, str]:
     """Stage 1, cached: the files' rows, and a fingerprint of what they were read from."""
     fingerprint = file_fingerprint(files)
     empty = f"the corpus {files} is empty"
     if fmt == "text":
+        # Text rows are cut where this tokenizer agrees (data/cuts.py), so they depend on it: the cache key
+        # names it (the tokenizer object itself is not hashed).
         rows = _from_generator(
-            read_text_rows, {"files": fingerprint}, cache_dir, {"text": "string", "doc_end": "bool"}, empty,
-            writer_batch_size=ROWS_PER_BATCH,
+            read_text_rows, {"files": fingerprint, "tokenizer": tokenizer}, cache_dir,
+            {"text": "string", "doc_end": "bool", "cut_checked": "bool"}, empty, writer_batch_size=ROWS_PER_BATCH,
+            fingerprint=_hash("text-rows", CUTS_VERSION, fingerprint, tokenizer_fingerprint(tokenizer)),
         )
+        _report_unchecked_cuts(rows, files)
     else:
         fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
         columns = {f: "string" for f in fields} | ({} if fmt == "prompt_completion" else {"doc_end": "bool"})
@@ -172,9 +180,17 @@ def _read_rows(files: list[str], fmt: str, cache_dir: Optional[str], text_field:
     return rows, _hash(fingerprint, fmt, text_field)
 
 
+def _report_unchecked_cuts(rows: Any, files: list[str]) -> None:
+    unchecked = len(rows) - sum(rows["cut_checked"])
+    if unchecked:
+        print(f"lit_lora: {unchecked} chunk boundar{'y' if unchecked == 1 else 'ies'} in {files} could not be "
+              "placed where tokenizing in chunks equals tokenizing the whole text (no safe cut within "
+              f"{MAX_ROW_BYTES // 2**20} MB); a token or two may differ there", flush=True)
+
+
 def _from_generator(
     fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str,
-    writer_batch_size: Optional[int] = None,
+    writer_batch_size: Optional[int] = None, fingerprint: Optional[str] = None,
 ) -> Any:
     """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
     the generator come out as themselves, not wrapped in DatasetGenerationError."""
@@ -182,9 +198,13 @@ def _from_generator(
     from datasets.exceptions import DatasetGenerationError
 
     features = Features({k: List(Value(v[0])) if isinstance(v, list) else Value(v) for k, v in columns.items()})
+    # `datasets` splits list arguments into shards and runs the generator once per shard: the packer would
+    # then drop each file's last partial block (tokens lost at every shard boundary). Tuples are not split.
+    gen_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_kwargs.items()}
     try:
         return Dataset.from_generator(
-            fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features, writer_batch_size=writer_batch_size
+            fn, gen_kwargs=gen_kwargs, cache_dir=cache_dir, features=features, writer_batch_size=writer_batch_size,
+            fingerprint=fingerprint,
         )
     except DatasetGenerationError as err:
         cause = err.__cause__

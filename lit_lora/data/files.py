@@ -7,11 +7,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
+from lit_lora.data.cuts import choose_cut
 from lit_lora.errors import LitLoraError
 
 CHUNK_BYTES = 256 * 1024
+# A row never grows past this: a file with no cut the tokenizer accepts (no newline or space for megabytes)
+# is cut anyway, so memory stays flat for any file.
+MAX_ROW_BYTES = 4 * CHUNK_BYTES
 
 
 def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
@@ -27,7 +31,6 @@ def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
                 raise LitLoraError(f"{option}: file {m!r} is not readable")
         files.extend(matches)
     return files
-
 
 
 def detect_format(files: list[str]) -> str:
@@ -47,11 +50,9 @@ def detect_format(files: list[str]) -> str:
     raise LitLoraError(f"{files[0]} is empty")
 
 
-
 def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
     """What identifies a file's content for caching: path, size and modification time."""
     return [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
-
 
 
 def _decode(data: bytes, path: str, offset: int) -> str:
@@ -63,24 +64,9 @@ def _decode(data: bytes, path: str, offset: int) -> str:
         ) from None
 
 
-
-def _cut_point(buf: bytes) -> int:
-    """Index just after the last newline that is followed by a non-space byte; GPT-2's pre-tokenizer
-    never joins tokens across such a point, so chunked and whole-file tokenization agree."""
-    i = len(buf) - 2
-    while i >= 0:
-        i = buf.rfind(b"\n", 0, i + 1)
-        if i < 0 or i + 1 >= len(buf):
-            return -1
-        if buf[i + 1 : i + 2] not in (b" ", b"\t", b"\r", b"\n"):
-            return i + 1
-        i -= 1
-    return -1
-
-
-
-def read_text_rows(files: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
-    """Rows of ~CHUNK_BYTES of text; a file is one document."""
+def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] = None) -> Iterator[dict[str, Any]]:
+    """Rows of ~CHUNK_BYTES of text (a file is one document), cut where `cuts.choose_cut` allows; each row
+    says whether its end was checked with `tokenizer` (`cut_checked`)."""
     for path, _, _ in files:
         offset = 0
         carry = b""
@@ -90,16 +76,17 @@ def read_text_rows(files: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]
                 buf = carry + block
                 if not block:
                     if buf or offset:  # an empty file is no document at all
-                        yield {"text": _decode(buf, path, offset), "doc_end": True}
+                        yield {"text": _decode(buf, path, offset), "doc_end": True, "cut_checked": True}
                     break
-                cut = _cut_point(buf) if len(buf) >= CHUNK_BYTES else -1
+                cut, checked = -1, False
+                if len(buf) >= CHUNK_BYTES:
+                    cut, checked = choose_cut(buf, tokenizer, force=len(buf) >= MAX_ROW_BYTES)
                 if cut <= 0:
                     carry = buf
                     continue
-                yield {"text": _decode(buf[:cut], path, offset), "doc_end": False}
+                yield {"text": _decode(buf[:cut], path, offset), "doc_end": False, "cut_checked": checked}
                 offset += cut
                 carry = buf[cut:]
-
 
 
 def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from lit_lora.errors import LitLoraError
 from lit_lora.hub import load_tokenizer, tokenizer_source
 from lit_lora.outputs import write_dir_atomically
 
@@ -19,6 +20,23 @@ class AdapterSource(Protocol):
     hparams: Any  # model_name_or_path, model_config, tokenizer_name_or_path, lora
 
     def base_fingerprint(self) -> str: ...
+
+
+def weights_of(module: AdapterSource, checkpoint: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The LoRA tensors being written: the checkpoint's, or the module's trainable ones."""
+    if checkpoint and "state_dict" in checkpoint:
+        return checkpoint["state_dict"]
+    return {n: p for n, p in module.model.named_parameters() if p.requires_grad}
+
+
+def check_finite(weights: dict[str, Any]) -> None:
+    """A NaN or Inf in the LoRA weights would poison every output of the exported model: refuse it."""
+    bad = [name for name, t in weights.items() if not bool(t.detach().isfinite().all())]
+    if bad:
+        raise LitLoraError(
+            f"{len(bad)} of {len(weights)} LoRA tensors hold NaN or Inf values (e.g. {bad[0]}); nothing was "
+            "written. Export an earlier checkpoint (the run saved before the loss went non-finite)"
+        )
 
 
 def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str) -> str:
@@ -69,6 +87,7 @@ def export_adapter(
     the module's own, so the end of `fit` exports its best checkpoint without loading a second base model.
     """
     peft_model = module.model
+    check_finite(weights_of(module, checkpoint))
     config = peft_model.peft_config["default"]
     config.base_model_name_or_path = module.hparams["model_name_or_path"]
     # PEFT's save_pretrained filters a state dict under the PeftModel's own names ("model." is LitLora's).
@@ -96,6 +115,7 @@ def merge_to_dir(
     hp = module.hparams
     tokenizer = load_tokenizer(tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"]),
                                trust_remote_code=bool(hp.get("trust_remote_code")))
+    check_finite(weights_of(module, checkpoint))
     merged = module.model.merge_and_unload()
 
     def fill(tmp: Path) -> None:

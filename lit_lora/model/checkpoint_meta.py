@@ -5,13 +5,30 @@ the checks a checkpoint must pass before its weights are loaded."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lit_lora.constants import CHECKPOINT_FORMAT
 from lit_lora.errors import LitLoraError
 from lit_lora.model.rng import capture_rng
 
 SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed
+
+
+def _check_tensors(state: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> None:
+    got, want = set(state), set(shapes)
+    if got != want:
+        missing, extra = sorted(want - got), sorted(got - want)
+        raise LitLoraError(
+            f"the checkpoint's LoRA weights do not match this model: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); "
+            "were the LoRA settings or base model changed?"
+        )
+    wrong = [k for k in sorted(want) if tuple(state[k].shape) != tuple(shapes[k])]
+    if wrong:
+        raise LitLoraError(
+            f"the checkpoint's LoRA weight {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, this model's "
+            f"{tuple(shapes[wrong[0]])} ({len(wrong)} tensor(s) differ); were the LoRA settings or base model changed?"
+        )
 
 
 def checkpoint_section(base_fingerprint: str, val_loss: Optional[float]) -> dict[str, Any]:
@@ -26,21 +43,17 @@ def checkpoint_section(base_fingerprint: str, val_loss: Optional[float]) -> dict
     }
 
 
-def check_checkpoint(checkpoint: dict[str, Any], expected_keys: set[str], base_fingerprint: str) -> dict[str, Any]:
-    """The checkpoint's `lit_lora` section, once its LoRA keys and base fingerprint fit this model; else a
-    one-line error naming the likely cause."""
+def check_checkpoint(
+    checkpoint: dict[str, Any], expected: Callable[[], dict[str, tuple[int, ...]]], base_fingerprint: str
+) -> dict[str, Any]:
+    """The checkpoint's `lit_lora` section, once its LoRA tensors (names and shapes, from `expected()`) and
+    base fingerprint fit this model; else a one-line error naming the likely cause."""
     meta = checkpoint.get("lit_lora")
     if not isinstance(meta, dict):
         raise LitLoraError("the checkpoint was not written by lit_lora (no 'lit_lora' section)")
-    got = set(checkpoint.get("state_dict", {}))
     # FSDP loads the weights itself and pops them before this hook: nothing is left to compare.
-    if "state_dict" in checkpoint and got != expected_keys:
-        missing, extra = sorted(expected_keys - got), sorted(got - expected_keys)
-        raise LitLoraError(
-            f"the checkpoint's LoRA weights do not match this model: {len(missing)} missing "
-            f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); "
-            "were the LoRA settings or base model changed?"
-        )
+    if "state_dict" in checkpoint:
+        _check_tensors(checkpoint["state_dict"], expected())
     saved = meta.get("base_fingerprint")
     if saved and saved != base_fingerprint:
         raise LitLoraError(

@@ -286,4 +286,7 @@ class LitLora(pl.LightningModule):
                                                     float(val_loss) if val_loss is not None else None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._rng_to_restore = check_checkpoint(checkpoint, self.trainable_keys(), self.base_fingerprint()).get("rng")
+        def shapes() -> dict[str, tuple[int, ...]]:
+            return {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}
+
+        self._rng_to_restore = check_checkpoint(checkpoint, shapes, self.base_fingerprint()).get("rng")

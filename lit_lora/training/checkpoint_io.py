@@ -53,14 +53,38 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         ) from err
     if not isinstance(ckpt, dict) or "lit_lora" not in ckpt:
         raise LitLoraError(f"checkpoint {path!r} was not written by lit_lora (no 'lit_lora' section)")
-    meta = ckpt["lit_lora"]
-    fmt = meta.get("format") if isinstance(meta, dict) else None
+    _check_structure(ckpt, path)
+    fmt = ckpt["lit_lora"].get("format")
     if fmt != CHECKPOINT_FORMAT:
         raise LitLoraError(
             f"checkpoint {path!r} has lit_lora format {fmt!r}; this version reads format {CHECKPOINT_FORMAT} "
             "(written by another lit_lora version?)"
         )
     return ckpt
+
+
+def _check_structure(ckpt: dict[str, Any], path: str) -> None:
+    """The sections we read have the types we read them as: one line instead of a TypeError later."""
+    expected = {"lit_lora": dict, "hyper_parameters": dict, "state_dict": dict}
+    for key, kind in expected.items():
+        if key in ckpt and not isinstance(ckpt[key], kind):
+            raise LitLoraError(
+                f"checkpoint {path!r} is malformed: its {key!r} section is a {type(ckpt[key]).__name__}, "
+                "expected a mapping"
+            )
+    bad = [k for k, v in ckpt.get("state_dict", {}).items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise LitLoraError(f"checkpoint {path!r} is malformed: state_dict entry {bad[0]!r} is not a tensor")
+
+
+def check_resumable(ckpt: dict[str, Any], path: str) -> None:
+    """`fit --ckpt_path` needs the optimizer and loop state, not only weights."""
+    missing = [k for k in ("optimizer_states", "lr_schedulers", "loops") if not ckpt.get(k)]
+    if missing or "state_dict" not in ckpt:
+        raise LitLoraError(
+            f"checkpoint {path!r} cannot resume training: it has no {', '.join(missing) or 'state_dict'}; "
+            "to start from its weights with a new optimizer, export it and pass --model.adapter_path"
+        )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
