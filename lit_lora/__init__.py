@@ -3,7 +3,8 @@
 Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
 one listed after it (tests/test_layout.py checks this and that no import goes in a circle):
 
-    errors, settings, constants, outputs   one-line errors, settings coercion, shared values, safe output paths
+    errors, settings, constants, outputs, jsonl   one-line errors, settings coercion, shared values,
+                 safe output paths, JSON Lines reading
     hub          loading base models and tokenizers (hub id or local folder)
     lora/        LoRA in PEFT's terms: settings, wrapping, layer introspection, export and merge
     measure/     numbers about a model or process: parameter counts, FLOPs, memory estimate, host memory

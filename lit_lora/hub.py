@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
 
@@ -70,6 +71,23 @@ def load_base_model(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        with _no_loading_bar(Path(name_or_path).expanduser().is_dir()):
+            return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:
         raise _not_found("model.model_name_or_path", name_or_path, err) from err
+
+
+@contextmanager
+def _no_loading_bar(local: bool) -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every from_pretrained, even of a tiny local model;
+    a download from the hub keeps its bars (they are worth watching)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if local and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if local and was_on:
+            hf_logging.enable_progress_bar()

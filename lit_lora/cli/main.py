@@ -12,6 +12,8 @@ import sys
 import traceback
 from typing import Any, Optional
 
+from lit_lora.cli.config_errors import is_configuration_error, option_message
+from lit_lora.cli.quiet import quiet_third_parties
 from lit_lora.errors import LitLoraError, one_line, verbose_requested
 
 TRAINER_COMMANDS = {
@@ -52,6 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = verbose_requested(argv)
     argv = [a for a in argv if a != "--verbose"]
+    quiet_third_parties()
     if not argv or argv[0] in ("-h", "--help"):
         print(top_level_help())
         return 0
@@ -72,8 +75,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        message = one_line(err)
-        if not isinstance(err, LitLoraError):  # a config/flag the parser rejected
+        message = option_message(err) if is_configuration_error(err) else one_line(err)
+        if not isinstance(err, LitLoraError):  # a config/flag the parser or Lightning rejected
             message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
         print(f"lit_lora: error: {message}", file=sys.stderr)
         return 2
@@ -85,7 +88,7 @@ def _is_sigterm_stop(err: BaseException) -> bool:
 
 
 def _is_user_error(err: BaseException) -> bool:
-    if isinstance(err, LitLoraError):
+    if isinstance(err, LitLoraError) or is_configuration_error(err):
         return True
     jsonargparse = sys.modules.get("jsonargparse")
     return jsonargparse is not None and isinstance(err, jsonargparse.ArgumentError)

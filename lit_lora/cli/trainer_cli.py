@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
 from lit_lora.cli.run_folder import check_data_files, claim_logger_version, set_logger_version
 from lit_lora.data.datamodule import LitLoraData
@@ -37,6 +38,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "max_epochs": 3,
     "gradient_clip_val": 1.0,
     "log_every_n_steps": 10,
+    # lit_lora prints its own summary (counts, LoRA targets, memory estimate); Lightning's table repeats it.
+    "enable_model_summary": False,
     # Our sampler splits the data across ranks itself and can resume mid-epoch; Lightning's replacement
     # DistributedSampler could not.
     "use_distributed_sampler": False,
@@ -150,6 +153,7 @@ class LitLoraCLI(LightningCLI):
         trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
+        check_trainer_options(trainer_cfg)
         if sub in ("fit", "validate", "test"):
             check_data_files(self.config[sub].data)
 
@@ -179,11 +183,10 @@ class LitLoraCLI(LightningCLI):
     # -- trainer -------------------------------------------------------------------------------------------
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        # After the model and data were built: a bad option stops the run before any folder is made.
-        logger = kwargs.get("logger", self._get(self.config_init, "trainer", default={}).get("logger"))
-        for each in logger if isinstance(logger, list) else [logger]:
-            claim_logger_version(each)
         trainer = super().instantiate_trainer(**kwargs)
+        # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
+        for logger in trainer.loggers:
+            claim_logger_version(logger)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.

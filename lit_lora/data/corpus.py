@@ -50,16 +50,18 @@ def _num_proc(rows: int, num_proc: Optional[int]) -> Optional[int]:
     return min(cpus, rows // 8) if rows >= 16 and cpus > 1 else None
 
 
+# verbose=False: the tokenizer warns about sequences longer than the model's context, but these are chunks
+# of a corpus that packing cuts into blocks afterwards.
 def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return {"ids": [i + [eos] if end else i for i, end in zip(ids, batch["doc_end"])]}
 
 
 def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
     eos = tokenizer.eos_token_id
-    prompts = tokenizer(batch["prompt"], add_special_tokens=False)["input_ids"]
-    completions = tokenizer(batch["completion"], add_special_tokens=False)["input_ids"]
+    prompts = tokenizer(batch["prompt"], add_special_tokens=False, verbose=False)["input_ids"]
+    completions = tokenizer(batch["completion"], add_special_tokens=False, verbose=False)["input_ids"]
     out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
     for p, c in zip(prompts, completions):
         c = c + [eos]  # so the model learns to stop

@@ -50,7 +50,7 @@ def agrees(tokenizer: Any, buf: bytes, cut: int) -> bool:
         return False
 
     def ids(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
 
     return ids(left + right) == ids(left) + ids(right)
 

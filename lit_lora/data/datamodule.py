@@ -22,6 +22,7 @@ from lit_lora.data.sources import NO_TRAINING_DATA, build_eval_split, build_trai
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.prompts import read_prompts
 from lit_lora.hub import load_tokenizer
+from lit_lora.settings import check_number
 
 
 class LitLoraData(pl.LightningDataModule):
@@ -79,12 +80,12 @@ class LitLoraData(pl.LightningDataModule):
             trust_remote_code: Let the tokenizer's repository run its own code; set from --model.* by the CLI.
         """
         super().__init__()
-        if block_size < 2:
-            raise LitLoraError(f"data.block_size must be at least 2, got {block_size}")
-        if batch_size < 1:
-            raise LitLoraError(f"data.batch_size must be at least 1, got {batch_size}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise LitLoraError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        check_number("data.block_size", block_size, at_least=2, integer=True)
+        check_number("data.batch_size", batch_size, at_least=1, integer=True)
+        check_number("data.val_fraction", val_fraction, at_least=0, below=1)
+        check_number("data.num_workers", num_workers, at_least=0, integer=True)
+        if num_proc is not None:
+            check_number("data.num_proc", num_proc, at_least=1, integer=True)
         if not (train_files or dataset_name or predict_file or val_files or test_files):
             raise LitLoraError(NO_TRAINING_DATA)
         # The tokenizer options are the model's (linked values); logging them twice would clash with the

@@ -5,12 +5,12 @@ name the file and line."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 from typing import Any, Iterable, Iterator, Optional
 
 from lit_lora.data.cuts import choose_cut
 from lit_lora.errors import LitLoraError
+from lit_lora.jsonl import BOM, read_jsonl
 
 CHUNK_BYTES = 256 * 1024
 # A row never grows past this: a file with no cut the tokenizer accepts (no newline or space for megabytes)
@@ -22,6 +22,10 @@ def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
     """Expand files and globs in order; each pattern must match at least one readable file."""
     files: list[str] = []
     for pattern in patterns:
+        if os.path.isdir(os.path.expanduser(pattern)):
+            raise LitLoraError(
+                f"{option}: {pattern!r} is a folder; give files or a glob such as {os.path.join(pattern, '*.txt')!r}"
+            )
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         matches = [m for m in matches if os.path.isfile(m)]
         if not matches:
@@ -39,14 +43,8 @@ def detect_format(files: list[str]) -> str:
         if any(f.endswith((".jsonl", ".json")) for f in files):
             raise LitLoraError(f"cannot mix JSONL and plain-text files in one split: {files}")
         return "text"
-    with open(files[0], encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise LitLoraError(f"{files[0]}:1: line is not valid JSON") from None
-                return "prompt_completion" if isinstance(record, dict) and "prompt" in record else "jsonl"
+    for _, record in read_jsonl(files[0]):
+        return "prompt_completion" if isinstance(record, dict) and "prompt" in record else "jsonl"
     raise LitLoraError(f"{files[0]} is empty")
 
 
@@ -55,12 +53,15 @@ def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
     return [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]
 
 
-def _decode(data: bytes, path: str, offset: int) -> str:
+def _decode(data: bytes, path: str, offset: int, line: int) -> str:
+    """`data` (which starts at byte `offset`, on line `line` of the file) as text."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
+        at = line + data.count(b"\n", 0, err.start)
         raise LitLoraError(
-            f"{path} is not UTF-8: invalid byte 0x{data[err.start]:02x} at byte offset {offset + err.start}"
+            f"{path}:{at}: not UTF-8: invalid byte 0x{data[err.start]:02x} at byte offset {offset + err.start}; "
+            "save the file as UTF-8"
         ) from None
 
 
@@ -68,15 +69,16 @@ def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] =
     """Rows of ~CHUNK_BYTES of text (a file is one document), cut where `cuts.choose_cut` allows; each row
     says whether its end was checked with `tokenizer` (`cut_checked`)."""
     for path, _, _ in files:
-        offset = 0
-        carry = b""
+        offset, line, carry = 0, 1, b""
         with open(path, "rb") as fh:
             while True:
                 block = fh.read(CHUNK_BYTES)
+                if offset == 0 and not carry and block.startswith(BOM):
+                    block, offset = block[len(BOM):], len(BOM)  # a byte-order mark is not text
                 buf = carry + block
                 if not block:
                     if buf or offset:  # an empty file is no document at all
-                        yield {"text": _decode(buf, path, offset), "doc_end": True, "cut_checked": True}
+                        yield {"text": _decode(buf, path, offset, line), "doc_end": True, "cut_checked": True}
                     break
                 cut, checked = -1, False
                 if len(buf) >= CHUNK_BYTES:
@@ -84,28 +86,20 @@ def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] =
                 if cut <= 0:
                     carry = buf
                     continue
-                yield {"text": _decode(buf[:cut], path, offset), "doc_end": False, "cut_checked": checked}
-                offset += cut
+                yield {"text": _decode(buf[:cut], path, offset, line), "doc_end": False, "cut_checked": checked}
+                offset, line = offset + cut, line + buf.count(b"\n", 0, cut)
                 carry = buf[cut:]
 
 
 def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
     for path, _, _ in files:
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                line = _decode(raw, path, 0).strip() if raw.strip() else ""
-                if not line:
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise LitLoraError(f"{path}:{lineno}: line is not valid JSON") from None
-                if not isinstance(record, dict):
-                    raise LitLoraError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
-                missing = [f for f in fields if not isinstance(record.get(f), str)]
-                if missing:
-                    raise LitLoraError(f"{path}:{lineno}: missing string field {missing[0]!r}")
-                row = {f: record[f] for f in fields}
-                if "prompt" not in fields:
-                    row["doc_end"] = True
-                yield row
+        for lineno, record in read_jsonl(path):
+            if not isinstance(record, dict):
+                raise LitLoraError(f"{path}:{lineno}: expected a JSON object with fields {list(fields)}")
+            missing = [f for f in fields if not isinstance(record.get(f), str)]
+            if missing:
+                raise LitLoraError(f"{path}:{lineno}: missing string field {missing[0]!r}")
+            row = {f: record[f] for f in fields}
+            if "prompt" not in fields:
+                row["doc_end"] = True
+            yield row

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.jsonl import decode_line, read_jsonl
 from lit_lora.generation.decode import decode_completion, generate_ids
 from lit_lora.generation.settings import GenerationSettings
 
@@ -20,18 +20,13 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise LitLoraError(f"prompts file {path!r} does not exist")
-    text = p.read_text(encoding="utf-8")
     if p.suffix not in (".jsonl", ".json"):
-        prompts = [line for line in text.splitlines() if line.strip()]
+        with open(p, "rb") as fh:
+            lines = [decode_line(raw, path, n).rstrip("\r\n") for n, raw in enumerate(fh, 1)]
+        prompts = [line for line in lines if line.strip()]
     else:
         prompts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LitLoraError(f"{path}:{n}: not valid JSON ({err.msg})") from err
+        for n, record in read_jsonl(path):
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
                 raise LitLoraError(f"{path}:{n}: expected a JSON object with a string 'prompt' field")
             prompts.append(record["prompt"])

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
-from lit_lora.settings import coerce_settings
+from lit_lora.settings import check_number, coerce_settings
 
 
 @dataclass
@@ -32,16 +32,14 @@ class GenerationSettings:
     seed: Optional[int] = 1234
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise LitLoraError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise LitLoraError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise LitLoraError(f"top_k must be >= 0 (0: no limit), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise LitLoraError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.num_return_sequences < 1:
-            raise LitLoraError(f"num_return_sequences must be at least 1, got {self.num_return_sequences}")
+        check_number("max_new_tokens", self.max_new_tokens, at_least=1, integer=True)
+        check_number("temperature", self.temperature, at_least=0)  # 0 is greedy
+        if self.top_k is not None:
+            check_number("top_k", self.top_k, at_least=0, integer=True)  # 0: no limit
+        check_number("top_p", self.top_p, above=0, at_most=1)
+        check_number("num_return_sequences", self.num_return_sequences, at_least=1, integer=True)
+        if self.seed is not None:
+            check_number("seed", self.seed, at_least=0, integer=True)
         if self.greedy and self.num_return_sequences > 1:
             raise LitLoraError(
                 "num_return_sequences > 1 needs sampling (temperature > 0): greedy decoding gives one completion"

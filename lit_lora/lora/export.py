@@ -96,7 +96,9 @@ def export_adapter(
         weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
 
     def fill(tmp: Path) -> None:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+        # save_embedding_layers=False: we never resize the vocabulary, and "auto" looks the base model's
+        # config up on the hub (a network call, and a warning when offline or for a random-init base).
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False)
         (tmp / "README.md").write_text(_model_card(module, checkpoint, "adapter"), encoding="utf-8")
         info = {"base_model": module.hparams["model_name_or_path"], "base_fingerprint": module.base_fingerprint(),
                 "model_config": module.hparams.get("model_config"),

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional, Union
 
 from lit_lora.errors import LitLoraError
 from lit_lora.lora.layers import uses_conv1d
-from lit_lora.settings import coerce_settings
+from lit_lora.settings import check_number, coerce_settings
 
 
 @dataclass
@@ -41,8 +41,9 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.r, int) or self.r <= 0:
             raise LitLoraError(f"model.lora.r must be a positive integer, got {self.r!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise LitLoraError(f"model.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        # alpha 0 scales every update to nothing: the adapter could never change the output.
+        check_number("model.lora.alpha", self.alpha, above=0)
+        check_number("model.lora.dropout", self.dropout, at_least=0, below=1)
         if isinstance(self.target_modules, (list, tuple)) and not self.target_modules:
             raise LitLoraError("model.lora.target_modules is empty; expected module names such as ['c_attn', 'c_proj']")
 

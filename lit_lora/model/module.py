@@ -15,6 +15,7 @@ import torch
 from torchmetrics import SumMetric
 
 from lit_lora.errors import LitLoraError
+from lit_lora.settings import check_number
 from lit_lora.generation.decode import generate_ids
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.lora.layers import context_length, frozen_weights_fingerprint
@@ -94,10 +95,12 @@ class LitLora(pl.LightningModule):
                 "model.model_config builds a model without downloading it, so model.tokenizer_name_or_path must "
                 "name a local tokenizer directory too (nothing falls back to the hub)"
             )
-        if warmup_steps < 0:
-            raise LitLoraError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
-        if learning_rate <= 0:
-            raise LitLoraError(f"model.learning_rate must be > 0, got {learning_rate}")
+        check_number("model.learning_rate", learning_rate, above=0)
+        check_number("model.weight_decay", weight_decay, at_least=0)
+        for beta in betas:
+            check_number("model.betas", beta, at_least=0, below=1)
+        check_number("model.warmup_steps", warmup_steps, at_least=0, integer=True)
+        check_number("model.min_lr_ratio", min_lr_ratio, at_least=0, at_most=1)
         if compile:
             check_compile_options(compile_options)
         self.model, lora_settings, self.memory_marks = build_peft_model(self.hparams)
@@ -235,8 +238,11 @@ class LitLora(pl.LightningModule):
         # instead of ~10 Python-level ops per tensor: GPT-2 small's 72 LoRA tensors on this CPU,
         # 10.3 ms -> 1.6 ms per step.
         fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
-                                      betas=tuple(hp.betas), fused=fused or None)
+        try:
+            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                          betas=tuple(hp.betas), fused=fused or None)
+        except (ValueError, TypeError) as err:  # our checks come first; this names what torch still refuses
+            raise LitLoraError(f"model.learning_rate/weight_decay/betas rejected by torch.optim.AdamW: {err}") from err
         # The schedule's length is read lazily (see on_train_start): calling
         # trainer.estimated_stepping_batches here drops a restored dataloader position in Lightning 2.6.
         scheduler = torch.optim.lr_scheduler.LambdaLR(

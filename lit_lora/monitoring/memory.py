@@ -11,6 +11,7 @@ from lit_lora.constants import MB
 from lit_lora.measure.host import device_memory_mb, memory_metrics
 from lit_lora.measure.memory import estimate_training_memory
 from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
+from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule, TrainingData
 
 
@@ -28,6 +29,8 @@ class MemoryMonitor(Callback):
         Args:
             log_every_n_steps: Log every this many optimizer steps; default: the trainer's log_every_n_steps.
         """
+        if log_every_n_steps is not None:
+            check_number("memory.log_every_n_steps", log_every_n_steps, at_least=1, integer=True)
         self.log_every_n_steps = log_every_n_steps
         self._last = -1
         self._forward_seen = False

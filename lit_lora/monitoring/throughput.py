@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_lora.measure.flops import peak_flops, training_flops_per_token
 from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
+from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule
 
 
@@ -27,6 +28,8 @@ class TokenThroughput(Callback):
             log_every_n_steps: Log every this many optimizer steps; default: the trainer's log_every_n_steps.
             prog_bar: Show tokens/s in the progress bar.
         """
+        if log_every_n_steps is not None:
+            check_number("throughput.log_every_n_steps", log_every_n_steps, at_least=1, integer=True)
         self.log_every_n_steps = log_every_n_steps
         self.prog_bar = prog_bar
         self.steps_per_sec: Optional[float] = None

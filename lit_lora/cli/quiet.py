@@ -1,0 +1,27 @@
+"""A quiet run: what third-party libraries print that a lit_lora user cannot act on, silenced by exact
+message (or logger), each with the reason. What can be fixed where it starts is fixed there instead
+(tokenizer calls pass verbose=False; export does not look the base model up on the hub; loading a local
+model draws no progress bar). Nothing here imports the libraries it quiets, so `--help` stays fast."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+_WARNINGS = [
+    # transformers 5 deprecates the property PEFT and Lightning still read; nothing for a user to change.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    # Lightning 2.6 calls a torch._pytree API that torch 2.13 deprecates.
+    (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+]
+# INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
+# "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.
+_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
+                 "lightning.fabric.utilities.distributed", "lightning.pytorch.accelerators.cuda")
+
+
+def quiet_third_parties() -> None:
+    for category, message in _WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in _INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,60 @@
+"""Every bad value is one line naming the option (exit 2), by mechanism: our options are checked where they
+are declared (finite, in range), Lightning's configuration errors are mapped in one place. The table holds
+the values a careful user tried and others of the same kinds."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lit_lora.cli import main
+from tests.helpers import fit_args
+
+# (flag, value, text the one line must hold). A key without "--" goes into a YAML config file instead: on the
+# command line jsonargparse already refuses nan and inf (one line too), a config file passes them through.
+CASES = [
+    ("--trainer.max_steps", "-5", "trainer.max_steps: `max_steps` must be a non-negative integer"),
+    ("--trainer.accumulate_grad_batches", "0", "trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
+    ("--trainer.val_check_interval", "0", "trainer.val_check_interval must be a finite number > 0, got 0"),
+    ("model.learning_rate", "nan", "model.learning_rate must be a finite number > 0, got nan"),
+    ("model.learning_rate", "inf", "model.learning_rate must be a finite number > 0, got inf"),
+    ("--model.weight_decay", "-1", "model.weight_decay must be a finite number >= 0, got -1"),
+    ("--data.num_workers", "-1", "data.num_workers must be an integer >= 0, got -1"),
+    ("--checkpoint.every_n_train_steps", "-1", "checkpoint.every_n_train_steps: Invalid value"),
+    ("--model.lora.alpha", "0", "model.lora.alpha must be a finite number > 0, got 0"),
+    ("--trainer.gradient_clip_val", "-1", "trainer.gradient_clip_val must be a finite number >= 0, got -1"),
+    # not in the report, same kinds
+    ("--trainer.max_epochs", "-2", "trainer.max_epochs: `max_epochs` must be a non-negative integer"),
+    ("--trainer.limit_train_batches", "-1", "trainer.limit_train_batches: You have passed invalid value -1"),
+    ("--checkpoint.save_top_k", "-2", "checkpoint.save_top_k: Invalid value for save_top_k=-2"),
+    ("--trainer.log_every_n_steps", "0", "trainer.log_every_n_steps must be an integer >= 1, got 0"),
+    ("--model.betas", "[1.5, 0.999]", "model.betas must be a finite number >= 0 and < 1, got 1.5"),
+    ("--model.min_lr_ratio", "2", "model.min_lr_ratio must be a finite number >= 0 and <= 1, got 2"),
+    ("--model.warmup_steps", "-3", "model.warmup_steps must be an integer >= 0, got -3"),
+    ("model.lora.dropout", "nan", "model.lora.dropout must be a finite number >= 0 and < 1, got nan"),
+    ("--data.val_fraction", "1.5", "data.val_fraction must be a finite number >= 0 and < 1, got 1.5"),
+    ("--data.num_proc", "0", "data.num_proc must be an integer >= 1, got 0"),
+    ("--samples.top_k", "-1", "samples.top_k must be an integer >= 0, got -1"),
+    ("samples.temperature", "inf", "samples.temperature must be a finite number >= 0, got inf"),
+    ("--throughput.log_every_n_steps", "0", "throughput.log_every_n_steps must be an integer >= 1, got 0"),
+    ("--model.generation.top_p", "0", "top_p must be a finite number > 0 and <= 1, got 0.0"),
+]
+
+
+@pytest.mark.parametrize("flag, value, text", CASES, ids=[f"{f.lstrip('-')}={v}" for f, v, _ in CASES])
+def test_bad_values_are_one_line_naming_the_option(in_tmp, tiny_model_dir, shakespeare, capsys, flag, value, text):
+    given = [flag, value]
+    if not flag.startswith("--"):
+        *groups, name = flag.split(".")
+        config: dict = {}
+        inner = config
+        for group in groups:
+            inner = inner.setdefault(group, {})
+        inner[name] = float(value)
+        (in_tmp / "bad.yaml").write_text(yaml.safe_dump(config))
+        given = ["--config", str(in_tmp / "bad.yaml")]
+    assert main(fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "1", *given)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("lit_lora: error: "), err
+    assert text in err[0], err[0]
+    assert not (in_tmp / "lightning_logs").exists()  # stopped before any run folder was made
