@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -50,15 +52,52 @@ def _num_proc(rows: int, num_proc: Optional[int]) -> Optional[int]:
     return min(cpus, rows // 8) if rows >= 16 and cpus > 1 else None
 
 
+_MAIN_PID = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a tokenizing worker process: ask Linux to kill this process when its parent dies. `datasets`'
+    worker pool otherwise outlives a `kill -9` of `fit`, its workers blocked forever on their task queue."""
+    if os.getpid() == _MAIN_PID or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent is already gone
+        os._exit(1)
+
+
+def check_cache_dir(cache_dir: Optional[str]) -> None:
+    """`datasets` writes lock files into its cache folder even to read a complete cache: a read-only folder
+    is one line here instead of a PermissionError from inside it."""
+    if cache_dir is None:
+        return
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=cache_dir):
+            pass
+    except OSError as err:
+        raise LitLoraError(
+            f"data.cache_dir {cache_dir!r} is not writable ({err.strerror or err}): datasets writes lock files "
+            "there even to read a cache; give a writable folder (a copy of this one keeps its cache)"
+        ) from err
+
+
 # verbose=False: the tokenizer warns about sequences longer than the model's context, but these are chunks
 # of a corpus that packing cuts into blocks afterwards.
 def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
+    _die_with_parent()
     ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     eos = tokenizer.eos_token_id
     return {"ids": [i + [eos] if end else i for i, end in zip(ids, batch["doc_end"])]}
 
 
 def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
+    _die_with_parent()
     eos = tokenizer.eos_token_id
     prompts = tokenizer(batch["prompt"], add_special_tokens=False, verbose=False)["input_ids"]
     completions = tokenizer(batch["completion"], add_special_tokens=False, verbose=False)["input_ids"]
@@ -113,6 +152,7 @@ def build_split(
     from datasets import disable_progress_bars
 
     disable_progress_bars()
+    check_cache_dir(cache_dir)
     tok_fp = tokenizer_fingerprint(tokenizer)
     rows, source_fp = (hf_rows, hf_rows._fingerprint) if hf_rows is not None else _read_rows(
         files, fmt, cache_dir, text_field, tokenizer

@@ -31,10 +31,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> int:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        # A full disk reaches us as OSError from write/fsync, or as RuntimeError from torch's zip writer
+        # ("PytorchStreamWriter failed writing file ..."): either way the partial temporary file goes.
         tmp.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
         raise LitLoraError(
-            f"could not write checkpoint {str(path)!r}: {err.strerror or err}; the previous file there is intact"
+            f"could not write checkpoint {str(path)!r}: {reason} (disk full?); the previous file there is intact"
         ) from err
     return path.stat().st_size
 
