@@ -13,6 +13,8 @@ _WARNINGS = [
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
     # Lightning 2.6 calls a torch._pytree API that torch 2.13 deprecates.
     (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # CSVLogger on a resumed run: lit_lora writes the earlier metrics back (cli/run_folder.keep_csv_history).
+    (UserWarning, r"Experiment logs directory .* exists and is not empty"),
 ]
 # INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
 # "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.

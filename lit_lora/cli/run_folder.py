@@ -3,8 +3,9 @@ claimed for this run alone (or the checkpoint's, on resume)."""
 
 from __future__ import annotations
 
+import csv
 import os
-from typing import Any
+from typing import Any, Optional
 
 from lit_lora.data.files import resolve_files
 from lit_lora.data.sources import file_list
@@ -42,10 +43,39 @@ def claim_logger_version(logger: Any) -> None:
     os.environ[RUN_VERSION_ENV] = str(logger._version)
 
 
-def set_logger_version(trainer_cfg: Any, version: int) -> None:
+def set_logger_run(trainer_cfg: Any, version: Optional[int], run_id: Optional[str]) -> None:
+    """Point the configured logger at the checkpoint's run: its `version_N` folder (TensorBoard, CSV) or its
+    run id (MLflow), unless the user chose one."""
     logger = trainer_cfg.get("logger")
     if logger is None or isinstance(logger, bool):
         return
     target = logger[0] if isinstance(logger, list) else logger
-    if hasattr(target, "init_args") and "version" in target.init_args:
-        target.init_args.version = version
+    init = getattr(target, "init_args", None)
+    if init is None:
+        return
+    if version is not None and "version" in init and init.get("version") is None:
+        init.version = version
+    if run_id is not None and "run_id" in init and init.get("run_id") is None:
+        init.run_id = run_id
+
+
+def keep_csv_history(logger: Any) -> None:
+    """Resuming into a CSVLogger folder keeps its metrics.csv: Lightning's writer deletes the file of a folder
+    that is not empty (it would lose every metric logged before the resume), so the rows are written back."""
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if not isinstance(logger, CSVLogger) or rank_zero_only.rank != 0:
+        return
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        rows, keys = list(reader), list(reader.fieldnames or [])
+    writer = logger.experiment  # deletes metrics.csv here
+    writer.metrics_keys = sorted(keys)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        out = csv.DictWriter(fh, fieldnames=writer.metrics_keys)
+        out.writeheader()
+        out.writerows(rows)

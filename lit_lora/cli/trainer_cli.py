@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
-from lit_lora.cli.run_folder import check_data_files, claim_logger_version, set_logger_version
+from lit_lora.cli.run_folder import check_data_files, claim_logger_version, keep_csv_history, set_logger_run
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
@@ -143,10 +143,9 @@ class LitLoraCLI(LightningCLI):
                     model_cfg[key][field] = field_value
             else:
                 model_cfg[key] = value
-        version = run_version_of(ckpt_path)
-        if sub == "fit" and version is not None:
-            # Continue the same TensorBoard run and checkpoint folder instead of starting version_N+1.
-            set_logger_version(cfg.trainer, version)
+        if sub == "fit":
+            # Continue the same logger run and checkpoint folder instead of starting a new one.
+            set_logger_run(cfg.trainer, run_version_of(ckpt_path), ckpt["lit_lora"].get("logger_run_id"))
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
@@ -175,7 +174,10 @@ class LitLoraCLI(LightningCLI):
         log_dir = trainer.log_dir
         if not trainer.is_global_zero or trainer.interrupted or _stopped_by_signal(trainer):
             return
-        out = export_best_checkpoint(trainer, self.model, os.path.join(log_dir or ".", "adapter"))
+        # Beside the run's checkpoints folder: version_N/adapter (TensorBoard, CSV), or the MLflow run's folder.
+        ckpt_dir = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+        run_dir = os.path.dirname(ckpt_dir.rstrip("/")) if ckpt_dir else (log_dir or ".")
+        out = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
         if out is not None:
             best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
             print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
@@ -187,6 +189,7 @@ class LitLoraCLI(LightningCLI):
         # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
         for logger in trainer.loggers:
             claim_logger_version(logger)
+            keep_csv_history(logger)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.

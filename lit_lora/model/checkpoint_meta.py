@@ -31,9 +31,11 @@ def _check_tensors(state: dict[str, Any], shapes: dict[str, tuple[int, ...]]) ->
         )
 
 
-def checkpoint_section(base_fingerprint: str, val_loss: Optional[float]) -> dict[str, Any]:
+def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id: Optional[str]) -> dict[str, Any]:
     """The `lit_lora` section written into every checkpoint."""
     return {
+        # A logger without version folders (MLflow) is resumed into the same run by its id.
+        "logger_run_id": run_id,
         "format": CHECKPOINT_FORMAT,
         "rng": capture_rng(),
         "base_fingerprint": base_fingerprint,

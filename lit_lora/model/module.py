@@ -287,9 +287,11 @@ class LitLora(pl.LightningModule):
         # self.state_dict() again.
         state = checkpoint["state_dict"] if "state_dict" in checkpoint else self.state_dict()
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in names}
-        val_loss = self._trainer.callback_metrics.get("val_loss") if self._trainer is not None else None
+        trainer = self._trainer
+        val_loss = trainer.callback_metrics.get("val_loss") if trainer is not None else None
+        run_id = getattr(trainer.logger, "run_id", None) if trainer is not None and trainer.logger else None
         checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(),
-                                                    float(val_loss) if val_loss is not None else None)
+                                                    float(val_loss) if val_loss is not None else None, run_id)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         def shapes() -> dict[str, tuple[int, ...]]:

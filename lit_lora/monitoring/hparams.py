@@ -46,7 +46,9 @@ class HparamsMetric(Callback):
         params = flat_hparams(trainer, pl_module)
         for logger in trainer.loggers:
             writer = _tensorboard_writer(logger)
-            if writer is None:
+            if writer is None:  # CSV, MLflow, ...: the flat hyperparameters; the metric is logged as a scalar
+                if trainer.global_step == 0:  # a resumed run logged them when it started (MLflow refuses changes)
+                    logger.log_hyperparams(params)
                 continue
             from torch.utils.tensorboard.summary import hparams
 

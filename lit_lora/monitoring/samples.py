@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
@@ -61,9 +62,7 @@ class SampleGenerator(Callback):
         self.last_samples = [(p, self.complete(pl_module.model, tokenizer, p)) for p in self.prompts]
         text = format_samples(self.last_samples)
         for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_text"):
-                experiment.add_text("samples", text, global_step=trainer.global_step)
+            log_text(logger, text, trainer.global_step)
 
     def complete(self, model: Any, tokenizer: Any, prompt: str) -> str:
         """The continuation of `prompt` (the prompt itself not included)."""
@@ -76,6 +75,20 @@ class SampleGenerator(Callback):
             for m, training in modes:
                 m.training = training
         return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def log_text(logger: Any, text: str, step: int) -> None:
+    """The samples' markdown in whatever the logger keeps text in: TensorBoard's TEXT tab (tag `samples`),
+    an MLflow artifact (`samples/step000100.md`), or, for a logger with a folder (CSV), `samples.md` there."""
+    experiment = logger.experiment
+    if hasattr(experiment, "add_text"):  # TensorBoard's SummaryWriter
+        experiment.add_text("samples", text, global_step=step)
+    elif hasattr(experiment, "log_text") and getattr(logger, "run_id", None):  # MLflow's client
+        experiment.log_text(logger.run_id, text, f"samples/step{step:06d}.md")
+    elif getattr(logger, "log_dir", None):
+        Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(logger.log_dir) / "samples.md", "a", encoding="utf-8") as fh:
+            fh.write(f"## step {step}\n\n{text}\n\n")
 
 
 def format_samples(samples: list[tuple[str, str]]) -> str:
