@@ -150,7 +150,8 @@ class GracefulStop(Callback):
         if callback is not None and callback.dirpath:
             path = f"{callback.dirpath}/last.ckpt"
             if callback._last_global_step_saved < trainer.global_step:
-                trainer.save_checkpoint(path)
+                # weights_only=False: a resumable checkpoint (and Lightning does not log that it defaulted).
+                trainer.save_checkpoint(path, weights_only=False)
                 callback._last_global_step_saved = trainer.global_step
             if trainer.is_global_zero:
                 print(
