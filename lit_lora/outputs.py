@@ -84,11 +84,16 @@ def write_dir_atomically(
         if out.exists():
             os.replace(out, old)  # only an empty folder or our own output reaches here
         os.replace(tmp, out)
-    except OSError as err:
+    except Exception as err:  # a half-written folder never stays, whatever the writer raised
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             os.replace(old, out)
-        raise LitLoraError(f"could not write {str(out)!r}: {err.strerror or err}; nothing was changed there") from err
+        # Writers report a full disk as OSError, RuntimeError (torch) or SafetensorError (safetensors).
+        if isinstance(err, LitLoraError) or not isinstance(err, (OSError, RuntimeError)) and \
+                type(err).__name__ != "SafetensorError":
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
+        raise LitLoraError(f"could not write {str(out)!r}: {reason}; nothing was changed there") from err
     shutil.rmtree(old, ignore_errors=True)
     return out
 

@@ -94,7 +94,7 @@ def load_generation_model(
         trust = trust or bool(hp.get("trust_remote_code"))
         source = tokenizer_name_or_path or tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
     elif adapter_path:
-        model, source = _load_adapter(adapter_path, model_name_or_path, tokenizer_name_or_path, trust)
+        model, source, trust = _load_adapter(adapter_path, model_name_or_path, tokenizer_name_or_path, trust)
     elif model_dir:
         if not (Path(model_dir) / "config.json").is_file():
             raise LitLoraError(f"--model_dir {model_dir!r} is not a transformers model folder (no config.json)")
@@ -116,12 +116,13 @@ def load_generation_model(
 
 def _load_adapter(
     adapter_path: str, model_name_or_path: Optional[str], tokenizer_name_or_path: Optional[str], trust: bool
-) -> tuple[Any, str]:
+) -> tuple[Any, str, bool]:
+    """(model, tokenizer source, trust_remote_code: asked for, or recorded at export)."""
     folder = check_adapter_dir(adapter_path, "--adapter_path")
-    peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    peft_config = _read_json(folder / "adapter_config.json")
     # lit_lora.json is written by our export; adapters from elsewhere have only adapter_config.json.
-    info_file = folder / "lit_lora.json"
-    info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
+    info = _read_json(folder / "lit_lora.json") if (folder / "lit_lora.json").is_file() else {}
+    trust = trust or bool(info.get("trust_remote_code"))
     base = model_name_or_path or info.get("base_model") or peft_config.get("base_model_name_or_path")
     model_config = info.get("model_config")
     if not base and model_config is None:
@@ -148,18 +149,29 @@ def _load_adapter(
             f"{frozen_weights_fingerprint(model)} != {expected}); check --model.model_name_or_path"
         )
     model.requires_grad_(False)
-    return model, tokenizer
+    return model, tokenizer, trust
 
 
-def export_best_checkpoint(trainer: Any, module: LitLora, out_dir: str) -> Optional[Path]:
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise LitLoraError(f"{path} cannot be read as JSON ({err}); is the adapter folder complete?") from err
+    if not isinstance(value, dict):
+        raise LitLoraError(f"{path} holds a {type(value).__name__}, expected a JSON object")
+    return value
+
+
+def export_best_checkpoint(trainer: Any, module: LitLora, out_dir: str) -> Optional[tuple[str, Path]]:
     """What `fit` does at its end: export the best checkpoint (or the last, without validation) as a PEFT
-    adapter into `out_dir`, replacing the adapter an earlier part of this run exported there."""
+    adapter into `out_dir`, replacing the adapter an earlier part of this run exported there. Returns the
+    checkpoint exported and the folder written, or None when there is no checkpoint."""
     callback = trainer.checkpoint_callback
     best = (callback.best_model_path or callback.last_model_path) if callback is not None else None
     if not best or not Path(best).is_file():
         return None
     if is_fsdp(trainer.model):  # each rank holds a slice of the weights: rebuild the model whole
         restored = module_from_checkpoint(best)
-        return export_adapter(restored.module, out_dir, checkpoint=restored.checkpoint, overwrite=True)
+        return best, export_adapter(restored.module, out_dir, checkpoint=restored.checkpoint, overwrite=True)
     # The trained model is in memory: write the best checkpoint's LoRA weights with it.
-    return export_adapter(module, out_dir, checkpoint=load_checkpoint_file(best), overwrite=True)
+    return best, export_adapter(module, out_dir, checkpoint=load_checkpoint_file(best), overwrite=True)

@@ -74,6 +74,7 @@ def test_a_checkpoint_without_optimizer_state_cannot_resume(tmp_path, capsys, mo
     assert main(_commands(ckpt, tmp_path)["fit"]) == 2
     assert "cannot resume training: it has no optimizer_states" in _one_line_error(capsys)
     assert main(_commands(ckpt, tmp_path)["export"]) == 0  # its weights are fine to export
+    assert main(["summary", *TRAINED_WITH, "--ckpt_path", ckpt]) == 0  # and summary resumes nothing
 
 
 @pytest.mark.parametrize("command", ["export", "merge"])

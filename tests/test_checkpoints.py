@@ -166,3 +166,14 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
                           "--trainer.val_check_interval", "4"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8
+
+
+def test_the_data_of_a_run_from_a_checkpoint_uses_the_checkpoints_tokenizer(trained, shakespeare, tmp_path):
+    """No --model.* flag: the model options come from the checkpoint, and the data options linked to them
+    (the tokenizer, trust_remote_code) follow; they used to keep the defaults' `gpt2`."""
+    cli = run_cli(["validate", "--ckpt_path", str(trained.ckpt), "--data.val_files", str(shakespeare),
+                   "--data.block_size", "32", "--data.cache_dir", str(tmp_path / "c"),
+                   "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+                   "--trainer.enable_progress_bar", "false"])
+    assert cli.datamodule.tokenizer_name_or_path == str(trained.base)
+    assert float(cli.trainer.callback_metrics["val_loss"]) > 0

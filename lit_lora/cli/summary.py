@@ -26,6 +26,8 @@ def _summary_cli_class() -> type:
     class SummaryCLI(LitLoraCLI):
         """Parses exactly as `fit` does, then builds the model alone."""
 
+        resumes_training = False
+
         def before_instantiate_classes(self) -> None:
             # fit's defaulting of the precision, without its check that the data files exist: none is read.
             trainer_cfg = self.config[self.subcommand].trainer

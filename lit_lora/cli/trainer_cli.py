@@ -51,6 +51,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 class LitLoraCLI(LightningCLI):
+    resumes_training = True  # `summary` parses as fit but trains nothing: a weights-only checkpoint is fine
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites, not aborts
@@ -128,7 +129,7 @@ class LitLoraCLI(LightningCLI):
         if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
             print(f"lit_lora: resuming from {ckpt_path}")
         ckpt = load_checkpoint_file(ckpt_path)
-        if sub == "fit":
+        if sub == "fit" and self.resumes_training:
             check_resumable(ckpt, ckpt_path)
         cfg.ckpt_path = ckpt_path
         model_cfg = cfg.model
@@ -143,6 +144,10 @@ class LitLoraCLI(LightningCLI):
                     model_cfg[key][field] = field_value
             else:
                 model_cfg[key] = value
+        # jsonargparse computed the linked data options at parse time, from the values before this merge.
+        model_name = model_cfg.model_name_or_path
+        cfg.data.tokenizer_name_or_path = tokenizer_source(model_cfg.tokenizer_name_or_path, model_name)
+        cfg.data.trust_remote_code = model_cfg.trust_remote_code
         if sub == "fit":
             # Continue the same logger run and checkpoint folder instead of starting a new one.
             set_logger_run(cfg.trainer, run_version_of(ckpt_path), ckpt["lit_lora"].get("logger_run_id"))
@@ -174,12 +179,15 @@ class LitLoraCLI(LightningCLI):
         log_dir = trainer.log_dir
         if not trainer.is_global_zero or trainer.interrupted or _stopped_by_signal(trainer):
             return
-        # Beside the run's checkpoints folder: version_N/adapter (TensorBoard, CSV), or the MLflow run's folder.
+        # The run's own folder: version_N/ (TensorBoard, CSV); for a logger without one (MLflow, whose save_dir
+        # all runs share) the folder that holds this run's checkpoints folder.
+        run_dir = getattr(trainer.logger, "log_dir", None)
         ckpt_dir = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
-        run_dir = os.path.dirname(ckpt_dir.rstrip("/")) if ckpt_dir else (log_dir or ".")
-        out = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
-        if out is not None:
-            best = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        if not run_dir:
+            run_dir = os.path.dirname(ckpt_dir.rstrip("/")) if ckpt_dir else (log_dir or ".")
+        exported = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
+        if exported is not None:
+            best, out = exported
             print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------

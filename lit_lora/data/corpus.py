@@ -155,7 +155,7 @@ def build_split(
     check_cache_dir(cache_dir)
     tok_fp = tokenizer_fingerprint(tokenizer)
     rows, source_fp = (hf_rows, hf_rows._fingerprint) if hf_rows is not None else _read_rows(
-        files, fmt, cache_dir, text_field, tokenizer
+        files, fmt, cache_dir, text_field, tokenizer, tok_fp
     )
     if len(rows) == 0:
         raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
@@ -201,7 +201,7 @@ def build_split(
 
 
 def _read_rows(
-    files: list[str], fmt: str, cache_dir: Optional[str], text_field: str, tokenizer: Any
+    files: list[str], fmt: str, cache_dir: Optional[str], text_field: str, tokenizer: Any, tok_fp: str
 ) -> tuple[Any, str]:
     """Stage 1, cached: the files' rows, and a fingerprint of what they were read from."""
     fingerprint = file_fingerprint(files)
@@ -212,7 +212,7 @@ def _read_rows(
         rows = _from_generator(
             read_text_rows, {"files": fingerprint, "tokenizer": tokenizer}, cache_dir,
             {"text": "string", "doc_end": "bool", "cut_checked": "bool"}, empty, writer_batch_size=ROWS_PER_BATCH,
-            fingerprint=_hash("text-rows", CUTS_VERSION, fingerprint, tokenizer_fingerprint(tokenizer)),
+            fingerprint=_hash("text-rows", CUTS_VERSION, fingerprint, tok_fp),
         )
         _report_unchecked_cuts(rows, files)
     else:

@@ -104,7 +104,8 @@ def export_adapter(
                 "model_config": module.hparams.get("model_config"),
                 "seed": (checkpoint or {}).get("lit_lora", {}).get("seed"),
                 # `generate --adapter_path` needs it when the base is random-init (no tokenizer beside it).
-                "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path")}
+                "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path"),
+                "trust_remote_code": bool(module.hparams.get("trust_remote_code"))}
         (tmp / "lit_lora.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
     return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
