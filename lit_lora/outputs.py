@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,3 +124,11 @@ def check_output_file(path: str | os.PathLike, option: str, overwrite: bool) -> 
         if not overwrite:
             raise LitLoraError(f"{option} {str(path)!r} exists; pass --overwrite to replace it, or choose another file")
     return out
+
+
+def ensure_writable(folder: str | os.PathLike) -> None:
+    """Create `folder` if needed and write a temporary file in it: OSError now rather than at the first log,
+    checkpoint or cache write. Callers turn it into their own one-line message."""
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
@@ -25,6 +24,7 @@ from lit_lora.monitoring.memory import MemoryMonitor
 from lit_lora.monitoring.progress import with_run_eta
 from lit_lora.monitoring.samples import SampleGenerator
 from lit_lora.monitoring.throughput import TokenThroughput
+from lit_lora.outputs import ensure_writable
 from lit_lora.restore import export_best_checkpoint
 from lit_lora.training.checkpoint import RunCheckpoint
 from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file, run_version_of
@@ -166,9 +166,7 @@ class LitLoraCLI(LightningCLI):
         root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
         if root and self.trainer.is_global_zero:
             try:  # fail now, with a clear line, rather than at the first log or checkpoint hours later
-                os.makedirs(root, exist_ok=True)
-                with tempfile.TemporaryFile(dir=root):
-                    pass
+                ensure_writable(root)
             except OSError as err:
                 raise LitLoraError(f"log directory {root!r} is not writable: {err.strerror or err}") from err
 

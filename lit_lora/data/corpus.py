@@ -19,13 +19,13 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lit_lora.constants import IGNORE_INDEX
 from lit_lora.data.files import MAX_ROW_BYTES, file_fingerprint, read_jsonl_rows, read_text_rows
 from lit_lora.errors import LitLoraError
+from lit_lora.outputs import ensure_writable
 
 # Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
 # which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
@@ -77,9 +77,7 @@ def check_cache_dir(cache_dir: Optional[str]) -> None:
     if cache_dir is None:
         return
     try:
-        os.makedirs(cache_dir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=cache_dir):
-            pass
+        ensure_writable(cache_dir)
     except OSError as err:
         raise LitLoraError(
             f"data.cache_dir {cache_dir!r} is not writable ({err.strerror or err}): datasets writes lock files "
