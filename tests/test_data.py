@@ -155,20 +155,3 @@ def test_missing_file_and_bad_jsonl(tmp_path, tiny_model_dir):
     bad.write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(LitLoraError, match=r"bad.jsonl:2: line is not valid JSON"):
         _module(tmp_path, tiny_model_dir, train_files=str(bad))
-
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_step_totals_sum_each_optimizer_steps_samples_on_every_rank(world):
-    """What the accumulated/DDP loss divides by: the targets of exactly the samples every rank trains on in
-    that optimizer step (checked against the ranks' own batches, ragged last step included)."""
-    from lit_lora.data.samplers import ResumableSampler
-
-    counts = np.arange(1, 24) ** 2  # 23 samples with distinct counts
-    for batch_size, accumulate in ((2, 1), (2, 2), (3, 3)):
-        samplers = [ResumableSampler(23, seed=5, rank=r, world_size=world) for r in range(world)]
-        for s in samplers:
-            s.set_epoch(1)
-        batches = [[idx[i:i + batch_size] for i in range(0, len(idx), batch_size)] for idx in map(list, samplers)]
-        expected = [sum(int(counts[j]) for r in range(world) for b in batches[r][w:w + accumulate] for j in b)
-                    for w in range(0, len(batches[0]), accumulate)]
-        assert samplers[0].step_totals(1, counts, batch_size, accumulate).tolist() == expected

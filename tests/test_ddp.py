@@ -131,7 +131,7 @@ def runs(workdir):
     - `one-to-ddp`: 2 processes, under torchrun, from `single`'s step 4 (end of epoch 0);
     - `ddp-resumed`: 2 processes from `ddp`'s step 2 (mid-epoch 0), found by `--ckpt_path last`;
     - `ddp-to-one`: 1 process from `ddp`'s step 4 (end of epoch 0);
-    - `ddp-mid-epoch-to-one`: 1 process from `ddp`'s step 2: a clear error.
+    - `ddp-mid-epoch-to-one`: 1 process from `ddp`'s step 2 (mid-epoch 0), elastic resume.
     The 2-process and 1-process runs use separate datasets caches, so no two runs write the same cache.
     """
     cfg = str(workdir / "cfg.yaml")
@@ -258,14 +258,17 @@ def test_end_of_epoch_checkpoints_move_between_one_and_two_processes(runs):
 
 
 @pytest.mark.slow
-def test_mid_epoch_checkpoint_on_another_number_of_processes_is_a_one_line_error(runs):
-    code, _, err = runs["out"]["ddp-mid-epoch-to-one"]
-    assert code == 2
-    assert err.strip().splitlines()[-1] == (
-        "lit_lora: error: the checkpoint was saved mid-epoch with 2 process(es) and this run has 1; the sample "
-        "order would change. Resume with the same number of devices, or from an end-of-epoch checkpoint"
-    )
-    assert not (runs["ddp-mid-epoch-to-one"] / "rank0.jsonl").exists()  # stopped before the first batch
+def test_a_mid_epoch_checkpoint_continues_on_one_process_at_the_same_sample(runs):
+    """Elastic resume: the DDP run's step-2 checkpoint (2 processes x 4, mid-epoch 0) continued by one process
+    x 8, the same global batch, trains the one-process run's batches from step 2 and ends with its weights."""
+    code, out, err = runs["out"]["ddp-mid-epoch-to-one"]
+    assert code == 0, err[-3000:]
+    assert ("lit_lora: resuming epoch 0 at sample 16 of 32 with 1 device(s) x 8 (the checkpoint ran 2 x 4)"
+            in out.splitlines())
+    run = runs["ddp-mid-epoch-to-one"]
+    assert _records(run / "rank0.jsonl") == _records(runs["single"] / "rank0.jsonl")[2:]
+    last = f"step{STEPS_PER_EPOCH * EPOCHS:06d}.ckpt"
+    assert _max_diff(_lora(_ckpt(run, last)), _lora(_ckpt(runs["single"], last))) <= TOL
 
 
 @pytest.mark.slow

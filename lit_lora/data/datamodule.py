@@ -7,7 +7,6 @@ This module keeps the loaders and the resume state; every setting is read from `
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from lit_lora.constants import IGNORE_INDEX
 from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
+from lit_lora.data.resume import continue_epoch, data_state, reload_after
 from lit_lora.data.samplers import EvalShardSampler, ResumableSampler
 from lit_lora.data.sources import NO_TRAINING_DATA, build_eval_split, build_training_splits, eval_files_only
 from lit_lora.errors import LitLoraError
@@ -102,6 +102,7 @@ class LitLoraData(pl.LightningDataModule):
         self.truncated = 0
         self._resume: Optional[dict[str, int]] = None
         self._sampler: Optional[ResumableSampler] = None
+        self._reload_setting: Optional[int] = None  # the user's reload_dataloaders_every_n_epochs, while changed
         self._step_tokens: Optional[tuple[tuple[int, int], np.ndarray]] = None  # ((epoch, accumulate), totals)
         self._counts: Optional[np.ndarray] = None
 
@@ -158,6 +159,8 @@ class LitLoraData(pl.LightningDataModule):
             train = train.remove_columns("truncated")
             val = val.remove_columns("truncated") if val is not None else None
         self.train_ds, self.val_ds = train, val
+        if val is None and self.trainer is not None:
+            self.trainer.limit_val_batches = 0  # no validation; Lightning would warn its loader is empty
 
     # -- loaders ------------------------------------------------------------------------------------------
 
@@ -189,32 +192,19 @@ class LitLoraData(pl.LightningDataModule):
             lengths = [len(x) for x in self.train_ds["input_ids"]]
         sampler = ResumableSampler(
             len(self.train_ds), seed=hp.seed, shuffle=hp.shuffle, rank=rank, world_size=world,
-            lengths=lengths, bucket_size=self.batch_size * world,
+            batch_size=self.batch_size, lengths=lengths, bucket_size=self.batch_size * world,
         )
+        if self._reload_setting is not None:  # the loader after a resumed epoch: the user's setting is back
+            self.trainer.reload_dataloaders_every_n_epochs, self._reload_setting = self._reload_setting, None
         if self._resume is not None:
             state, self._resume = self._resume, None
-            sampler.resume_from(state["epoch"], self._samples_to_skip(state, world))
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current  # as restored
+            note = continue_epoch(sampler, state, at_batch_end=progress.completed < progress.ready)
+            if note and rank == 0:
+                print(note)
+            self._reload_setting = reload_after(self.trainer, sampler)
         self._sampler = sampler
         return self._loader(self.train_ds, sampler)
-
-    def _samples_to_skip(self, state: dict[str, int], world: int) -> int:
-        """This rank's samples already trained on in the checkpoint's epoch."""
-        # A checkpoint taken after the epoch's last batch (end of epoch, or after its validation) resumes at
-        # the next epoch's start, whose order does not depend on the number of processes or the batch size.
-        saved_batches = math.ceil((len(self.train_ds) // state["world_size"]) / state["batch_size"])
-        mid_epoch = 0 < state["batches_done"] < saved_batches
-        if mid_epoch and state["world_size"] != world:
-            raise LitLoraError(
-                f"the checkpoint was saved mid-epoch with {state['world_size']} process(es) and this run has "
-                f"{world}; the sample order would change. Resume with the same number of devices, or from "
-                "an end-of-epoch checkpoint"
-            )
-        if mid_epoch and state["batch_size"] != self.batch_size:
-            raise LitLoraError(
-                f"the checkpoint was saved mid-epoch with data.batch_size={state['batch_size']}, "
-                f"this run has {self.batch_size}; resume with the same batch size"
-            )
-        return state["batches_done"] * self.batch_size
 
     def step_target_tokens(self, epoch: int, batch_idx: int, accumulate: int) -> Optional[int]:
         """Target tokens of the whole optimizer step that training batch `batch_idx` of `epoch` belongs to:
@@ -225,8 +215,18 @@ class LitLoraData(pl.LightningDataModule):
         key = (epoch, accumulate)
         if self._step_tokens is None or self._step_tokens[0] != key:
             counts = self._target_counts()
-            self._step_tokens = (key, self._sampler.step_totals(epoch, counts, self.batch_size, accumulate))
+            self._step_tokens = (key, self._sampler.step_totals(epoch, counts, accumulate))
         return int(self._step_tokens[1][batch_idx // accumulate])
+
+    def steps_left(self, epoch: int, accumulate: int, max_epochs: int) -> Optional[int]:
+        """Optimizer steps from now to the end of the run when `epoch` is a resumed one laid out anew, whose
+        batch count Lightning's estimate would take for every epoch; None when that estimate holds."""
+        sampler = self._sampler
+        if sampler is None or sampler.plan(epoch).start == 0:
+            return None
+        whole = ResumableSampler(sampler.num_samples, 0, False, world_size=sampler.world_size,
+                                 batch_size=sampler.batch_size)
+        return sampler.steps_left(epoch, accumulate) + (max_epochs - epoch - 1) * whole.steps_left(0, accumulate)
 
     def _target_counts(self) -> np.ndarray:
         """Predicted tokens per training example (labels after the shift that are not -100)."""
@@ -258,16 +258,10 @@ class LitLoraData(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or self._sampler is None:
             return {}
-        epoch_loop = trainer.fit_loop.epoch_loop
-        return {
-            "seed": self.hparams.seed,
-            "epoch": trainer.current_epoch,
-            # Batches consumed by training steps this epoch; the loader's own count would include the
-            # batch Lightning prefetches.
-            "batches_done": epoch_loop.batch_progress.current.ready,
-            "batch_size": self.batch_size,
-            "world_size": trainer.world_size,
-        }
+        # Batches consumed by training steps this epoch; the loader's own count would include the batch
+        # Lightning prefetches.
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return data_state(self._sampler, self.hparams.seed, trainer.current_epoch, done)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:

@@ -1,21 +1,36 @@
-"""Samplers: a seeded, rank-aware training sampler that can resume in the middle of an epoch, and the
-sequential sampler that splits evaluation data across ranks.
+"""Samplers: a seeded, rank-aware training sampler that resumes in the middle of an epoch, on any number of
+processes and batch size, and the sequential sampler that splits evaluation data across ranks.
 
-The order of epoch `e` is a pure function of (seed, e), so a checkpoint only needs the seed, the epoch
-and how many batches were consumed: no permutation is stored.
+The global order of epoch `e` is a pure function of (seed, e): every rank reads every world_size-th sample
+of it, so one optimizer step of all ranks is a contiguous slice. A checkpoint stores only the seed, the epoch
+and the position in that order; no permutation.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 
+class Resume(NamedTuple):
+    epoch: int
+    position: int  # samples of the epoch's global order already trained on, all ranks together
+    batches_done: int  # what Lightning's restored batch counter says
+    bucket_size: int  # the bucket size the checkpointed run ordered this epoch with
+
+
+class Plan(NamedTuple):
+    start: int  # batches Lightning counts as done before the first one this sampler yields
+    position: int  # where in the epoch's global order `rest` begins
+    bucket_size: int  # the length buckets the epoch's order was drawn with
+    rest: list[int]  # the global order still to train, trimmed to a multiple of the world size
+
+
 class ResumableSampler(Sampler[int]):
-    """Yields this rank's sample indices for one epoch, optionally skipping the first ones on resume.
+    """Yields this rank's sample indices for one epoch; a resumed epoch continues from a position in it.
 
     Args:
         num_samples: Size of the dataset.
@@ -23,8 +38,9 @@ class ResumableSampler(Sampler[int]):
         shuffle: Shuffle each epoch; else sequential order.
         rank: This process's rank.
         world_size: Number of processes; each rank takes every world_size-th index of the epoch order.
+        batch_size: Samples per batch on each rank (the unit of Lightning's batch counter).
         lengths: Per-sample lengths; when given with `bucket_size`, samples are grouped by length.
-        bucket_size: Samples per length bucket (a multiple of the per-rank batch size times world size).
+        bucket_size: Samples per length bucket (the global batch: batch size times world size).
     """
 
     def __init__(
@@ -34,6 +50,7 @@ class ResumableSampler(Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        batch_size: int = 1,
         lengths: Optional[Sequence[int]] = None,
         bucket_size: int = 0,
     ) -> None:
@@ -42,67 +59,97 @@ class ResumableSampler(Sampler[int]):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size
         self.lengths = lengths
         self.bucket_size = bucket_size
         self.epoch = 0
-        self._resume: Optional[tuple[int, int]] = None  # (epoch, samples of this rank to skip)
+        self._resume: Optional[Resume] = None
+        self._plans: dict[int, tuple[int, list[int]]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resume_from(self, epoch: int, samples_done: int) -> None:
-        """Skip the first `samples_done` of this rank's samples when epoch `epoch` is iterated."""
-        self._resume = (epoch, samples_done)
+    def resume_from(self, epoch: int, position: int, batches_done: int, bucket_size: Optional[int] = None) -> None:
+        """Continue epoch `epoch` after the first `position` samples of its global order (all ranks), which
+        the checkpointed run trained on in `batches_done` batches of its own size; `bucket_size` is the one
+        that run ordered the epoch with."""
+        bucket = self.bucket_size if bucket_size is None else bucket_size
+        self._resume = Resume(epoch, min(position, self.num_samples), batches_done, bucket)
+        self._plans.clear()
 
-    def epoch_order(self, epoch: int) -> list[int]:
-        """The global sample order of `epoch`, trimmed so every rank gets the same number."""
+    def epoch_order(self, epoch: int, bucket_size: Optional[int] = None) -> list[int]:
+        """The global sample order of `epoch`: every sample, a function of the seed and the epoch alone
+        (and, for length-bucketed data, of the bucket size), never of the number of processes."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.num_samples, generator=g).tolist()
         else:
             order = list(range(self.num_samples))
-        if self.lengths is not None and self.bucket_size > 1:
-            order = self._bucket(order, epoch)
-        usable = self.num_samples - self.num_samples % self.world_size
-        return order[:usable]
+        bucket = self.bucket_size if bucket_size is None else bucket_size
+        if self.lengths is not None and bucket > 1:
+            order = self._bucket(order, epoch, bucket)
+        return order
 
-    def _bucket(self, order: list[int], epoch: int) -> list[int]:
+    def _bucket(self, order: list[int], epoch: int, bucket: int) -> list[int]:
         # Sort within windows of 50 buckets so batches hold similar lengths, then shuffle whole buckets
         # so long and short batches stay mixed across the epoch.
-        window = self.bucket_size * 50
+        window = bucket * 50
         buckets: list[list[int]] = []
         for start in range(0, len(order), window):
             chunk = sorted(order[start : start + window], key=lambda i: self.lengths[i])
-            buckets.extend(chunk[j : j + self.bucket_size] for j in range(0, len(chunk), self.bucket_size))
+            buckets.extend(chunk[j : j + bucket] for j in range(0, len(chunk), bucket))
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + epoch + 7919)
             buckets = [buckets[i] for i in torch.randperm(len(buckets), generator=g).tolist()]
         return [i for b in buckets for i in b]
 
-    def step_totals(self, epoch: int, counts: np.ndarray, batch_size: int, accumulate: int) -> np.ndarray:
-        """`counts` summed over the samples of each optimizer step of `epoch`: `accumulate` consecutive
-        batches of `batch_size` on every rank (the epoch's last step may have fewer)."""
-        order = np.asarray(self.epoch_order(epoch))
-        per_rank = len(order) // self.world_size
-        n_batches = -(-per_rank // batch_size)
-        # Rank r's k-th sample is order[k * world_size + r], so one step's samples on all ranks are a
-        # contiguous slice of the epoch order.
-        bounds = [min(b * batch_size, per_rank) * self.world_size for b in range(0, n_batches, accumulate)]
-        csum = np.concatenate([[0], np.cumsum(counts[order[: per_rank * self.world_size]])])
-        return csum[bounds[1:] + [per_rank * self.world_size]] - csum[bounds]
+    def plan(self, epoch: int) -> Plan:
+        """How `epoch` runs here: from the resume position, if it is the resumed epoch, else from its start.
+        The rest is trimmed so every rank gets the same number: at most world_size - 1 samples are left out."""
+        if epoch not in self._plans:
+            start, position, bucket = 0, 0, self.bucket_size
+            if self._resume is not None and self._resume.epoch == epoch:
+                _, position, start, bucket = self._resume
+            rest = self.epoch_order(epoch, bucket)[position:]
+            self._plans = {epoch: Plan(start, position, bucket, rest[: len(rest) - len(rest) % self.world_size])}
+        return self._plans[epoch]
+
+    def position(self, epoch: int, batches_done: int) -> int:
+        """Samples of `epoch`'s global order trained on after its first `batches_done` batches, all ranks."""
+        plan = self.plan(epoch)
+        return plan.position + min((batches_done - plan.start) * self.batch_size * self.world_size, len(plan.rest))
+
+    def step_totals(self, epoch: int, counts: np.ndarray, accumulate: int) -> np.ndarray:
+        """`counts` summed over the samples of each optimizer step of `epoch`, indexed by step: the batches
+        `k * accumulate` to `(k + 1) * accumulate - 1` on every rank (the epoch's last step may have fewer;
+        steps a resumed epoch had already taken sum to 0)."""
+        start, _, _, rest = self.plan(epoch)
+        per_rank = len(rest) // self.world_size
+        n_batches = -(-per_rank // self.batch_size)
+        # Rank r's k-th sample is rest[k * world_size + r], so one batch on all ranks is a contiguous
+        # slice of the rest of the epoch order.
+        bounds = [min(b * self.batch_size, per_rank) * self.world_size for b in range(n_batches + 1)]
+        csum = np.concatenate([[0], np.cumsum(counts[np.asarray(rest, dtype=np.int64)])])
+        per_batch = csum[bounds[1:]] - csum[bounds[:-1]]
+        totals = np.zeros(-(-(start + n_batches) // accumulate), dtype=np.int64)
+        np.add.at(totals, (start + np.arange(n_batches)) // accumulate, per_batch)
+        return totals
+
+    def steps_left(self, epoch: int, accumulate: int) -> int:
+        """Optimizer steps still to take in `epoch` as planned: Lightning groups batch `i` into step
+        `i // accumulate`, counting on from the restored batch counter."""
+        start, _, _, rest = self.plan(epoch)
+        end = start + -(-(len(rest) // self.world_size) // self.batch_size)
+        return (end - 1) // accumulate - start // accumulate + 1 if end > start else 0
 
     def __iter__(self) -> Iterator[int]:
         # A generator, so the order is drawn at the first batch, after Lightning's set_epoch().
-        indices = self.epoch_order(self.epoch)[self.rank :: self.world_size]
-        if self._resume is not None:
-            epoch, skip = self._resume
-            self._resume = None
-            if epoch == self.epoch:
-                indices = indices[skip:]
-        yield from indices
+        yield from self.plan(self.epoch).rest[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        # What Lightning counts batches against: a resumed epoch's restored counter plus what is left.
+        start, _, _, rest = self.plan(self.epoch)
+        return start * self.batch_size + len(rest) // self.world_size
 
 
 class EvalShardSampler(torch.utils.data.Sampler[int]):
@@ -110,6 +157,13 @@ class EvalShardSampler(torch.utils.data.Sampler[int]):
 
     def __init__(self, n: int, rank: int, world: int) -> None:
         self.n, self.rank, self.world = n, rank, world
+
+    def steps_left(self, epoch: int, accumulate: int) -> int:
+        """Optimizer steps still to take in `epoch` as planned: Lightning groups batch `i` into step
+        `i // accumulate`, counting on from the restored batch counter."""
+        start, _, _, rest = self.plan(epoch)
+        end = start + -(-(len(rest) // self.world_size) // self.batch_size)
+        return (end - 1) // accumulate - start // accumulate + 1 if end > start else 0
 
     def __iter__(self):
         return iter(range(self.rank, self.n, self.world))

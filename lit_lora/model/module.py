@@ -30,6 +30,7 @@ from lit_lora.training.contracts import TrainingData
 from lit_lora.training.distributed import is_fsdp, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
 from lit_lora.training.speed import check_compile_options, compile_in_place, enable_tf32, is_compiled
+from lit_lora.training.steps import planned_steps
 
 
 class LitLora(pl.LightningModule):
@@ -243,8 +244,7 @@ class LitLora(pl.LightningModule):
                                           betas=tuple(hp.betas), fused=fused or None)
         except (ValueError, TypeError) as err:  # our checks come first; this names what torch still refuses
             raise LitLoraError(f"model.learning_rate/weight_decay/betas rejected by torch.optim.AdamW: {err}") from err
-        # The schedule's length is read lazily (see on_train_start): calling
-        # trainer.estimated_stepping_batches here drops a restored dataloader position in Lightning 2.6.
+        # The schedule's length is read in on_train_start: estimating it here loads the data before resume.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, self._total_steps, hp.min_lr_ratio)
         )
@@ -270,7 +270,7 @@ class LitLora(pl.LightningModule):
             self.finite_loss.defer = True
 
     def on_train_start(self) -> None:
-        total = self.trainer.estimated_stepping_batches
+        total = planned_steps(self.trainer)
         self._total_steps = int(total) if math.isfinite(total) else None
         # After the sanity check, so its draws do not shift the restored dropout masks.
         restore_rng(self._rng_to_restore)

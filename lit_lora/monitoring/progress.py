@@ -10,6 +10,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
 from lit_lora.monitoring.throughput import TokenThroughput
+from lit_lora.training.steps import planned_steps
 
 
 class RunBarMixin:
@@ -23,7 +24,7 @@ class RunBarMixin:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_start(trainer, pl_module)  # type: ignore[misc]
         # The training data is set up by now, so this does not reload the dataloader.
-        self._total_steps = trainer.estimated_stepping_batches
+        self._total_steps = planned_steps(trainer)
         self._loss_read_at: Optional[int] = None
         self._loss: Optional[float] = None
 
