@@ -123,3 +123,22 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path, tiny_model_di
         rates.add(yaml.safe_load((run / "config.yaml").read_text())["model"]["learning_rate"])
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "adapter" / MANIFEST).is_file()
     assert rates == {1e-3, 2e-3}
+
+
+def test_a_chosen_logger_version_never_writes_into_another_runs_checkpoints(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from lit_lora.cli.run_folder import claim_logger_version
+    from lit_lora.errors import LitLoraError
+
+    ckpts = tmp_path / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"another run's")
+    for cls in (TensorBoardLogger, CSVLogger):
+        logger = cls(str(tmp_path / "lightning_logs"), name="lit_lora", version=0)
+        with pytest.raises(LitLoraError, match=r"^trainer.logger version 0: .*version_0 holds another run's "
+                                               r"checkpoints; leave the version out .* --ckpt_path last$"):
+            claim_logger_version(logger, resuming=False)
+        claim_logger_version(logger, resuming=True)  # resuming that run is what the folder is for
+        claim_logger_version(cls(str(tmp_path / "lightning_logs"), name="lit_lora", version=1), resuming=False)
+    assert (ckpts / "last.ckpt").read_bytes() == b"another run's"

@@ -8,6 +8,7 @@ import os
 from typing import Any, Optional
 
 from lit_lora.data.files import resolve_files
+from lit_lora.errors import LitLoraError
 from lit_lora.data.sources import file_list
 from lit_lora.training.checkpoint_io import claim_run_version
 
@@ -28,14 +29,25 @@ def check_data_files(data_cfg: Any) -> None:
 RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
 
 
-def claim_logger_version(logger: Any) -> None:
-    """Give a TensorBoard or CSV logger without a version a folder no other run has (see claim_run_version)."""
+def claim_logger_version(logger: Any, resuming: bool) -> None:
+    """Give a TensorBoard or CSV logger without a version a folder no other run has (see claim_run_version);
+    a version the user chose for a new run must not hold another run's checkpoints."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    # `_version` is None until the logger picks the next free number itself, which is what races.
-    if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or getattr(logger, "_version", 0) is not None:
+    if not isinstance(logger, (TensorBoardLogger, CSVLogger)):
         return
-    if int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0:
+    other_rank = int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
+    # `_version` is None until the logger picks the next free number itself, which is what races.
+    if logger._version is not None:
+        ckpt_dir = os.path.join(logger.log_dir, "checkpoints")
+        used = os.path.isdir(ckpt_dir) and any(n.endswith(".ckpt") for n in os.listdir(ckpt_dir))
+        if used and not resuming and not other_rank:
+            raise LitLoraError(
+                f"trainer.logger version {logger._version!r}: {logger.log_dir} holds another run's checkpoints; "
+                "leave the version out (a new folder is made) or resume that run with --ckpt_path last"
+            )
+        return
+    if other_rank:
         if os.environ.get(RUN_VERSION_ENV):
             logger._version = int(os.environ[RUN_VERSION_ENV])
         return

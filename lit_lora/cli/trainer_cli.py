@@ -193,8 +193,10 @@ class LitLoraCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer = super().instantiate_trainer(**kwargs)
         # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
+        sub = self.config.get("subcommand")
+        resuming = bool(sub and self.config[sub].get("ckpt_path"))
         for logger in trainer.loggers:
-            claim_logger_version(logger)
+            claim_logger_version(logger, resuming)
             keep_csv_history(logger)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
