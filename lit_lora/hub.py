@@ -40,41 +40,125 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         # Padding is masked by attention_mask and label -100, never by id, so reusing EOS is safe and the
         # model still learns to emit EOS.
         tokenizer.pad_token = tokenizer.eos_token
+        if name_or_path not in _PAD_NOTED:
+            _PAD_NOTED.add(name_or_path)
+            print(f"lit_lora: tokenizer {name_or_path} has no pad token; padding with its EOS token "
+                  f"{tokenizer.eos_token!r} (padding is masked out of attention and loss)")
     return tokenizer
+
+
+_PAD_NOTED: set[str] = set()  # tokenizers whose pad token was said, once per process
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """[BOS] when this tokenizer starts every text with BOS (Llama's do; GPT-2's does not), else [].
+
+    lit_lora tokenizes with add_special_tokens=False and puts this prefix only where a document or a prompt
+    starts: never inside a document cut into chunks, nor between a prompt and its completion."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
 
 
 def load_base_model(
     name_or_path: str,
     model_config: Optional[dict[str, Any]] = None,
     dtype: Optional[str] = None,
-    attn_implementation: Optional[str] = "sdpa",
+    attn_implementation: Optional[str] = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """Load the causal LM to adapt: `from_pretrained(name_or_path)`, or a randomly initialised GPT-2 of
-    the shape `model_config` (GPT2Config fields) when that is given, which needs no download."""
+    """Load the causal LM to adapt: `from_pretrained(name_or_path)`, or a randomly initialised model of the
+    shape `model_config` when that is given (config fields, with `model_type` naming the family; GPT-2
+    without it), which needs no download. `attn_implementation` None: SDPA where the family has it."""
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     torch_dtype = getattr(torch, dtype) if dtype else None
     if model_config is not None:
+        config = build_config(model_config)
+    else:
         try:
-            config = GPT2Config(**model_config)
-        except TypeError as err:
-            raise LitLoraError(f"model.model_config is not a valid GPT2Config: {err}") from err
-        if attn_implementation:
-            config._attn_implementation = attn_implementation
-        model = GPT2LMHeadModel(config)
-        return model.to(torch_dtype) if torch_dtype is not None else model
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if torch_dtype is not None:
-        kwargs["dtype"] = torch_dtype
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+            with _no_loading_bar(True):
+                config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise _not_found("model.model_name_or_path", name_or_path, err) from err
+    model_class = causal_lm_class(config, trust_remote_code)
+    kwargs: dict[str, Any] = {"attn_implementation": _attention(model_class, attn_implementation)}
     try:
+        if model_config is not None:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+            return model.to(torch_dtype) if torch_dtype is not None else model
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
         with _no_loading_bar(Path(name_or_path).expanduser().is_dir()):
-            return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            return AutoModelForCausalLM.from_pretrained(
+                name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
+            )
     except (OSError, ValueError) as err:
+        first = str(err).split(". ")[0].splitlines()[0]
+        if "attn_implementation" in str(err) or "attention implementation" in str(err):
+            raise LitLoraError(f"model.attn_implementation {kwargs['attn_implementation']!r} is not supported by "
+                               f"{model_class.__name__} (transformers: {first})") from err
+        if model_config is not None:
+            raise LitLoraError(f"model.model_config does not build a {model_class.__name__}: {first}") from err
         raise _not_found("model.model_name_or_path", name_or_path, err) from err
+
+
+def build_config(model_config: dict[str, Any]) -> Any:
+    """The config `model.model_config` describes: `model_type` (default "gpt2") and that family's fields,
+    each checked (transformers' configs accept unknown fields silently)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    fields = dict(model_config)
+    model_type = fields.pop("model_type", "gpt2")
+    if model_type not in CONFIG_MAPPING:
+        raise LitLoraError(f"model.model_config model_type {model_type!r} is not a model type transformers "
+                           f"knows; expected one such as {', '.join(_CAUSAL_EXAMPLES)}")
+    config_class = CONFIG_MAPPING[model_type]
+    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise LitLoraError(f"model.model_config field(s) {unknown} are not fields of {config_class.__name__} "
+                           f"(model_type {model_type!r})")
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except Exception as err:  # TypeError, ValueError, or huggingface_hub's validation error wrapping one
+        reason = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
+        raise LitLoraError(f"model.model_config is not a valid {config_class.__name__}: {reason}") from err
+
+
+_CAUSAL_EXAMPLES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")
+
+
+def causal_lm_class(config: Any, trust_remote_code: bool = False) -> Any:
+    """The AutoModelForCausalLM class for `config`; a one-line error for an architecture that is not one."""
+    from transformers import AutoModelForCausalLM
+
+    if trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return AutoModelForCausalLM  # the repository's own class, known only once its code is loaded
+    try:
+        return AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:
+        raise LitLoraError(
+            f"model type {config.model_type!r} is not a causal language model (AutoModelForCausalLM has no class "
+            f"for it); expected one such as {', '.join(_CAUSAL_EXAMPLES)}"
+        ) from None
+
+
+def _attention(model_class: Any, requested: Optional[str]) -> Optional[str]:
+    """The attention kernel to ask for: the one requested, else SDPA where the family has it, else eager."""
+    if requested is not None:
+        return requested
+    if getattr(model_class, "_supports_sdpa", True):
+        return "sdpa"
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(f"lit_lora: {model_class.__name__} has no SDPA attention in transformers; using eager attention")
+    return "eager"
 
 
 @contextmanager

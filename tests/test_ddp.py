@@ -323,13 +323,22 @@ def test_fsdp_config_builds_the_stated_strategy():
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
-    from transformers.models.gpt2.modeling_gpt2 import GPT2Block
+    from lit_lora.model import LitLora
+    from lit_lora.training.distributed import DecoderLayerPolicy
 
     strategy = yaml.safe_load((REPO / "conf" / "gpt2-fsdp.yaml").read_text())["trainer"]["strategy"]
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=FSDPStrategy)
     built = parser.instantiate_classes(parser.parse_object({"strategy": strategy})).strategy
-    assert built.kwargs["auto_wrap_policy"]._module_classes == {GPT2Block}
+    policy = built.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, DecoderLayerPolicy)
+    # As FSDP calls it: the root first, then each module; GPT-2's blocks are the units (tests/test_families.py
+    # checks the other families).
+    root = LitLora(model_config=dict(n_layer=2, n_embd=32, n_head=2), tokenizer_name_or_path=str(QUICKSTART / "tokenizer"),
+                   block_size=32, gradient_checkpointing=False)
+    assert policy(root, recurse=True, nonwrapped_numel=0)
+    units = [name for name, m in root.named_modules() if policy(m, recurse=False, nonwrapped_numel=0)]
+    assert units == ["model.base_model.model.transformer.h.0", "model.base_model.model.transformer.h.1"]
     assert built.kwargs["use_orig_params"] is True  # frozen and LoRA weights share FSDP units
     assert built.sharding_strategy == ShardingStrategy.FULL_SHARD
     assert built._state_dict_type == "full"  # one LoRA-only file, written by rank 0

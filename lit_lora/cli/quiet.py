@@ -15,6 +15,9 @@ _WARNINGS = [
     (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
     # CSVLogger on a resumed run: lit_lora writes the earlier metrics back (cli/run_folder.keep_csv_history).
     (UserWarning, r"Experiment logs directory .* exists and is not empty"),
+    # A resumed run saves into its own checkpoint folder on purpose; a new run always gets a fresh one
+    # (cli/run_folder.claim_logger_version), so the folder is never another run's.
+    (UserWarning, r"Checkpoint directory .* exists and is not empty"),
 ]
 # INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
 # "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.

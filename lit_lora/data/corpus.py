@@ -25,19 +25,21 @@ from typing import Any, Iterator, Optional
 from lit_lora.constants import IGNORE_INDEX
 from lit_lora.data.files import MAX_ROW_BYTES, file_fingerprint, read_jsonl_rows, read_text_rows
 from lit_lora.errors import LitLoraError
+from lit_lora.hub import bos_prefix
 from lit_lora.outputs import ensure_writable
 
 # Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
 # which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
 ROWS_PER_BATCH = 16
-# Bumped when the rules for cutting text into rows change, so cached rows of the old rules are not reused.
-CUTS_VERSION = 2
+# Bumped when the rules for cutting text into rows, or their columns, change: cached rows of the old rules
+# are not reused.
+CUTS_VERSION = 3
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{text}|{tokenizer.eos_token_id}|{bos_prefix(tokenizer)}".encode()).hexdigest()[:16]
 
 
 def _hash(*parts: Any) -> str:
@@ -90,23 +92,26 @@ def check_cache_dir(cache_dir: Optional[str]) -> None:
 def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
     _die_with_parent()
     ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-    eos = tokenizer.eos_token_id
-    return {"ids": [i + [eos] if end else i for i, end in zip(ids, batch["doc_end"])]}
+    # A document gets the family's BOS (if its tokenizer adds one) at its start only, never at the start
+    # of every chunk, and one EOS at its end.
+    bos, eos = bos_prefix(tokenizer), [tokenizer.eos_token_id]
+    return {"ids": [bos * start + i + eos * end for i, start, end in zip(ids, batch["doc_start"], batch["doc_end"])]}
 
 
 def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
     _die_with_parent()
-    eos = tokenizer.eos_token_id
+    eos, bos = tokenizer.eos_token_id, bos_prefix(tokenizer)
     prompts = tokenizer(batch["prompt"], add_special_tokens=False, verbose=False)["input_ids"]
     completions = tokenizer(batch["completion"], add_special_tokens=False, verbose=False)["input_ids"]
     out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
     for p, c in zip(prompts, completions):
         c = c + [eos]  # so the model learns to stop
-        truncated = len(p) + len(c) > block_size
+        truncated = len(bos) + len(p) + len(c) > block_size
         if truncated:
             # Policy: keep the prompt (its last block_size - 1 tokens at most) and cut the completion's end.
-            p = p[-(block_size - 1) :]
-            c = c[: block_size - len(p)]
+            p = p[-(block_size - 1 - len(bos)) :]
+            c = c[: block_size - len(bos) - len(p)]
+        p = bos + p  # BOS before the prompt, never between prompt and completion
         out["input_ids"].append(p + c)
         out["labels"].append([IGNORE_INDEX] * len(p) + c)
         out["truncated"].append(truncated)
@@ -171,8 +176,9 @@ def build_split(
         )
     if text_field != "text" and text_field in rows.column_names:
         rows = rows.rename_column(text_field, "text")
-    if "doc_end" not in rows.column_names:
-        rows = rows.add_column("doc_end", [True] * len(rows))
+    for column in ("doc_start", "doc_end"):  # rows of a dataset are whole documents
+        if column not in rows.column_names:
+            rows = rows.add_column(column, [True] * len(rows))
     tokens = rows.map(
         _tokenize_text,
         batched=True,
@@ -209,13 +215,15 @@ def _read_rows(
         # names it (the tokenizer object itself is not hashed).
         rows = _from_generator(
             read_text_rows, {"files": fingerprint, "tokenizer": tokenizer}, cache_dir,
-            {"text": "string", "doc_end": "bool", "cut_checked": "bool"}, empty, writer_batch_size=ROWS_PER_BATCH,
+            {"text": "string", "doc_start": "bool", "doc_end": "bool", "cut_checked": "bool"}, empty,
+            writer_batch_size=ROWS_PER_BATCH,
             fingerprint=_hash("text-rows", CUTS_VERSION, fingerprint, tok_fp),
         )
         _report_unchecked_cuts(rows, files)
     else:
         fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
-        columns = {f: "string" for f in fields} | ({} if fmt == "prompt_completion" else {"doc_end": "bool"})
+        documents = {} if fmt == "prompt_completion" else {"doc_start": "bool", "doc_end": "bool"}
+        columns = {f: "string" for f in fields} | documents
         rows = _from_generator(read_jsonl_rows, {"files": fingerprint, "fields": fields}, cache_dir, columns, empty)
     return rows, _hash(fingerprint, fmt, text_field)
 

@@ -67,9 +67,10 @@ def _decode(data: bytes, path: str, offset: int, line: int) -> str:
 
 def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] = None) -> Iterator[dict[str, Any]]:
     """Rows of ~CHUNK_BYTES of text (a file is one document), cut where `cuts.choose_cut` allows; each row
-    says whether its end was checked with `tokenizer` (`cut_checked`)."""
+    says whether it starts or ends its document and whether its end was checked with `tokenizer`
+    (`cut_checked`)."""
     for path, _, _ in files:
-        offset, line, carry = 0, 1, b""
+        offset, line, carry, start = 0, 1, b"", True
         with open(path, "rb") as fh:
             while True:
                 block = fh.read(CHUNK_BYTES)
@@ -78,7 +79,8 @@ def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] =
                 buf = carry + block
                 if not block:
                     if buf or offset:  # an empty file is no document at all
-                        yield {"text": _decode(buf, path, offset, line), "doc_end": True, "cut_checked": True}
+                        yield {"text": _decode(buf, path, offset, line), "doc_start": start, "doc_end": True,
+                               "cut_checked": True}
                     break
                 cut, checked = -1, False
                 if len(buf) >= CHUNK_BYTES:
@@ -86,8 +88,9 @@ def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] =
                 if cut <= 0:
                     carry = buf
                     continue
-                yield {"text": _decode(buf[:cut], path, offset, line), "doc_end": False, "cut_checked": checked}
-                offset, line = offset + cut, line + buf.count(b"\n", 0, cut)
+                yield {"text": _decode(buf[:cut], path, offset, line), "doc_start": start, "doc_end": False,
+                       "cut_checked": checked}
+                offset, line, start = offset + cut, line + buf.count(b"\n", 0, cut), False
                 carry = buf[cut:]
 
 
@@ -101,5 +104,5 @@ def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) 
                 raise LitLoraError(f"{path}:{lineno}: missing string field {missing[0]!r}")
             row = {f: record[f] for f in fields}
             if "prompt" not in fields:
-                row["doc_end"] = True
+                row["doc_start"] = row["doc_end"] = True
             yield row

@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.hub import bos_prefix
 from lit_lora.jsonl import decode_line, read_jsonl
 from lit_lora.generation.decode import decode_completion, generate_ids
 from lit_lora.generation.settings import GenerationSettings
@@ -35,13 +36,17 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def encode_prompts(tokenizer: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded `input_ids` and `attention_mask` (B, T) for a batch of prompts.
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """A prompt's tokens as training saw a document start: the family's BOS first, if its tokenizer adds one.
+    An empty prompt without BOS becomes EOS alone: GPT-2 was trained with EOS before each document."""
+    ids = bos_prefix(tokenizer) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ids or [tokenizer.eos_token_id]
 
-    An empty prompt becomes EOS alone: GPT-2 was trained with EOS before each document, so it is the start.
-    """
+
+def encode_prompts(tokenizer: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded `input_ids` and `attention_mask` (B, T) for a batch of prompts (see `prompt_ids`)."""
     eos = tokenizer.eos_token_id
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] or [eos] for p in prompts]
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), eos, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

@@ -18,7 +18,9 @@ class LoraSettings:
         r: LoRA rank (the inner dimension of A and B).
         alpha: LoRA scaling numerator (`lora_alpha`); the update is scaled by alpha / r. Usually alpha = 2 * r.
         dropout: Dropout on the LoRA branch input (`lora_dropout`).
-        target_modules: Module names (or suffixes) to adapt, or "all-linear". GPT-2: c_attn, c_proj, c_fc.
+        target_modules: Module names (or suffixes) to adapt, or "all-linear". Default: the family's own list
+            (lora/targets.py): GPT-2 c_attn, c_proj; Llama, Mistral, Qwen2/3, Gemma 2 q/k/v/o_proj and
+            gate/up/down_proj; other families in the README's table; a family not listed: all-linear.
         bias: Which biases train: "none", "all" or "lora_only".
         use_rslora: Scale by alpha / sqrt(r) (rank-stabilised LoRA).
         use_dora: Weight-decomposed LoRA (DoRA).
@@ -30,7 +32,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
-    target_modules: Union[list[str], str] = field(default_factory=lambda: ["c_attn", "c_proj"])
+    target_modules: Union[list[str], str, None] = None
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
     use_dora: bool = False
@@ -72,6 +74,8 @@ class LoraSettings:
     def to_peft_config(self, model: Any) -> Any:
         from peft import LoraConfig, TaskType
 
+        if self.target_modules is None:
+            raise LitLoraError("model.lora.target_modules is not resolved; call lora.targets.resolve_targets first")
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         kwargs: dict[str, Any] = dict(
             task_type=TaskType.CAUSAL_LM,

@@ -9,12 +9,15 @@ from typing import Any
 from lit_lora.errors import LitLoraError
 from lit_lora.lora.layers import base_model, linear_module_names
 from lit_lora.lora.settings import LoraSettings
+from lit_lora.lora.targets import resolve_targets
 
 
 def apply_lora(model: Any, settings: LoraSettings) -> Any:
-    """Wrap `model` in a PEFT LoRA model; only LoRA (and modules_to_save) parameters stay trainable."""
+    """Wrap `model` in a PEFT LoRA model; only LoRA (and modules_to_save) parameters stay trainable. Without
+    target_modules, the family's defaults (lora/targets.py)."""
     from peft import get_peft_model
 
+    settings, _ = resolve_targets(settings, model)
     config = settings.to_peft_config(model)
     try:
         return get_peft_model(model, config)

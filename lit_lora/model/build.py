@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from lit_lora.hub import load_base_model
 from lit_lora.lora.settings import LoraSettings
+from lit_lora.lora.targets import resolve_targets
 from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training
 from lit_lora.measure.host import host_memory_mb
 
@@ -25,7 +28,9 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
         model = load_adapter_for_training(base, hp["adapter_path"])
         lora = LoraSettings.from_peft_config(model.peft_config["default"])
     else:
-        lora = LoraSettings.coerce(hp["lora"])
+        lora, note = resolve_targets(LoraSettings.coerce(hp["lora"]), base)
+        if note and rank_zero_only.rank == 0:
+            print(note)
         model = apply_lora(base, lora)
     # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16.
     for p in model.parameters():

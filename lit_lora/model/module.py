@@ -49,7 +49,7 @@ class LitLora(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         block_size: int = 512,
         base_dtype: Optional[str] = None,
-        attn_implementation: Optional[str] = "sdpa",
+        attn_implementation: Optional[str] = None,
         tf32: bool = True,
         compile: bool = False,
         compile_options: Optional[dict[str, Any]] = None,
@@ -59,8 +59,9 @@ class LitLora(pl.LightningModule):
         """
         Args:
             model_name_or_path: Hub id or local directory of the base causal LM (`from_pretrained`).
-            model_config: GPT2Config fields; when given, a randomly initialised GPT-2 of that shape is built
-                instead of loading weights (no download). `{}` is GPT-2 small's shape.
+            model_config: Config fields; when given, a randomly initialised model of that shape is built
+                instead of loading weights (no download). `model_type` names the family ("llama", "qwen2",
+                ...; `AutoConfig.for_model`); without it, GPT-2 (`{}` is GPT-2 small's shape).
             tokenizer_name_or_path: Tokenizer hub id or directory; default: model_name_or_path. Required with
                 model_config, so nothing is fetched from the hub behind your back.
             lora: LoRA settings (PEFT's LoraConfig names).
@@ -74,7 +75,8 @@ class LitLora(pl.LightningModule):
             block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
-            attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...).
+            attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...). Default: SDPA,
+                or eager for a family that has no SDPA kernel (GPT-Neo, Gemma 2), said in one line.
             tf32: On CUDA GPUs with TensorFloat-32 (Ampere and newer), let float32 matmuls use it
                 (`torch.set_float32_matmul_precision("high")`). No effect on CPUs.
             compile: Compile the model's forward with `torch.compile` for `fit` (in place: checkpoint keys

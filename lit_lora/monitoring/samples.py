@@ -8,6 +8,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.generation.decode import sample_tokens
+from lit_lora.generation.prompts import prompt_ids
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.hub import load_tokenizer, tokenizer_source
 from lit_lora.settings import build_settings
@@ -69,8 +70,7 @@ class SampleGenerator(Callback):
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-            ids = sample_tokens(model, prompt_ids, self.settings, tokenizer.eos_token_id)
+            ids = sample_tokens(model, prompt_ids(tokenizer, prompt), self.settings, tokenizer.eos_token_id)
         finally:
             for m, training in modes:
                 m.training = training

@@ -1,0 +1,268 @@
+"""Every model family we name, end to end on CPU: a tiny random model of each family, saved with
+`save_pretrained` and loaded back through `from_pretrained` as a user's folder would be (no hub).
+
+One small fit per family (no target flags: the family's defaults), shared by its checks: the printed
+counts, a resume from a mid-epoch checkpoint (same per-step losses), the exported adapter in PEFT, the
+merged model in plain transformers, greedy text from checkpoint, adapter and merged model, gradient
+checkpointing, and the FSDP unit. The real kill -9 resume test is GPT-2's (test_resume.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from lit_lora.cli import main
+from lit_lora.lora.targets import DEFAULT_TARGETS
+from tests.conftest import QUICKSTART
+from tests.helpers import scalars
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=128)
+GQA = dict(SMALL, num_key_value_heads=2)  # grouped-query attention: 2 key/value heads for 4 query heads
+# (model_type, config fields, tokenizer): tied and untied output heads, GQA, and a tokenizer that adds BOS.
+FAMILIES = {
+    "gpt2": ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}, "plain"),
+    "gpt_neo": ({"hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 128,
+                 "attention_types": [[["global", "local"], 1]], "window_size": 16}, "plain"),
+    "gpt_neox": (dict(SMALL, rotary_pct=0.25, tie_word_embeddings=False), "plain"),  # Pythia: untied
+    "opt": ({"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 128, "word_embed_proj_dim": 32}, "plain"),
+    "llama": (dict(GQA, tie_word_embeddings=True), "bos"),  # SmolLM2: tied, GQA, BOS
+    "mistral": (dict(GQA, tie_word_embeddings=False), "bos"),
+    "qwen2": (dict(GQA, tie_word_embeddings=True), "plain"),  # Qwen2.5 small: tied, no BOS
+    "qwen3": (dict(GQA, head_dim=8, tie_word_embeddings=True), "plain"),
+    "phi3": (dict(GQA, tie_word_embeddings=False, pad_token_id=None, original_max_position_embeddings=128), "plain"),
+    "gemma2": (dict(GQA, head_dim=8, sliding_window=16, tie_word_embeddings=True), "plain"),
+}
+VOCAB = 520  # the quickstart tokenizer's 512 tokens, and a BOS added for the "bos" tokenizer
+STEPS, SAVE_EVERY, BLOCK, BATCH = 6, 3, 32, 2
+PROMPT = "ROMEO:"
+
+
+def _bos_tokenizer(folder):
+    """The quickstart tokenizer with a `<s>` BOS that it puts before every text (as Llama's do) and no pad
+    token, built with `tokenizers` as the quickstart's was."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    tok.add_special_tokens({"bos_token": "<s>"})
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                              special_tokens=[("<s>", bos)])
+    tok.pad_token = None
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def _cli(cwd, *args):
+    out, err = io.StringIO(), io.StringIO()
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        mp.undo()
+    assert code == 0, (args, err.getvalue()[-3000:])
+    return out.getvalue()
+
+
+def _ckpts(run):
+    return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    model_type = request.param
+    fields, tokenizer_kind = FAMILIES[model_type]
+    root = tmp_path_factory.mktemp(model_type)
+    model_dir = root / "model"
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **fields)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(model_dir))
+    if tokenizer_kind == "bos":
+        _bos_tokenizer(model_dir)
+    else:
+        AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer")).save_pretrained(str(model_dir))
+    (root / "train.txt").write_text((QUICKSTART / "train.txt").read_text()[:6_000])
+    (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
+    flags = ["--model.model_name_or_path", str(model_dir), "--data.train_files", str(root / "train.txt"),
+             "--data.val_files", str(root / "val.txt"), "--data.block_size", str(BLOCK),
+             "--data.batch_size", str(BATCH), "--data.cache_dir", str(root / "cache"), "--model.learning_rate", "1e-2",
+             "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3",
+             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false", "--checkpoint.every_n_train_steps", str(SAVE_EVERY),
+             "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null",
+             "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
+    (root / "full").mkdir()
+    fit_out = _cli(root / "full", "fit", *flags)
+    (root / "resumed").mkdir()
+    _ckpts(root / "resumed").mkdir(parents=True)
+    shutil.copy(_ckpts(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", _ckpts(root / "resumed") / "last.ckpt")
+    _cli(root / "resumed", "fit", *flags, "--ckpt_path", "last")
+    last = _ckpts(root / "full") / f"step{STEPS:03d}.ckpt"
+    _cli(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
+    return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, tokenizer=tokenizer_kind,
+                last=last, merged=root / "merged",
+                adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
+
+
+def _ours(family):
+    from lit_lora.restore import module_from_checkpoint
+
+    return module_from_checkpoint(str(family["last"])).module
+
+
+def _tokenizer(family):
+    from lit_lora.hub import load_tokenizer
+
+    return load_tokenizer(str(family["model_dir"]))
+
+
+def _batch():
+    return torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_fit_adapts_the_familys_default_targets_and_prints_true_counts(family):
+    module = _ours(family)
+    targets = DEFAULT_TARGETS[family["type"]]
+    line = next(x for x in family["fit_out"].splitlines() if x.startswith("lit_lora: LoRA r=8"))
+    assert f" on {', '.join(targets)} (" in line
+    assert module.hparams.lora["target_modules"] == targets  # recorded in the checkpoint
+    config = json.loads((family["adapter"] / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == sorted(targets)  # and in the exported adapter
+    counts = re.search(r"lit_lora: ([\d,]+) base, ([\d,]+) trainable, ([\d,]+) total", family["fit_out"])
+    base, trainable, total = (int(g.replace(",", "")) for g in counts.groups())
+    params = list(module.model.parameters())
+    assert total == sum(p.numel() for p in params) and base + trainable == total
+    assert trainable == sum(p.numel() for p in params if p.requires_grad) > 0
+
+
+def test_resume_from_a_mid_epoch_checkpoint_repeats_the_same_losses(family):
+    full = dict(scalars(str(family["root"] / "full" / "lightning_logs"), "train_loss"))
+    resumed = dict(scalars(str(family["root"] / "resumed" / "lightning_logs"), "train_loss"))
+    after = [s for s in sorted(full) if s >= SAVE_EVERY]
+    assert after and all(s in resumed for s in after)
+    assert max(abs(full[s] - resumed[s]) for s in after) <= 1e-6
+    a = torch.load(family["last"], weights_only=True)["state_dict"]
+    b = torch.load(_ckpts(family["root"] / "resumed") / f"step{STEPS:03d}.ckpt", weights_only=True)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_exported_adapter_and_merged_model_give_our_logits(family):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = _batch()
+    with torch.no_grad():
+        ours = _ours(family).model.eval()(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(family["model_dir"])).eval()
+        untrained = base(input_ids=ids).logits
+        peft = PeftModel.from_pretrained(base, str(family["adapter"])).eval()
+        assert (peft(input_ids=ids).logits - ours).abs().max().item() <= 1e-5
+        merged = AutoModelForCausalLM.from_pretrained(str(family["merged"])).eval()
+        assert (merged(input_ids=ids).logits - ours).abs().max().item() <= 1e-4
+    assert (ours - untrained).abs().max().item() > 1e-2  # the adapter changed the output
+
+
+def test_greedy_text_is_the_same_from_checkpoint_adapter_and_merged_model(family):
+    from lit_lora.generation.prompts import prompt_ids
+
+    module = _ours(family)
+    tokenizer = _tokenizer(family)
+    ids = torch.tensor([prompt_ids(tokenizer, PROMPT)])
+    if family["tokenizer"] == "bos":
+        assert ids[0, 0].item() == tokenizer.bos_token_id and (ids[0, 1:] != tokenizer.bos_token_id).all()
+    with torch.no_grad():  # no near-tie can flip the greedy choice between the three sources
+        for _ in range(6):
+            top2 = module.model.eval()(input_ids=ids).logits[0, -1].topk(2).values
+            assert (top2[0] - top2[1]).item() > 1e-4
+            ids = torch.cat([ids, module.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+    texts = [_cli(family["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
+                  "--temperature", "0")
+             for source, path in (("--ckpt_path", family["last"]), ("--adapter_path", family["adapter"]),
+                                  ("--model_dir", family["merged"]))]
+    assert texts[0] == texts[1] == texts[2] and texts[0].strip()
+
+
+def test_gradient_checkpointing_gives_the_same_lora_gradients(family):
+    from lit_lora.model import LitLora
+
+    grads = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        module = LitLora(model_name_or_path=str(family["model_dir"]), gradient_checkpointing=gc, block_size=BLOCK)
+        module.train()
+        ids = _batch()
+        torch.manual_seed(1)  # the same dropout masks: checkpointing replays the RNG when it recomputes
+        nll, n = module._nll({"input_ids": ids, "labels": ids})
+        (nll / n).backward()
+        grads.append({k: p.grad.clone() for k, p in module.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and any("lora_A" in k for k in grads[0])
+    assert max((grads[0][k] - grads[1][k]).abs().max().item() for k in grads[0]) <= 1e-5
+    assert max(g.abs().max().item() for k, g in grads[0].items() if "lora_B" in k) > 0
+
+
+def test_fsdp_wraps_the_familys_decoder_layers(family):
+    from lit_lora.training.distributed import DecoderLayerPolicy
+
+    module = _ours(family)
+    policy = DecoderLayerPolicy()
+    assert policy(module, recurse=True, nonwrapped_numel=0)  # FSDP's first call, with the root
+    units = [type(m).__name__ for m in module.modules() if policy(m, recurse=False, nonwrapped_numel=0)]
+    assert len(units) == 2 and set(units) <= set(module.model.get_base_model()._no_split_modules)
+
+
+# -- tokenizers of these families ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tmp_path_factory):
+    from lit_lora.hub import load_tokenizer
+
+    return load_tokenizer(str(_bos_tokenizer(tmp_path_factory.mktemp("bos-tokenizer"))))
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsys):
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(_bos_tokenizer(tmp_path / "tok")))
+    assert tok.pad_token_id == tok.eos_token_id
+    assert capsys.readouterr().out == (f"lit_lora: tokenizer {tmp_path / 'tok'} has no pad token; padding with its "
+                                       "EOS token '<|endoftext|>' (padding is masked out of attention and loss)\n")
+
+
+def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos_tokenizer, monkeypatch):
+    from lit_lora.data import corpus
+    from lit_lora.hub import bos_prefix
+
+    bos, eos = bos_tokenizer.bos_token_id, bos_tokenizer.eos_token_id
+    assert bos_prefix(bos_tokenizer) == [bos] and bos_tokenizer("a")["input_ids"][0] == bos
+    # Two files (two documents), the first cut into several rows: BOS before each document only.
+    monkeypatch.setattr(corpus, "ROWS_PER_BATCH", 2)
+    one, two = tmp_path / "a.txt", tmp_path / "b.txt"
+    one.write_text((QUICKSTART / "train.txt").read_text()[:5_000])
+    two.write_text("A second document.\n")
+    monkeypatch.setattr("lit_lora.data.files.CHUNK_BYTES", 1_000)  # rows of ~1 KB: the first file is 5 rows
+    blocks = corpus.build_split([str(one), str(two)], "text", bos_tokenizer, 16, str(tmp_path / "cache"))
+    stream = [t for row in blocks["input_ids"] for t in row]
+    alone = [bos_tokenizer(p.read_text(), add_special_tokens=False)["input_ids"] for p in (one, two)]
+    expected = [bos] + alone[0] + [eos] + [bos] + alone[1] + [eos]
+    assert stream == expected[: len(stream)] and stream.count(bos) == expected[: len(stream)].count(bos) == 2
+    # Prompt/completion: [BOS] prompt completion [EOS]; BOS is not trained on, nor put before the completion.
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Q: hi", "completion": " A: hello"}) + "\n")
+    row = corpus.build_split([str(pairs)], "prompt_completion", bos_tokenizer, 64, str(tmp_path / "cache"))[0]
+    p = bos_tokenizer("Q: hi", add_special_tokens=False)["input_ids"]
+    c = bos_tokenizer(" A: hello", add_special_tokens=False)["input_ids"] + [eos]
+    assert row["input_ids"] == [bos] + p + c and row["labels"] == [-100] * (1 + len(p)) + c
