@@ -17,7 +17,8 @@ _OFFLINE_HINT = (
 
 def _not_found(what: str, name: str, err: Exception) -> LitLoraError:
     if Path(name).expanduser().exists():
-        return LitLoraError(f"{what} {name!r} is a local path but could not be loaded: {err}")
+        reason = str(err).split(". ")[0].strip().splitlines()[0]  # transformers' first sentence is the cause
+        return LitLoraError(f"{what} {name!r} is a local path but could not be loaded: {reason}")
     return LitLoraError(f"{what} {name!r} is neither a local directory nor loadable from the hub: {_OFFLINE_HINT}")
 
 
@@ -118,16 +119,19 @@ def build_config(model_config: dict[str, Any]) -> Any:
         raise LitLoraError(f"model.model_config model_type {model_type!r} is not a model type transformers "
                            f"knows; expected one such as {', '.join(_CAUSAL_EXAMPLES)}")
     config_class = CONFIG_MAPPING[model_type]
-    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise LitLoraError(f"model.model_config field(s) {unknown} are not fields of {config_class.__name__} "
-                           f"(model_type {model_type!r})")
     try:
-        return AutoConfig.for_model(model_type, **fields)
+        config = AutoConfig.for_model(model_type, **fields)
     except Exception as err:  # TypeError, ValueError, or huggingface_hub's validation error wrapping one
         reason = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
         raise LitLoraError(f"model.model_config is not a valid {config_class.__name__}: {reason}") from err
+    # A field the family does not have is kept as a plain attribute; one the config translates (a legacy
+    # `rope_theta` into `rope_parameters`) is not.
+    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+    unknown = sorted(k for k in fields if k not in known and k in vars(config))
+    if unknown:
+        raise LitLoraError(f"model.model_config field(s) {unknown} are not fields of {config_class.__name__} "
+                           f"(model_type {model_type!r})")
+    return config
 
 
 _CAUSAL_EXAMPLES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")

@@ -223,6 +223,62 @@ def test_fsdp_wraps_the_familys_decoder_layers(family):
     assert len(units) == 2 and set(units) <= set(module.model.get_base_model()._no_split_modules)
 
 
+def _frozen_to_buffers(model):
+    # torch 2.13's MemTracker hooks every parameter's gradient, which a frozen one refuses; as buffers the
+    # frozen weights hold the same bytes and run the same kernels.
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and not p.requires_grad:
+                del module._parameters[name]
+                module.register_buffer(name, p.data, persistent=False)
+
+
+@pytest.mark.parametrize("batch, block, gc", [(2, 32, False), (4, 64, True)])
+def test_memory_estimate_is_within_10_percent_of_memtracker_on_a_real_step(family, batch, block, gc):
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from lit_lora.measure.memory import estimate_training_memory
+    from lit_lora.model import LitLora
+
+    torch.manual_seed(0)
+    module = LitLora(model_name_or_path=str(family["model_dir"]), gradient_checkpointing=gc, block_size=block)
+    module.train()
+    estimate = estimate_training_memory(module.model, batch, block, "32-true", gc, device_type="cpu")
+    _frozen_to_buffers(module.model)
+    ids = torch.randint(3, 500, (batch, block), generator=torch.Generator().manual_seed(0))
+    tracker = MemTracker()
+    tracker.track_external(module.model, ids)
+    with tracker:  # forward and backward; the AdamW state is exact, not estimated
+        nll, n = module._nll({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+        (nll / n).backward()
+    peak = max(snapshot["Total"] for snapshot in tracker.get_tracker_snapshot("peak").values())
+    activations = peak - estimate.weights - estimate.gradients
+    assert estimate.activations == pytest.approx(activations, rel=0.10)
+
+
+def test_flops_per_token_are_within_2_percent_of_flop_counter_on_a_real_step(family):
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+    from lit_lora.measure.flops import training_flops_per_token
+    from lit_lora.model import LitLora
+
+    aten = torch.ops.aten
+    # FlopCounterMode does not list the CPU's SDPA kernels; counted by its own flash-attention formulas.
+    cpu_sdpa = {
+        aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v),
+    }
+    module = LitLora(model_name_or_path=str(family["model_dir"]), gradient_checkpointing=False, block_size=BLOCK)
+    module.train()
+    ids = torch.randint(3, 500, (2, BLOCK), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        nll, n = module._nll({"input_ids": ids, "labels": ids})
+        (nll / n).backward()
+    measured = counter.get_total_flops() / ids.numel()
+    assert training_flops_per_token(module.model, BLOCK).model == pytest.approx(measured, rel=0.02)
+
+
 # -- tokenizers of these families ------------------------------------------------------------------------
 
 
@@ -266,3 +322,75 @@ def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos
     p = bos_tokenizer("Q: hi", add_special_tokens=False)["input_ids"]
     c = bos_tokenizer(" A: hello", add_special_tokens=False)["input_ids"] + [eos]
     assert row["input_ids"] == [bos] + p + c and row["labels"] == [-100] * (1 + len(p)) + c
+
+
+# -- bad input: one line, exit 2, before any weights are built ----------------------------------------------
+
+GEMMA2 = {"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": VOCAB}
+
+
+@pytest.fixture(scope="module")
+def not_causal(tmp_path_factory):
+    from transformers import T5Config
+
+    t5, unknown = tmp_path_factory.mktemp("t5"), tmp_path_factory.mktemp("unknown")
+    T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64, vocab_size=100).save_pretrained(str(t5))  # no weights
+    (unknown / "config.json").write_text(json.dumps({"model_type": "not_a_family"}))
+    return {"t5": t5, "unknown": unknown}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--model.model_name_or_path", "{t5}"),
+     "model type 't5' is not a causal language model (AutoModelForCausalLM has no class for it); expected one "
+     "such as gpt2, gpt_neox, llama, mistral, qwen2, qwen3, phi3, gemma2"),
+    (("--model.model_name_or_path", "{unknown}"),
+     "model.model_name_or_path '{unknown}' is a local path but could not be loaded: The checkpoint you are trying "
+     "to load has model type `not_a_family` but Transformers does not recognize this architecture"),
+    (("--model.model_config", '{{"model_type": "llama", "hidden_sise": 32}}'),
+     "model.model_config field(s) ['hidden_sise'] are not fields of LlamaConfig (model_type 'llama')"),
+    (("--model.model_config", '{{"model_type": "not_a_family"}}'),
+     "model.model_config model_type 'not_a_family' is not a model type transformers knows; expected one such as "
+     "gpt2, gpt_neox, llama, mistral, qwen2, qwen3, phi3, gemma2"),
+    (("--model.model_config", '{{"model_type": "llama", "hidden_size": 30, "num_attention_heads": 4}}'),
+     "model.model_config is not a valid LlamaConfig: ValueError: The hidden size (30) is not a multiple of the "
+     "number of attention heads (4)."),
+    (("--model.model_config", json.dumps(GEMMA2).replace("{", "{{").replace("}", "}}"),
+      "--model.attn_implementation", "sdpa"),
+     "model.attn_implementation 'sdpa' is not supported by Gemma2ForCausalLM (transformers: Gemma2ForCausalLM "
+     "does not support an attention implementation through torch.nn.functional.scaled_dot_product_attention yet)"),
+], ids=["not-causal", "unknown-local-type", "unknown-field", "unknown-model-type", "bad-shape", "explicit-attention"])
+def test_a_model_that_cannot_be_built_is_one_line(flags, message, not_causal, tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were built before the error")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "post_init", no_weights)
+    paths = {k: str(v) for k, v in not_causal.items()}
+    monkeypatch.chdir(tmp_path)
+    code = main(["fit", *(f.format(**paths) for f in flags), "--model.tokenizer_name_or_path",
+                 str(QUICKSTART / "tokenizer"), "--data.train_files", str(QUICKSTART / "train.txt")])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"lit_lora: error: {message.format(**paths)}"]
+
+
+def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_all_linear(capsys):
+    from lit_lora.hub import load_base_model
+    from lit_lora.lora.settings import LoraSettings
+    from lit_lora.lora.targets import resolve_targets
+
+    model = load_base_model("unused", model_config=GEMMA2)
+    assert model.config._attn_implementation == "eager"
+    assert capsys.readouterr().out == ("lit_lora: Gemma2ForCausalLM has no SDPA attention in transformers; using "
+                                       "eager attention\n")
+    starcoder = load_base_model("unused", model_config={"model_type": "starcoder2", "hidden_size": 32,
+                                                        "intermediate_size": 64, "num_hidden_layers": 1,
+                                                        "num_attention_heads": 4, "num_key_value_heads": 2,
+                                                        "vocab_size": VOCAB})
+    lora, note = resolve_targets(LoraSettings(), starcoder)
+    assert lora.target_modules == "all-linear" and note == (
+        "lit_lora: no default LoRA targets for model type 'starcoder2'; adapting all-linear (every linear layer "
+        "but the output head). Set --model.lora.target_modules to choose")
+    assert resolve_targets(LoraSettings(target_modules=["c_fc"]), starcoder) == (LoraSettings(target_modules=["c_fc"]),
+                                                                                  None)

@@ -15,6 +15,8 @@ from tests.conftest import QUICKSTART
 def test_gpt2_small_reference_counts():
     model = LitLora(model_config={}, tokenizer_name_or_path=str(QUICKSTART / "tokenizer"), gradient_checkpointing=False)
     counts = count_parameters(model.model)
+    # No target flag: our table's [c_attn, c_proj], not PEFT's GPT-2 mapping (c_attn alone: 294,912).
+    assert model.hparams.lora["target_modules"] == ["c_attn", "c_proj"]
     assert (counts.base, counts.trainable, counts.total) == (124_439_808, 811_008, 125_250_816)
     assert format_counts(counts) == "124,439,808 base, 811,008 trainable, 125,250,816 total, 0.6475% trainable"
     # Only LoRA tensors train, and a LoRA-only state dict is megabytes, not the 500 MB of the full model.

@@ -198,20 +198,15 @@ def test_padded_batches_count_only_real_tokens_and_log_once_per_interval():
 
 
 @pytest.mark.parametrize(
-    "lora, gc",
-    [
-        (LoraSettings(), False),
-        (LoraSettings(), True),
-        (LoraSettings(target_modules=["c_fc"]), False),  # layer 0's attention needs no backward at all
-        (LoraSettings(modules_to_save=["lm_head"]), False),
-    ],
-    ids=["default", "checkpointing", "c_fc-only", "lm_head-trained"],
+    "lora",
+    [LoraSettings(), LoraSettings(target_modules=["c_fc"]), LoraSettings(modules_to_save=["lm_head"])],
+    ids=["default", "c_fc-only", "lm_head-trained"],  # c_fc only: layer 0's attention needs no backward
 )
-def test_flops_per_token_match_flop_counter_on_a_real_step(tiny_model_dir, lora, gc):
+def test_flops_per_token_match_flop_counter_on_a_real_step(tiny_model_dir, lora):
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = LitLora(model_name_or_path=str(tiny_model_dir), lora=lora, gradient_checkpointing=gc, block_size=32)
+    model = LitLora(model_name_or_path=str(tiny_model_dir), lora=lora, gradient_checkpointing=False, block_size=32)
     model.train()
     optimizer = model.configure_optimizers()["optimizer"]
     batch = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
@@ -221,14 +216,7 @@ def test_flops_per_token_match_flop_counter_on_a_real_step(tiny_model_dir, lora,
         (nll / n).backward()
         optimizer.step()
     measured = counter.get_total_flops() / batch.numel()
-    flops = training_flops_per_token(model.model, seq_len=32, gradient_checkpointing=gc)
-    # MFU counts model work (forward + backward); what the device runs also repeats checkpointed forwards.
-    assert flops.hardware == pytest.approx(measured, rel=0.05)
-    assert flops.model == pytest.approx(measured - flops.recompute, rel=0.05)
-    assert (flops.recompute > 0) == gc
-
-
-# -- memory estimate ------------------------------------------------------------------------------------------
+    assert training_flops_per_token(model.model, seq_len=32).model == pytest.approx(measured, rel=0.02)
 
 
 def _unique_bytes(tensors):
@@ -274,10 +262,10 @@ def test_activation_estimate_grows_with_batch_and_block_and_shrinks_with_checkpo
         return estimate_training_memory(model.model, batch, block, precision, gc).activations
 
     for gc in (False, True):
-        by_batch = [act(b, 64, gc) for b in (1, 2, 4, 8)]
-        by_block = [act(4, t, gc) for t in (16, 32, 64, 128)]
+        by_batch = [act(b, 64, gc) for b in (1, 2, 8)]
+        by_block = [act(4, t, gc) for t in (16, 64, 128)]
         assert by_batch == sorted(set(by_batch)) and by_block == sorted(set(by_block)), gc
-    for batch, block in ((1, 16), (4, 64), (8, 128)):
+    for batch, block in ((1, 16), (8, 128)):
         assert act(batch, block, True) < act(batch, block, False)
 
 

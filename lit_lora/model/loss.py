@@ -1,28 +1,16 @@
-"""The training loss: summed next-token NLL over the real target tokens, and its normalisation over the
-tokens of the whole optimizer step (pitfall 8: not a mean of micro-batch means)."""
+"""The training loss: summed next-token NLL over the real target tokens (`lit_lora.nll`, which the memory
+estimate's dry run computes too), and its normalisation over the tokens of the whole optimizer step
+(pitfall 8: not a mean of micro-batch means)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from lit_lora.constants import IGNORE_INDEX
+from lit_lora.nll import token_nll
 
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token negative log-likelihood and the number of predicted tokens.
-
-    logits: (B, T, V); labels: (B, T), -100 where nothing is predicted (prompt, padding).
-    """
-    # Shift the labels, not the logits: slicing the (B, T, V) logits copies them, and their gradient, on
-    # every step. Position t predicts labels[:, t + 1]; the last position predicts nothing (-100).
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    nll = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
-    return nll, (targets != IGNORE_INDEX).sum()
+__all__ = ["step_loss", "token_nll"]
 
 
 def step_loss(

@@ -81,11 +81,14 @@ def _estimate(trainer: Any, pl_module: Any) -> Any:
     data = trainer.datamodule
     if not isinstance(pl_module, TrainedModule) or not isinstance(data, TrainingData):
         return None
-    return estimate_training_memory(
-        pl_module.model,
-        batch_size=data.batch_size,
-        block_size=pl_module.block_size,
-        precision=str(trainer.precision),
-        gradient_checkpointing=pl_module.gradient_checkpointing,
-        device_type=pl_module.device.type,
-    )
+    try:
+        return estimate_training_memory(
+            pl_module.model,
+            batch_size=data.batch_size,
+            block_size=pl_module.block_size,
+            precision=str(trainer.precision),
+            gradient_checkpointing=pl_module.gradient_checkpointing,
+            device_type=pl_module.device.type,
+        )
+    except Exception:  # the summary already said the dry run failed; nothing to compare against
+        return None

@@ -1,0 +1,187 @@
+"""One training step of the model's exact shape on fake tensors: no weights, no memory, no compute.
+
+torch's `FakeTensorMode` runs every kernel for its output shapes only, and transformers treats fake tensors
+as tracing (no data-dependent branches), so any family's forward and backward run as they would for real.
+`Watch` (below) counts, op by op, the bytes held by live tensors (their peak, as torch's `MemTracker` counts
+it, but in time linear in the ops: MemTracker rescans every tensor at every op, minutes for a 30-layer
+model) and the FLOPs of every op torch's `FlopCounterMode` knows (its own formulas), split into work linear
+in the sequence length (matmuls) and quadratic (attention). Nothing here is a formula per family: RoPE,
+grouped-query attention, gated MLPs, RMSNorm, tied or untied heads, gradient checkpointing and the
+precision's casts are whatever the model's code does.
+
+The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
+the real model is never copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary
+
+from lit_lora.lora.layers import base_model
+from lit_lora.lora.wrap import enable_checkpointing
+from lit_lora.nll import token_nll
+
+# Precisions under which Lightning converts the whole module (LoRA weights included) to another dtype.
+CONVERTED = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": torch.float64}
+
+
+@dataclass(frozen=True)
+class StepCount:
+    """What one forward + backward of `batch` sequences of `block` tokens holds and computes."""
+
+    batch: int
+    block: int
+    peak_bytes: int  # live tensor bytes at the peak: weights, gradients, saved activations, temporaries
+    forward: tuple[int, int]  # FLOPs (linear in the sequence length, attention)
+    backward: tuple[int, int]  # the same, for the backward pass (recomputed forwards included)
+
+
+def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gradient_checkpointing: bool = False,
+              device_type: str = "cpu") -> StepCount:
+    """Count one training step of `model` (the PEFT-wrapped model LitLora trains), cached on the model.
+
+    `device_type` "cuda" runs CUDA's kernels when a GPU is present, otherwise the CPU's (their saved tensors
+    differ little: dropout masks' dtype, attention's statistics).
+    """
+    cache = model.__dict__.setdefault("_lit_lora_dry_runs", {})  # per model: its shape never changes
+    key = (batch, block, str(precision), gradient_checkpointing, device_type)
+    if key not in cache:
+        cache[key] = _step(model, batch, block, str(precision), gradient_checkpointing, device_type)
+    return cache[key]
+
+
+def dry_run_failure(err: BaseException) -> str:
+    """One line saying why a dry run failed."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+
+
+def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpointing: bool,
+          device_type: str) -> StepCount:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    device = torch.device("cuda" if device_type == "cuda" and torch.cuda.is_available() else "cpu")
+    shell = _meta_copy(model, gradient_checkpointing, CONVERTED.get(precision))
+    mode = FakeTensorMode()
+    _to_fake(shell, mode, device)
+    autocast = contextlib.nullcontext()
+    if "mixed" in precision:
+        dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+        autocast = torch.autocast(device.type, dtype=dtype)
+    watch = Watch()
+    with mode:
+        ids = torch.zeros((batch, block), dtype=torch.long, device=device)
+        mask = torch.ones_like(ids)
+        watch.track(ids, mask, *shell.parameters(), *shell.buffers())
+        with watch:
+            with autocast:  # as LitLora._nll: the logits are not kept past the loss
+                nll, n = token_nll(shell(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids)
+            forward = tuple(watch.flops)
+            (nll / n).backward()
+    backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
+    return StepCount(batch, block, watch.peak, forward, backward)
+
+
+def _meta_copy(model: Any, gradient_checkpointing: bool, convert_to: Any) -> Any:
+    """A copy of `model`'s architecture and LoRA layers on the meta device, in training mode."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(base_model(model).config)
+    frozen = next((p.dtype for p in model.parameters() if not p.requires_grad), torch.float32)
+    with torch.device("meta"):
+        shell = AutoModelForCausalLM.from_config(
+            config, dtype=frozen, attn_implementation=config._attn_implementation,
+            trust_remote_code=bool(getattr(config, "auto_map", None)),  # the user's model already runs its code
+        )
+        peft_config = copy.deepcopy(model.peft_config["default"])
+        peft_config.inference_mode = False
+        shell = get_peft_model(shell, peft_config)
+    for p in shell.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # as model/build.py keeps LoRA weights
+    if convert_to is not None:
+        shell = shell.to(convert_to)
+    if gradient_checkpointing:
+        enable_checkpointing(shell)
+    return shell.train()
+
+
+def _to_fake(shell: Any, mode: Any, device: torch.device) -> None:
+    """Swap every meta tensor for a fake one on `device` in place; tied weights stay one tensor."""
+    converted: dict[int, tuple[Any, Any]] = {}  # id -> (original, fake): the original kept alive
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in converted:
+            converted[id(t)] = (t, mode.fake_tensor_converter.from_meta_and_device(mode, t, device))
+        return converted[id(t)][1]
+
+    for module in shell.modules():
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                module._buffers[name] = fake(b)
+        for name, p in list(module._parameters.items()):
+            if p is not None:
+                if id(p) not in converted:
+                    converted[id(p)] = (p, torch.nn.Parameter(fake(p.detach()), requires_grad=p.requires_grad))
+                module._parameters[name] = converted[id(p)][1]
+
+
+def _flop_formulas() -> tuple[dict[Any, Any], set[Any]]:
+    """torch's FLOP formulas by op, with the CPU's SDPA kernels (which FlopCounterMode does not list)
+    counted by its flash-attention formulas; and the ops whose work grows with the square of the length."""
+    from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    formulas = dict(flop_registry)
+    formulas[aten._scaled_dot_product_flash_attention_for_cpu] = (
+        lambda q, k, v, *args, out_val=None, **kwargs: sdpa_flop_count(q.shape, k.shape, v.shape))
+    formulas[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+        lambda g, q, k, v, *args, out_val=None, **kwargs: sdpa_backward_flop_count(g.shape, q.shape, k.shape, v.shape))
+    quadratic = {op for op in formulas if "attention" in str(op)} | {aten.bmm, aten.baddbmm}
+    return formulas, quadratic
+
+
+class Watch(TorchDispatchMode):
+    """Live tensor bytes and their peak, and FLOPs as [linear, attention], over the ops run under this mode
+    (plus the tensors given to `track`). A storage counts once, however many views share it, from its
+    creation until Python frees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.flops = [0, 0]
+        self._seen: Any = WeakIdKeyDictionary()
+        self._formulas, self._quadratic = _flop_formulas()
+
+    def track(self, *tensors: Any) -> None:
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage not in self._seen:
+                    size = storage.nbytes()
+                    self._seen[storage] = size
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, size)
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in self._formulas:
+            self.flops[packet in self._quadratic] += int(self._formulas[packet](*args, **kwargs, out_val=out))
+        self.track(*tree_flatten(out)[0])
+        return out
