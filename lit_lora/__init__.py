@@ -1,13 +1,14 @@
-"""lit_lora: LoRA fine-tuning of GPT-2-class causal LMs with PyTorch Lightning and PEFT.
+"""lit_lora: LoRA fine-tuning of small causal LMs (GPT-2, Llama, Qwen...) with Lightning and PEFT.
 
 Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
 one listed after it (tests/test_layout.py checks this and that no import goes in a circle):
 
-    errors, settings, constants, outputs, jsonl   one-line errors, settings coercion, shared values,
-                 safe output paths, JSON Lines reading
-    hub          loading base models and tokenizers (hub id or local folder)
-    lora/        LoRA in PEFT's terms: settings, wrapping, layer introspection, export and merge
-    measure/     numbers about a model or process: parameter counts, FLOPs, memory estimate, host memory
+    errors, settings, constants, outputs, jsonl, nll   one-line errors, settings coercion, shared values,
+                 safe output paths, JSON Lines reading, the next-token loss
+    hub          loading base models of any family and tokenizers (hub id or local folder)
+    lora/        LoRA in PEFT's terms: settings, default targets per family, wrapping, export and merge
+    measure/     numbers about a model or process: parameter counts, a dry run on fake tensors for FLOPs
+                 and the memory estimate, host memory
     generation/  generation settings, the one decoding implementation, prompts in and completions out
     data/        reading files, tokenizing and packing, batches, samplers, the LightningDataModule
     training/    Lightning plumbing: checkpoint I/O and callback, safe stops, speed, declared contracts

@@ -59,7 +59,10 @@ def bos_prefix(tokenizer: Any) -> list[int]:
     bos = tokenizer.bos_token_id
     if bos is None:
         return []
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    # The fast tokenizer's own post-processor says what it adds, without a tokenizer call (a cached corpus
+    # must not need one); slow tokenizers are asked with a call.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    ids = backend.encode("a").ids if backend is not None else tokenizer("a", add_special_tokens=True)["input_ids"]
     return [bos] if ids and ids[0] == bos else []
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lit_lora.cli import main
-from tests.helpers import fit_args, run_cli
+from tests.helpers import run_cli
 
 PROMPTS = ["The king", "", "To be or not to be, that is the question: whether", "O"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Optional
+from typing import Optional
 
 from lit_lora.errors import LitLoraError
 

@@ -7,6 +7,7 @@ live beside it in this package.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Optional
 
@@ -59,9 +60,8 @@ class LitLora(pl.LightningModule):
         """
         Args:
             model_name_or_path: Hub id or local directory of the base causal LM (`from_pretrained`).
-            model_config: Config fields; when given, a randomly initialised model of that shape is built
-                instead of loading weights (no download). `model_type` names the family ("llama", "qwen2",
-                ...; `AutoConfig.for_model`); without it, GPT-2 (`{}` is GPT-2 small's shape).
+            model_config: Config fields: a randomly initialised model of that shape instead of weights (no
+                download); `model_type` names the family ("llama", ...), else GPT-2 (`{}`: GPT-2 small).
             tokenizer_name_or_path: Tokenizer hub id or directory; default: model_name_or_path. Required with
                 model_config, so nothing is fetched from the hub behind your back.
             lora: LoRA settings (PEFT's LoraConfig names).
@@ -75,8 +75,7 @@ class LitLora(pl.LightningModule):
             block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
-            attn_implementation: Attention kernel passed to transformers ("sdpa", "eager", ...). Default: SDPA,
-                or eager for a family that has no SDPA kernel (GPT-Neo, Gemma 2), said in one line.
+            attn_implementation: Attention kernel ("sdpa", "eager", ...); default SDPA, else eager (said).
             tf32: On CUDA GPUs with TensorFloat-32 (Ampere and newer), let float32 matmuls use it
                 (`torch.set_float32_matmul_precision("high")`). No effect on CPUs.
             compile: Compile the model's forward with `torch.compile` for `fit` (in place: checkpoint keys
@@ -89,15 +88,12 @@ class LitLora(pl.LightningModule):
         self.save_hyperparameters()
         # Hyperparameters must be plain values so checkpoints load with torch.load(weights_only=True).
         self.hparams["lora"] = LoraSettings.coerce(lora).as_dict()
-        # Chosen at predict time, not learned: kept out of checkpoints and of the hyperparameters a
-        # `--ckpt_path` run merges back over the flags.
+        # Chosen at predict time: kept out of checkpoints and of what a `--ckpt_path` run merges back.
         self.hparams.pop("generation", None)
         self.generation = GenerationSettings.coerce(generation)
         if model_config is not None and not tokenizer_name_or_path:
-            raise LitLoraError(
-                "model.model_config builds a model without downloading it, so model.tokenizer_name_or_path must "
-                "name a local tokenizer directory too (nothing falls back to the hub)"
-            )
+            raise LitLoraError("model.model_config builds a model without downloading it, so model.tokenizer_"
+                               "name_or_path must name a local tokenizer directory too (nothing falls back to the hub)")
         check_number("model.learning_rate", learning_rate, above=0)
         check_number("model.weight_decay", weight_decay, at_least=0)
         for beta in betas:
@@ -107,7 +103,9 @@ class LitLora(pl.LightningModule):
         if compile:
             check_compile_options(compile_options)
         self.model, lora_settings, self.memory_marks = build_peft_model(self.hparams)
-        self.hparams["lora"] = lora_settings.as_dict()  # an adapter_path brings its own settings
+        # The resolved targets (or an adapter_path's), also in what Lightning logs first (MLflow refuses changes).
+        self.hparams["lora"] = lora_settings.as_dict()
+        self._hparams_initial = copy.deepcopy(self._hparams)
         n_ctx = context_length(self.model)
         if n_ctx is not None and block_size > n_ctx:
             raise LitLoraError(f"data.block_size={block_size} is larger than the model's context of {n_ctx} tokens")
