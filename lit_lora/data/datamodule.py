@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from lit_lora.constants import IGNORE_INDEX
 from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
-from lit_lora.data.resume import continue_epoch, data_state, reload_after
+from lit_lora.data.resume import continue_epoch, data_state, reload_after, whole_epoch_batches
 from lit_lora.data.samplers import EvalShardSampler, ResumableSampler
 from lit_lora.data.sources import NO_TRAINING_DATA, build_eval_split, build_training_splits, eval_files_only
 from lit_lora.errors import LitLoraError
@@ -224,9 +224,8 @@ class LitLoraData(pl.LightningDataModule):
         sampler = self._sampler
         if sampler is None or sampler.plan(epoch).start == 0:
             return None
-        whole = ResumableSampler(sampler.num_samples, 0, False, world_size=sampler.world_size,
-                                 batch_size=sampler.batch_size)
-        return sampler.steps_left(epoch, accumulate) + (max_epochs - epoch - 1) * whole.steps_left(0, accumulate)
+        whole_epoch = -(-whole_epoch_batches(sampler) // accumulate)
+        return sampler.steps_left(epoch, accumulate) + (max_epochs - epoch - 1) * whole_epoch
 
     def _target_counts(self) -> np.ndarray:
         """Predicted tokens per training example (labels after the shift that are not -100)."""
