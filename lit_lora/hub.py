@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -17,9 +18,15 @@ _OFFLINE_HINT = (
 
 def _not_found(what: str, name: str, err: Exception) -> LitLoraError:
     if Path(name).expanduser().exists():
-        reason = str(err).split(". ")[0].strip().splitlines()[0]  # transformers' first sentence is the cause
-        return LitLoraError(f"{what} {name!r} is a local path but could not be loaded: {reason}")
+        return LitLoraError(f"{what} {name!r} is a local path but could not be loaded: {first_sentence(err)}")
     return LitLoraError(f"{what} {name!r} is neither a local directory nor loadable from the hub: {_OFFLINE_HINT}")
+
+
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an exception's message (transformers' first sentence names the cause), or its
+    type when it has no message."""
+    lines = [line.strip() for line in str(err).split(". ")[0].splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def tokenizer_source(tokenizer_name_or_path: Optional[str], model_name_or_path: str) -> str:
@@ -100,8 +107,8 @@ def load_base_model(
             return AutoModelForCausalLM.from_pretrained(
                 name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
             )
-    except (OSError, ValueError) as err:
-        first = str(err).split(". ")[0].splitlines()[0]
+    except (OSError, ValueError, RuntimeError) as err:
+        first = first_sentence(err)
         if "attn_implementation" in str(err) or "attention implementation" in str(err):
             raise LitLoraError(f"model.attn_implementation {kwargs['attn_implementation']!r} is not supported by "
                                f"{model_class.__name__} (transformers: {first})") from err
@@ -116,25 +123,50 @@ def build_config(model_config: dict[str, Any]) -> Any:
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    fields = dict(model_config)
+    fields = copy.deepcopy(dict(model_config))  # transformers edits nested dicts (rope_scaling) in place
     model_type = fields.pop("model_type", "gpt2")
     if model_type not in CONFIG_MAPPING:
         raise LitLoraError(f"model.model_config model_type {model_type!r} is not a model type transformers "
                            f"knows; expected one such as {', '.join(_CAUSAL_EXAMPLES)}")
     config_class = CONFIG_MAPPING[model_type]
     try:
-        config = AutoConfig.for_model(model_type, **fields)
+        config = AutoConfig.for_model(model_type, **copy.deepcopy(fields))
     except Exception as err:  # TypeError, ValueError, or huggingface_hub's validation error wrapping one
-        reason = [line.strip() for line in str(err).splitlines() if line.strip()][-1]
-        raise LitLoraError(f"model.model_config is not a valid {config_class.__name__}: {reason}") from err
-    # A field the family does not have is kept as a plain attribute; one the config translates (a legacy
-    # `rope_theta` into `rope_parameters`) is not.
-    known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
-    unknown = sorted(k for k in fields if k not in known and k in vars(config))
+        reason = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        raise LitLoraError(f"model.model_config is not a valid {config_class.__name__}: {reason[-1]}") from err
+    unknown = sorted(k for k in fields if k in vars(config) and not _known_field(config_class, k))
     if unknown:
         raise LitLoraError(f"model.model_config field(s) {unknown} are not fields of {config_class.__name__} "
                            f"(model_type {model_type!r})")
+    heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
+    if isinstance(heads, int) and isinstance(kv_heads, int) and (kv_heads < 1 or heads % kv_heads):
+        raise LitLoraError(f"model.model_config num_key_value_heads={kv_heads} must divide "
+                           f"num_attention_heads={heads}")
     return config
+
+
+# Keys of published config.json files that transformers keeps but no model reads: pasting one is not an error.
+_HUB_ONLY_KEYS = {"n_ctx", "use_mrope", "cache_implementation", "task_specific_params", "torch_dtype",
+                  "_name_or_path", "transformers_version", "architectures", "auto_map"}
+
+
+def _known_field(config_class: Any, key: str) -> bool:
+    """A field of the family: in its config, its attribute map, the base config, a key hub files carry, or
+    one its configuration or modeling code reads (a field transformers translates, such as a legacy
+    `rope_theta`, is not kept as an attribute and never reaches here)."""
+    import inspect
+    import sys
+
+    from transformers import PretrainedConfig
+
+    if key in set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {})) | _HUB_ONLY_KEYS:
+        return True
+    if key in PretrainedConfig().to_dict():
+        return True
+    module = sys.modules[config_class.__module__]
+    modeling = sys.modules.get(config_class.__module__.replace("configuration_", "modeling_"))
+    sources = [inspect.getsource(m) for m in (module, modeling) if m is not None]
+    return any(f'"{key}"' in src or f"'{key}'" in src or f"config.{key}" in src for src in sources)
 
 
 _CAUSAL_EXAMPLES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2")

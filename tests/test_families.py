@@ -322,6 +322,9 @@ def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos
     p = bos_tokenizer("Q: hi", add_special_tokens=False)["input_ids"]
     c = bos_tokenizer(" A: hello", add_special_tokens=False)["input_ids"] + [eos]
     assert row["input_ids"] == [bos] + p + c and row["labels"] == [-100] * (1 + len(p)) + c
+    # Cut to the smallest block: BOS and one completion token, never longer than the block.
+    short = corpus.build_split([str(pairs)], "prompt_completion", bos_tokenizer, 2, str(tmp_path / "cache"))[0]
+    assert short["input_ids"] == [bos, c[0]] and short["labels"] == [-100, c[0]]
 
 
 # -- bad input: one line, exit 2, before any weights are built ----------------------------------------------
@@ -359,7 +362,11 @@ def not_causal(tmp_path_factory):
       "--model.attn_implementation", "sdpa"),
      "model.attn_implementation 'sdpa' is not supported by Gemma2ForCausalLM (transformers: Gemma2ForCausalLM "
      "does not support an attention implementation through torch.nn.functional.scaled_dot_product_attention yet)"),
-], ids=["not-causal", "unknown-local-type", "unknown-field", "unknown-model-type", "bad-shape", "explicit-attention"])
+    (("--model.model_config", '{{"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, '
+                              '"num_key_value_heads": 3}}'),
+     "model.model_config num_key_value_heads=3 must divide num_attention_heads=4"),
+], ids=["not-causal", "unknown-local-type", "unknown-field", "unknown-model-type", "bad-shape", "explicit-attention",
+        "grouped-heads"])
 def test_a_model_that_cannot_be_built_is_one_line(flags, message, not_causal, tmp_path, capsys, monkeypatch):
     import transformers
 
@@ -373,6 +380,20 @@ def test_a_model_that_cannot_be_built_is_one_line(flags, message, not_causal, tm
                  str(QUICKSTART / "tokenizer"), "--data.train_files", str(QUICKSTART / "train.txt")])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"lit_lora: error: {message.format(**paths)}"]
+
+
+def test_published_config_fields_are_accepted_and_the_callers_dict_is_left_alone():
+    from lit_lora.hub import build_config
+
+    # Keys real config.json files carry: read by the family (Phi-3's partial_rotary_factor), translated by
+    # transformers (rope_theta), or kept and unused (GPT-2's n_ctx, Qwen2's use_mrope).
+    build_config({"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4, "partial_rotary_factor": 0.5})
+    build_config({"n_ctx": 1024})
+    build_config({"model_type": "qwen2", "use_mrope": False})
+    fields = {"model_type": "llama", "rope_theta": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    given = json.loads(json.dumps(fields))
+    build_config(fields)
+    assert fields == given  # resuming with the same model_config must match the checkpoint's
 
 
 def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_all_linear(capsys):

@@ -31,7 +31,8 @@ RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
 
 def claim_logger_version(logger: Any, resuming: bool) -> None:
     """Give a TensorBoard or CSV logger without a version a folder no other run has (see claim_run_version);
-    a version the user chose for a new run must not hold another run's checkpoints."""
+    a version the user chose for a new `fit` run must not hold another run's checkpoints (`resuming`: a
+    `--ckpt_path` fit, or a command that writes no checkpoints)."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     if not isinstance(logger, (TensorBoardLogger, CSVLogger)):
@@ -39,9 +40,12 @@ def claim_logger_version(logger: Any, resuming: bool) -> None:
     other_rank = int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
     # `_version` is None until the logger picks the next free number itself, which is what races.
     if logger._version is not None:
-        ckpt_dir = os.path.join(logger.log_dir, "checkpoints")
+        # Where ModelCheckpoint saves (a TensorBoard sub_dir is not part of it). Every rank checks: a new run
+        # has written nothing yet, so all of them stop together.
+        version = logger._version if isinstance(logger._version, str) else f"version_{logger._version}"
+        ckpt_dir = os.path.join(logger.save_dir, logger.name or "", version, "checkpoints")
         used = os.path.isdir(ckpt_dir) and any(n.endswith(".ckpt") for n in os.listdir(ckpt_dir))
-        if used and not resuming and not other_rank:
+        if used and not resuming:
             raise LitLoraError(
                 f"trainer.logger version {logger._version!r}: {logger.log_dir} holds another run's checkpoints; "
                 "leave the version out (a new folder is made) or resume that run with --ckpt_path last"

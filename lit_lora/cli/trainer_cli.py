@@ -194,7 +194,7 @@ class LitLoraCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
         sub = self.config.get("subcommand")
-        resuming = bool(sub and self.config[sub].get("ckpt_path"))
+        resuming = sub != "fit" or bool(self.config[sub].get("ckpt_path"))
         for logger in trainer.loggers:
             claim_logger_version(logger, resuming)
             keep_csv_history(logger)

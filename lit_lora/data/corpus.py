@@ -108,9 +108,11 @@ def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> 
         c = c + [eos]  # so the model learns to stop
         truncated = len(bos) + len(p) + len(c) > block_size
         if truncated:
-            # Policy: keep the prompt (its last block_size - 1 tokens at most) and cut the completion's end.
-            p = p[-(block_size - 1 - len(bos)) :]
-            c = c[: block_size - len(bos) - len(p)]
+            # Policy: keep the prompt (its last block_size - 1 tokens at most, BOS included) and cut the
+            # completion's end; at least one completion token stays.
+            keep = max(0, block_size - 1 - len(bos))
+            p = p[len(p) - keep :] if keep else []
+            c = c[: max(1, block_size - len(bos) - len(p))]
         p = bos + p  # BOS before the prompt, never between prompt and completion
         out["input_ids"].append(p + c)
         out["labels"].append([IGNORE_INDEX] * len(p) + c)

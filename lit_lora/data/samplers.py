@@ -64,7 +64,7 @@ class ResumableSampler(Sampler[int]):
         self.bucket_size = bucket_size
         self.epoch = 0
         self._resume: Optional[Resume] = None
-        self._plans: dict[int, tuple[int, list[int]]] = {}
+        self._plans: dict[int, Plan] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -157,13 +157,6 @@ class EvalShardSampler(torch.utils.data.Sampler[int]):
 
     def __init__(self, n: int, rank: int, world: int) -> None:
         self.n, self.rank, self.world = n, rank, world
-
-    def steps_left(self, epoch: int, accumulate: int) -> int:
-        """Optimizer steps still to take in `epoch` as planned: Lightning groups batch `i` into step
-        `i // accumulate`, counting on from the restored batch counter."""
-        start, _, _, rest = self.plan(epoch)
-        end = start + -(-(len(rest) // self.world_size) // self.batch_size)
-        return (end - 1) // accumulate - start // accumulate + 1 if end > start else 0
 
     def __iter__(self):
         return iter(range(self.rank, self.n, self.world))

@@ -11,11 +11,12 @@ def planned_steps(trainer: Any) -> float:
 
     Lightning's estimate multiplies the first epoch's batch count by max_epochs. An epoch resumed with
     another batch size or number of devices counts differently from the epochs after it, so the data
-    module counts that run itself (`steps_left`); limit_train_batches, a debugging option, is then ignored.
+    module counts that run itself (`steps_left`), unless limit_train_batches (a debugging option) cuts epochs.
     """
     estimate = trainer.estimated_stepping_batches
     steps_left = getattr(trainer.datamodule, "steps_left", None)
-    if steps_left is None or trainer.max_epochs in (None, -1) or not math.isfinite(estimate):
+    limited = trainer.limit_train_batches not in (1, 1.0, None)
+    if steps_left is None or limited or trainer.max_epochs in (None, -1) or not math.isfinite(estimate):
         return estimate
     left = steps_left(trainer.current_epoch, trainer.accumulate_grad_batches, trainer.max_epochs)
     if left is None:
