@@ -36,10 +36,8 @@ CONVERTED = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": t
 
 @dataclass(frozen=True)
 class StepCount:
-    """What one forward + backward of `batch` sequences of `block` tokens holds and computes."""
+    """What one forward + backward of a batch holds and computes."""
 
-    batch: int
-    block: int
     peak_bytes: int  # live tensor bytes at the peak: weights, gradients, saved activations, temporaries
     forward: tuple[int, int]  # FLOPs (linear in the sequence length, attention)
     backward: tuple[int, int]  # the same, for the backward pass (recomputed forwards included)
@@ -88,7 +86,7 @@ def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpoin
             forward = tuple(watch.flops)
             (nll / n).backward()
     backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
-    return StepCount(batch, block, watch.peak, forward, backward)
+    return StepCount(watch.peak, forward, backward)
 
 
 def _meta_copy(model: Any, gradient_checkpointing: bool, convert_to: Any) -> Any:
