@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import cli_main
@@ -202,3 +203,39 @@ class CountHostReads(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         self._reads.__exit__()
+
+
+class _LossStep(torch.nn.Module):
+    """LitLora's loss as one module call: MemTracker refuses a module (the chunked loss's head) called
+    several times outside any parent module."""
+
+    def __init__(self, module: Any) -> None:
+        super().__init__()
+        self.lit = module
+
+    def forward(self, batch: dict) -> Any:
+        return self.lit._nll(batch)
+
+
+def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -> int:
+    """Activation bytes of one real forward + backward of `module` (a LitLora, its frozen weights turned into
+    buffers), as torch's MemTracker counts them: its peak less `estimate`'s exact weights and gradients."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    # torch 2.13's MemTracker hooks every parameter's gradient, which a frozen one refuses; as buffers the
+    # frozen weights hold the same bytes and run the same kernels.
+    for m in module.model.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and not p.requires_grad:
+                del m._parameters[name]
+                m.register_buffer(name, p.data, persistent=False)
+    module.train()
+    ids = torch.randint(3, 500, (batch, block), generator=torch.Generator().manual_seed(0))
+    step = _LossStep(module)
+    tracker = MemTracker()
+    tracker.track_external(step, ids)
+    with tracker:  # forward and backward; the AdamW state is exact, not estimated
+        nll, n = step({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+        (nll / n).backward()
+    peak = max(snapshot["Total"] for snapshot in tracker.get_tracker_snapshot("peak").values())
+    return peak - estimate.weights - estimate.gradients

@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lit_lora.lora.layers import base_model
 from lit_lora.lora.wrap import enable_checkpointing
-from lit_lora.nll import token_nll
+from lit_lora.nll import model_nll
 
 # Precisions under which Lightning converts the whole module (LoRA weights included) to another dtype.
 CONVERTED = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": torch.float64}
@@ -44,16 +44,17 @@ class StepCount:
 
 
 def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gradient_checkpointing: bool = False,
-              device_type: str = "cpu") -> StepCount:
+              device_type: str = "cpu", chunked_loss: bool = True) -> StepCount:
     """Count one training step of `model` (the PEFT-wrapped model LitLora trains), cached on the model.
 
     `device_type` "cuda" runs CUDA's kernels when a GPU is present, otherwise the CPU's (their saved tensors
-    differ little: dropout masks' dtype, attention's statistics).
+    differ little: dropout masks' dtype, attention's statistics). The loss is training's (`model_nll`),
+    chunked unless `chunked_loss` is False; Liger's fused kernel, which holds less, is counted as chunks.
     """
     cache = model.__dict__.setdefault("_lit_lora_dry_runs", {})  # per model: its shape never changes
-    key = (batch, block, str(precision), gradient_checkpointing, device_type)
+    key = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
     if key not in cache:
-        cache[key] = _step(model, batch, block, str(precision), gradient_checkpointing, device_type)
+        cache[key] = _step(model, batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
     return cache[key]
 
 
@@ -64,10 +65,14 @@ def dry_run_failure(err: BaseException) -> str:
 
 
 def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpointing: bool,
-          device_type: str) -> StepCount:
+          device_type: str, chunked_loss: bool) -> StepCount:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     device = torch.device("cuda" if device_type == "cuda" and torch.cuda.is_available() else "cpu")
+    # Without a GPU, CUDA's attention is counted as its fused kernels hold it: output and log-sum-exp saved,
+    # dropout inside. The CPU's SDPA falls back to materialising the T x T weights when dropout is on
+    # (GPT-2 small at 8 x 512: 3 x 96 MB per layer that no GPU run holds).
+    attention = _fused_attention() if device_type == "cuda" and device.type == "cpu" else contextlib.nullcontext()
     shell = _meta_copy(model, gradient_checkpointing, CONVERTED.get(precision))
     mode = FakeTensorMode()
     _to_fake(shell, mode, device)
@@ -76,17 +81,35 @@ def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpoin
         dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
         autocast = torch.autocast(device.type, dtype=dtype)
     watch = Watch()
-    with mode:
+    with mode, attention:
         ids = torch.zeros((batch, block), dtype=torch.long, device=device)
         mask = torch.ones_like(ids)
         watch.track(ids, mask, *shell.parameters(), *shell.buffers())
         with watch:
-            with autocast:  # as LitLora._nll: the logits are not kept past the loss
-                nll, n = token_nll(shell(input_ids=ids, attention_mask=mask, use_cache=False).logits, ids)
+            with autocast:  # as LitLora._nll
+                nll, n = model_nll(shell, ids, mask, ids, chunked=chunked_loss, fused=False)
             forward = tuple(watch.flops)
             (nll / n).backward()
     backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
     return StepCount(watch.peak, forward, backward)
+
+
+@contextlib.contextmanager
+def _fused_attention() -> Any:
+    """`F.scaled_dot_product_attention` as a fused kernel: the CPU's flash-attention op, dropout and mask
+    included (fake tensors: only its outputs' shapes matter)."""
+    from unittest import mock
+
+    def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+             is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:
+        if enable_gqa:  # the fused kernels read shared key/value heads in place; this copy is a few MB
+            groups = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(groups, -3), value.repeat_interleave(groups, -3)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", sdpa):
+        yield
 
 
 def _meta_copy(model: Any, gradient_checkpointing: bool, convert_to: Any) -> Any:

@@ -12,6 +12,7 @@ from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
 from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training
 from lit_lora.measure.host import host_memory_mb
+from lit_lora.nll import output_head
 
 
 def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str, float]]:
@@ -36,6 +37,9 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
+    head_note = output_head(model)[1]
+    if head_note and rank_zero_only.rank == 0:
+        print(head_note)
     if hp["gradient_checkpointing"]:
         enable_checkpointing(model)
     memory_marks["after_lora"] = host_memory_mb()[0]

@@ -1,6 +1,6 @@
-"""The training loss: summed next-token NLL over the real target tokens (`lit_lora.nll`, which the memory
-estimate's dry run computes too), and its normalisation over the tokens of the whole optimizer step
-(pitfall 8: not a mean of micro-batch means)."""
+"""The training loss: summed next-token NLL over the real target tokens (`lit_lora.nll`: chunked, and what
+the memory estimate's dry run computes too), and its normalisation over the tokens of the whole optimizer
+step (pitfall 8: not a mean of micro-batch means)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from lit_lora.nll import token_nll
+from lit_lora.nll import model_nll, token_nll
 
-__all__ = ["step_loss", "token_nll"]
+__all__ = ["model_nll", "step_loss", "token_nll"]
 
 
 def step_loss(

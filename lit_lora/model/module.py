@@ -24,13 +24,13 @@ from lit_lora.lora.settings import LoraSettings
 from lit_lora.measure.summary import global_batch_line, summary_lines
 from lit_lora.model.build import build_peft_model
 from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section
-from lit_lora.model.loss import step_loss, token_nll
+from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
 from lit_lora.model.schedule import warmup_cosine
 from lit_lora.training.contracts import TrainingData
 from lit_lora.training.distributed import is_fsdp, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
-from lit_lora.training.speed import check_compile_options, compile_in_place, enable_tf32, is_compiled
+from lit_lora.training.speed import check_compile_options, compile_in_place, compile_target, enable_tf32, is_compiled
 from lit_lora.training.steps import planned_steps
 
 
@@ -153,7 +153,7 @@ class LitLora(pl.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return token_nll(self(batch["input_ids"], batch.get("attention_mask")), batch["labels"])
+        return model_nll(self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"])
 
     def _data(self) -> Optional[TrainingData]:
         data = self.trainer.datamodule
@@ -263,8 +263,9 @@ class LitLora(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.hparams.tf32:
             enable_tf32(self.trainer.strategy.root_device)
-        if stage == "fit" and self.hparams.compile and not is_compiled(self.model):
-            compile_in_place(self.model, self.hparams.compile_options)
+        target = compile_target(self.model)
+        if stage == "fit" and self.hparams.compile and not is_compiled(target):
+            compile_in_place(target, self.hparams.compile_options)
         if self.trainer.world_size > 1 and self.finite_loss.defer is None:
             # Checked at the points where all processes check together (FiniteLossGuard.check_everywhere).
             self.finite_loss.defer = True
@@ -294,7 +295,5 @@ class LitLora(pl.LightningModule):
                                                     float(val_loss) if val_loss is not None else None, run_id)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        def shapes() -> dict[str, tuple[int, ...]]:
-            return {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}
-
+        shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
         self._rng_to_restore = check_checkpoint(checkpoint, shapes, self.base_fingerprint()).get("rng")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.nll import output_head
 
 
 def enable_tf32(device: torch.device) -> bool:
@@ -38,6 +39,13 @@ def compile_in_place(model: torch.nn.Module, options: Optional[dict[str, Any]] =
     checkpoints would not load into an uncompiled model (or into PEFT) without renaming."""
     model.compile(**(options or {}))
     return model
+
+
+def compile_target(model: torch.nn.Module) -> torch.nn.Module:
+    """What `--model.compile` compiles: the backbone, which the chunked loss calls (`lit_lora.nll`) and so
+    does the model's own forward; the whole model where the loss runs the full head."""
+    parts = output_head(model)[0]
+    return parts.backbone if parts is not None else model
 
 
 def _identity(x: Any) -> Any:

@@ -176,3 +176,83 @@ def test_mean_of_micro_batch_means_is_not_the_step_mean():
     c = (torch.tensor(20.0), torch.tensor(10))  # 2 per token on 10 tokens, 1 per token on 1 token
     assert float((step_loss(*c, None, 2, 1) + step_loss(*b, None, 2, 1)) / 2) == pytest.approx(1.5)
     assert float((step_loss(*c, 11, 2, 1) + step_loss(*b, 11, 2, 1)) / 2) == pytest.approx(21 / 11)
+
+
+# -- the chunked output head (lit_lora/nll.py) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk, softcap", [(1, None), (5, None), (8, 30.0), (64, None)])
+def test_chunked_head_gives_the_full_heads_loss_count_and_gradients(chunk, softcap):
+    from lit_lora.nll import chunked_head_nll
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 4, 6, generator=g, requires_grad=True)  # 8 positions: chunks of 1, 5 + 3, 8, all
+    head = torch.nn.Linear(6, 11, bias=True)
+    labels = torch.randint(0, 11, (2, 4), generator=g)
+    labels[0, 1], labels[1, 3] = -100, -100
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    ref, ref_n = token_nll(logits, labels)
+    ref_grads = torch.autograd.grad(ref, [hidden, head.weight, head.bias])
+    nll, n = chunked_head_nll(hidden, head, labels, softcap, chunk=chunk)
+    grads = torch.autograd.grad(nll, [hidden, head.weight, head.bias])
+    assert int(n) == int(ref_n) == 8 - 2 - 2  # the last position of each row predicts nothing
+    assert float(nll.detach()) == pytest.approx(float(ref.detach()), abs=1e-5)
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads, ref_grads))
+
+
+def test_chunked_loss_never_holds_the_full_float32_logits():
+    from lit_lora.measure.dry_run import Watch
+    from lit_lora.nll import chunked_head_nll
+
+    batch, t, width, vocab = 4, 64, 8, 4_000
+    head = torch.nn.Linear(width, vocab, bias=False)
+    labels = torch.randint(0, vocab, (batch, t))
+    peaks = []
+    for chunk in (None, 32):  # None: the full head, as token_nll computes it
+        hidden = torch.randn(batch, t, width, requires_grad=True)
+        watch = Watch()
+        with watch:
+            nll, n = token_nll(head(hidden), labels) if chunk is None else chunked_head_nll(hidden, head, labels,
+                                                                                          chunk=chunk)
+            (nll / n).backward()
+        peaks.append(watch.peak)
+    full_logits_fp32 = batch * t * vocab * 4
+    assert peaks[0] > 2 * full_logits_fp32  # the full head holds the logits, their softmax and its gradient
+    assert peaks[1] < full_logits_fp32 / 2  # 32 of 256 positions at a time
+
+
+@pytest.mark.parametrize("modules_to_save", [None, ["lm_head"]])
+def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(modules_to_save, monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lit_lora.lora.settings import LoraSettings
+    from lit_lora.lora.wrap import apply_lora
+    from lit_lora.nll import model_nll, output_head
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=50, bos_token_id=0,
+                                      eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model = apply_lora(base, LoraSettings(target_modules=["c_attn"], modules_to_save=modules_to_save)).train()
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)  # lora_B starts at zero: give every trained tensor a gradient path
+    head = output_head(model)[0].head
+    assert (type(head).__name__ == "ModulesToSaveWrapper") == bool(modules_to_save)
+    ids = torch.randint(0, 50, (2, 12))
+    labels = ids.clone()
+    labels[1, :4] = -100
+    monkeypatch.setattr("lit_lora.nll.LOSS_CHUNK_TOKENS", 7)
+    results = []
+    for chunked in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same LoRA dropout masks
+        nll, n = model_nll(model, ids, None, labels, chunked=chunked)
+        nll.backward()
+        results.append((float(nll.detach()), int(n), {k: p.grad.clone() for k, p in model.named_parameters()
+                                                       if p.requires_grad}))
+    (full, full_n, full_grads), (nll, n, grads) = results
+    assert n == full_n == 22 - 3 and nll == pytest.approx(full, abs=1e-5)
+    assert any("modules_to_save" in k for k in grads) == bool(modules_to_save)
+    assert max((grads[k] - full_grads[k]).abs().max().item() for k in grads) <= 1e-5
