@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -79,10 +79,12 @@ def load_base_model(
     dtype: Optional[str] = None,
     attn_implementation: Optional[str] = None,
     trust_remote_code: bool = False,
+    weights: bool = True,
 ) -> Any:
     """Load the causal LM to adapt: `from_pretrained(name_or_path)`, or a randomly initialised model of the
     shape `model_config` when that is given (config fields, with `model_type` naming the family; GPT-2
-    without it), which needs no download. `attn_implementation` None: SDPA where the family has it."""
+    without it), which needs no download. `attn_implementation` None: SDPA where the family has it.
+    `weights=False`: the same model on the meta device, from its config alone (`summary`: shapes, no data)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -98,8 +100,9 @@ def load_base_model(
     model_class = causal_lm_class(config, trust_remote_code)
     kwargs: dict[str, Any] = {"attn_implementation": _attention(model_class, attn_implementation)}
     try:
-        if model_config is not None:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
+        if model_config is not None or not weights:
+            with contextlib.nullcontext() if weights else torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
             return model.to(torch_dtype) if torch_dtype is not None else model
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
@@ -200,7 +203,7 @@ def _attention(model_class: Any, requested: Optional[str]) -> Optional[str]:
     return "eager"
 
 
-@contextmanager
+@contextlib.contextmanager
 def _no_loading_bar(local: bool) -> Iterator[None]:
     """transformers 5 draws a "Loading weights" bar for every from_pretrained, even of a tiny local model;
     a download from the hub keeps its bars (they are worth watching)."""

@@ -3,7 +3,8 @@
 Takes everything `fit` takes (config files, `--model.*`/`--data.*`/`--trainer.*` overrides, `--ckpt_path`) and
 prints the summary `fit` prints at its start: parameter counts, model class, dtype, device, LoRA settings and
 the peak-training-memory estimate for the configured batch size, block size, precision and gradient
-checkpointing. It builds the model only: no data file is read (they need not exist), nothing is trained.
+checkpointing. It builds the model on the meta device from its config (no weights are read or held), reads no
+data file (they need not exist) and trains nothing.
 
     python -m lit_lora.cli summary --config conf/gpt2.yaml --model.model_config '{}' \\
         --model.tokenizer_name_or_path DIR --trainer.accelerator gpu --trainer.precision bf16-mixed
@@ -35,10 +36,12 @@ def _summary_cli_class() -> type:
                 trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
 
         def instantiate_classes(self) -> None:
-            from lit_lora.model.module import LitLora  # start-up: see above
+            from lit_lora.model.build import without_weights  # start-up: see above
+            from lit_lora.model.module import LitLora
 
             cfg = self.config[self.subcommand]
-            self.model = LitLora(**cfg.model.clone().as_dict())
+            with without_weights():  # shapes and counts only: GPT-2 XL in seconds, without its 6 GB
+                self.model = LitLora(**cfg.model.clone().as_dict())
             self.datamodule = None
             self.trainer = None
 

@@ -46,6 +46,8 @@ def frozen_weights_fingerprint(model: Any) -> str:
     model whose LoRA weights are trainable. Checkpoints and exported adapters record it."""
     h = hashlib.sha256()
     frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    if any(p.is_meta for _, p in frozen):
+        return "meta"  # a model built without weights (`model.build.without_weights`) has nothing to hash
     for n, p in frozen[:4] + frozen[-4:]:
         flat = p.detach().flatten()
         h.update(n.replace(".base_layer", "").encode())

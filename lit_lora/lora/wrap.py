@@ -38,6 +38,13 @@ def check_adapter_dir(adapter_dir: str, option: str) -> Path:
     return folder
 
 
+def read_adapter_config(adapter_dir: str, option: str = "model.adapter_path") -> Any:
+    """The adapter's PEFT `LoraConfig`, without its weights."""
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(check_adapter_dir(adapter_dir, option)))
+
+
 def load_adapter_for_training(base: Any, adapter_dir: str, option: str = "model.adapter_path") -> Any:
     """Wrap `base` with an existing PEFT LoRA adapter (ours or anyone's), its weights trainable."""
     from peft import PeftModel

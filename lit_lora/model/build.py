@@ -3,16 +3,35 @@ PEFT adapter, LoRA weights in float32, activation checkpointing if asked for."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping
+
+import torch
 
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.hub import load_base_model
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
-from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training
+from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
 from lit_lora.measure.host import host_memory_mb
 from lit_lora.nll import output_head
+
+
+_WITHOUT_WEIGHTS: ContextVar[bool] = ContextVar("lit_lora_without_weights", default=False)
+
+
+@contextmanager
+def without_weights() -> Iterator[None]:
+    """Models built inside are on the meta device, from their config alone: shapes and counts, no weights
+    read or allocated (`summary` of a 1.5B model in seconds)."""
+    token = _WITHOUT_WEIGHTS.set(True)
+    try:
+        with torch.device("meta"):  # LoRA's new weights too
+            yield
+    finally:
+        _WITHOUT_WEIGHTS.reset(token)
 
 
 def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str, float]]:
@@ -20,12 +39,16 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
 
     `hp` holds `LitLora`'s hyperparameters. With `adapter_path` the adapter's own settings replace `lora`.
     """
+    weights = not _WITHOUT_WEIGHTS.get()
     base = load_base_model(
         hp["model_name_or_path"], hp["model_config"], hp["base_dtype"], hp["attn_implementation"],
-        hp["trust_remote_code"],
+        hp["trust_remote_code"], weights=weights,
     )
     memory_marks = {"after_model_load": host_memory_mb()[0]}
-    if hp["adapter_path"]:
+    if hp["adapter_path"] and not weights:  # its settings, not its weights: the same shapes
+        lora = LoraSettings.from_peft_config(read_adapter_config(hp["adapter_path"]))
+        model = apply_lora(base, lora)
+    elif hp["adapter_path"]:
         model = load_adapter_for_training(base, hp["adapter_path"])
         lora = LoraSettings.from_peft_config(model.peft_config["default"])
     else:

@@ -147,3 +147,19 @@ def test_training_flops_match_torch_flop_counter(peft_model):
 ])
 def test_compute_dtype(precision, dtype):
     assert compute_dtype(precision) is dtype
+
+
+@pytest.mark.parametrize("model_config, period", [
+    ({"n_layer": 12, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 300}, 1),
+    ({"model_type": "gemma2", "num_hidden_layers": 12, "hidden_size": 32, "intermediate_size": 64,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 8, "vocab_size": 300}, 2),
+])
+def test_a_deep_model_is_counted_from_two_short_copies_exactly_as_in_full(model_config, period):
+    from lit_lora.measure import dry_run
+
+    model = apply_lora(load_base_model("unused", model_config=model_config), LoraSettings())
+    config = model.get_base_model().config
+    assert dry_run._depth(config) == (12, period)
+    for gc in (False, True):
+        full = dry_run._step(model, 2, 40, "bf16-mixed", gc, "cuda", True, config)
+        assert dry_run.fake_step(model, 2, 40, "bf16-mixed", gc, "cuda") == full  # bytes and FLOPs, exactly
