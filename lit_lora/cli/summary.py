@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
 
@@ -54,12 +54,32 @@ def _summary_cli_class() -> type:
     return SummaryCLI
 
 
+def _pop_memory_gb(argv: list[str]) -> tuple[list[str], Optional[float]]:
+    """`--memory_gb N` is summary's own option: taken out before the options of `fit` are parsed."""
+    rest, value = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--memory_gb" or arg.startswith("--memory_gb="):
+            raw = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+            try:
+                value = float(raw)
+            except ValueError:
+                raise LitLoraError(f"--memory_gb must be a number of GB (an 8 GB card: 8), got {raw!r}") from None
+        else:
+            rest.append(arg)
+    return rest, value
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, memory_gb = _pop_memory_gb(list(sys.argv[1:] if argv is None else argv))
+    from lit_lora.measure.fit import parse_memory_gb  # start-up: see _summary_cli_class
+
+    memory_bytes = parse_memory_gb(memory_gb)
     if any(a in ("-h", "--help") for a in argv):
-        print("usage: python -m lit_lora.cli summary [options of fit]\n\nPrints what `fit` would train and its "
-              "peak training memory estimate; builds the model only (no data read). The options of `fit`:\n",
-              flush=True)
+        print("usage: python -m lit_lora.cli summary [--memory_gb GB] [options of fit]\n\nPrints what `fit` would "
+              "train and its peak training memory estimate; builds the model on the meta device (no weights, no "
+              "data read). --memory_gb GB: will each GPT-2 size fit a card of GB (default: the visible GPU). "
+              "The options of `fit`:\n", flush=True)
     with warnings.catch_warnings():
         # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "summary".
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -67,15 +87,42 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg = cli.config["fit"]
     module = cli.model
     precision = str(cfg.trainer.get("precision"))
-    from lit_lora.measure.summary import summary_lines  # start-up: see _summary_cli_class
-
-    batch_size = cfg.data.get("batch_size")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise LitLoraError(f"data.batch_size must be a positive integer, got {batch_size!r}")
-    from lit_lora.training.devices import accelerator_device  # start-up: see _summary_cli_class
+    from lit_lora.cli import will_it_fit  # start-up: see _summary_cli_class
+    from lit_lora.measure.summary import summary_lines
+    from lit_lora.training.devices import accelerator_device
 
     device = accelerator_device(cfg.trainer.get("accelerator"))
-    for line in summary_lines(module.model, module.lora_settings, batch_size, module.block_size, precision, device,
-                              module.gradient_checkpointing):
+    if device not in ("cuda", "cpu") and (memory_bytes is not None or cfg.data.get("batch_size") == "auto"):
+        raise LitLoraError(f"--memory_gb and data.batch_size auto estimate CUDA GPUs and CPUs, not accelerator "
+                           f"{cfg.trainer.get('accelerator')!r}")
+    budget = will_it_fit.memory_budget(device, memory_bytes)
+    model, block, gc = module.model, module.block_size, module.gradient_checkpointing
+    batch_size = cfg.data.get("batch_size")
+    if batch_size == "auto":
+        batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget)
         print(f"lit_lora: {line}", flush=True)
+    for line in summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc):
+        print(f"lit_lora: {line}", flush=True)
+    if budget is not None and (memory_bytes is not None or device == "cuda"):
+        for line in will_it_fit.gpt2_table(_gpt2_builder(cfg, model.get_base_model().config.model_type), batch_size, block, precision, gc, device, budget):
+            print(f"lit_lora: {line}", flush=True)
     return 0
+
+
+def _gpt2_builder(cfg: Any, model_type: str) -> Any:
+    """Builds the LoRA model of a GPT-2 shape with this run's settings, on the meta device. The LoRA targets
+    are GPT-2's defaults unless the run adapts a GPT-2 itself."""
+    from lit_lora.model.build import without_weights  # start-up: see _summary_cli_class
+    from lit_lora.model.module import LitLora
+
+    settings = cfg.model.clone().as_dict()
+    lora = dict(settings["lora"])
+    if model_type != "gpt2":
+        lora["target_modules"] = None
+
+    def build(shape: dict[str, int]) -> Any:
+        with without_weights():
+            return LitLora(**dict(settings, model_config=shape, tokenizer_name_or_path="unused", adapter_path=None,
+                                  lora=lora)).model
+
+    return build

@@ -15,8 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.auto_batch import AUTO, choose_batch_size, saved_data_state
 from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
-from lit_lora.data.resume import continue_epoch, data_state, reload_after, whole_epoch_batches
+from lit_lora.data.resume import ResumableMarkerLoader, continue_epoch, data_state, reload_after, whole_epoch_batches
 from lit_lora.data.samplers import EvalShardSampler, ResumableSampler
 from lit_lora.data.sources import NO_TRAINING_DATA, build_eval_split, build_training_splits, eval_files_only
 from lit_lora.errors import LitLoraError
@@ -38,7 +39,7 @@ class LitLoraData(pl.LightningDataModule):
         train_split: str = "train",
         val_split: Optional[str] = "validation",
         block_size: int = 512,
-        batch_size: int = 8,
+        batch_size: Union[int, Literal["auto"]] = 8,
         shuffle: bool = True,
         seed: int = 42,
         num_workers: int = 0,
@@ -65,7 +66,8 @@ class LitLoraData(pl.LightningDataModule):
             train_split: Split of `dataset_name` to train on.
             val_split: Split of `dataset_name` to validate on; if it has none, `val_fraction` applies.
             block_size: Tokens per packed block (and the longest prompt+completion kept).
-            batch_size: Samples per batch on each device.
+            batch_size: Samples per batch on each device; "auto": the largest power of two whose estimated
+                peak memory fits the device's free memory (said at the start of `fit`).
             shuffle: Reshuffle the training data every epoch (seeded, so resumable).
             seed: Seed of the data order and of the validation split.
             num_workers: DataLoader worker processes.
@@ -81,7 +83,8 @@ class LitLoraData(pl.LightningDataModule):
         """
         super().__init__()
         check_number("data.block_size", block_size, at_least=2, integer=True)
-        check_number("data.batch_size", batch_size, at_least=1, integer=True)
+        if batch_size != AUTO:
+            check_number("data.batch_size", batch_size, at_least=1, integer=True)
         check_number("data.val_fraction", val_fraction, at_least=0, below=1)
         check_number("data.num_workers", num_workers, at_least=0, integer=True)
         if num_proc is not None:
@@ -105,11 +108,12 @@ class LitLoraData(pl.LightningDataModule):
         self._reload_setting: Optional[int] = None  # the user's reload_dataloaders_every_n_epochs, while changed
         self._step_tokens: Optional[tuple[tuple[int, int], np.ndarray]] = None  # ((epoch, accumulate), totals)
         self._counts: Optional[np.ndarray] = None
+        self._auto_batch: Optional[int] = None  # what data.batch_size auto chose
 
     @property
     def batch_size(self) -> int:
         """Samples per batch on each device (what the model and callbacks read; see training.contracts)."""
-        return self.hparams.batch_size
+        return self._auto_batch if self.hparams.batch_size == AUTO else self.hparams.batch_size
 
     # -- building the splits ----------------------------------------------------------------------------
 
@@ -134,6 +138,11 @@ class LitLoraData(pl.LightningDataModule):
             build_training_splits(self.hparams, self._load_tokenizer())
 
     def setup(self, stage: Optional[str] = None) -> None:
+        self._build(stage)
+        if self.hparams.batch_size == AUTO and self._auto_batch is None:
+            self._auto_batch = self._choose_batch_size()
+
+    def _build(self, stage: Optional[str]) -> None:
         if stage == "predict":
             if not self.hparams.predict_file:
                 raise LitLoraError(
@@ -161,6 +170,15 @@ class LitLoraData(pl.LightningDataModule):
         self.train_ds, self.val_ds = train, val
         if val is None and self.trainer is not None:
             self.trainer.limit_val_batches = 0  # no validation; Lightning would warn its loader is empty
+
+    def _choose_batch_size(self) -> int:
+        trainer = self.trainer
+        if trainer is None:
+            raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
+        data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
+        saved = saved_data_state(trainer.ckpt_path, type(self).__qualname__) if trainer.training else None
+        per_rank = max(1, len(data) // trainer.world_size)  # no batch larger than the data
+        return choose_batch_size(trainer, self.hparams.block_size, saved, per_rank)
 
     # -- loaders ------------------------------------------------------------------------------------------
 
@@ -260,7 +278,8 @@ class LitLoraData(pl.LightningDataModule):
         # Batches consumed by training steps this epoch; the loader's own count would include the batch
         # Lightning prefetches.
         done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return data_state(self._sampler, self.hparams.seed, trainer.current_epoch, done)
+        return data_state(self._sampler, self.hparams.seed, trainer.current_epoch, done,
+                          trainer.accumulate_grad_batches)
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state:
@@ -269,15 +288,3 @@ class LitLoraData(pl.LightningDataModule):
             print(f"lit_lora: data.seed changed from {state.get('seed')} to {self.hparams.seed}; the data order "
                   "differs from the checkpointed run")
         self._resume = dict(state)
-
-
-class ResumableMarkerLoader(DataLoader):
-    """A DataLoader that tells Lightning it is resumable (it has `state_dict`). The position itself is kept by
-    `LitLoraData.state_dict`, counted in consumed batches (the loader's own count would include the batch
-    Lightning prefetches), so there is nothing to store here."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from torch.utils.data import DataLoader
+
 from lit_lora.data.samplers import ResumableSampler
 
 
-def data_state(sampler: ResumableSampler, seed: int, epoch: int, batches_done: int) -> dict[str, int]:
-    """The resume state of a run that has trained `batches_done` batches of `epoch`."""
+def data_state(sampler: ResumableSampler, seed: int, epoch: int, batches_done: int,
+               accumulate: int = 1) -> dict[str, int]:
+    """The resume state of a run that has trained `batches_done` batches of `epoch`, accumulating
+    `accumulate` batches per optimizer step (`data.batch_size auto` keeps the global batch with it)."""
     return {
         "seed": seed,
         "epoch": epoch,
@@ -25,6 +29,7 @@ def data_state(sampler: ResumableSampler, seed: int, epoch: int, batches_done: i
         "batch_size": sampler.batch_size,
         "world_size": sampler.world_size,
         "bucket_size": sampler.plan(epoch).bucket_size,
+        "accumulate": accumulate,
     }
 
 
@@ -74,3 +79,15 @@ def reload_after(trainer: Any, sampler: ResumableSampler) -> Optional[int]:
     # Lightning reloads when current_epoch - (epoch it last loaded at) reaches the setting; it loaded now.
     trainer.reload_dataloaders_every_n_epochs = sampler.epoch + 1 - trainer.current_epoch
     return previous
+
+
+class ResumableMarkerLoader(DataLoader):
+    """A DataLoader that tells Lightning it is resumable (it has `state_dict`). The position itself is kept by
+    `LitLoraData.state_dict`, counted in consumed batches (the loader's own count would include the batch
+    Lightning prefetches), so there is nothing to store here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -17,7 +17,7 @@ def state(world, batch, done, epoch=0, **extra):
 
 def test_the_stored_state_is_the_position_in_the_global_order():
     s = ResumableSampler(N, seed=42, world_size=2, batch_size=4)
-    assert data_state(s, 42, 0, 3) == state(2, 4, 3, position=24, bucket_size=0)
+    assert data_state(s, 42, 0, 3, accumulate=2) == dict(state(2, 4, 3, position=24, bucket_size=0), accumulate=2)
     s.resume_from(0, 8, 2)  # a resumed run: its counter started at 2, at sample 8
     assert data_state(s, 42, 0, 3)["position"] == 16
 

@@ -1,0 +1,67 @@
+"""`summary`'s memory questions: which batch `--data.batch_size auto` would choose, and "will it fit?" for
+each GPT-2 size on a card of `--memory_gb` GB (or the visible GPU), with the run's other settings.
+
+    python -m lit_lora.cli summary --config conf/gpt2.yaml --trainer.accelerator gpu --memory_gb 8
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from lit_lora.constants import MB
+from lit_lora.errors import LitLoraError
+from lit_lora.measure.fit import batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
+from lit_lora.measure.memory import estimate_training_memory
+
+# The published GPT-2 shapes (their config.json files: n_embd, n_layer, n_head; all 1,024 positions).
+GPT2_SIZES = {
+    "gpt2": {"n_embd": 768, "n_layer": 12, "n_head": 12},
+    "gpt2-medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "gpt2-large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+    "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25},
+}
+
+
+def memory_budget(device: str, memory_bytes: Optional[int]) -> Optional[tuple[int, str]]:
+    """(usable bytes, where they come from): `--memory_gb`, else the visible GPU's or this machine's free
+    memory; None for a GPU run on a machine without one and no `--memory_gb`."""
+    import torch
+
+    if memory_bytes is not None:
+        return usable_bytes(memory_bytes), f"a {memory_bytes / 2**30:g} GB device"
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    free = free_bytes(torch.device(device))
+    return usable_bytes(free), f"{free / MB:,.0f} MB free on {device}"
+
+
+def auto_batch_line(model: Any, block: int, precision: str, gc: bool, device: str,
+                    budget: Optional[tuple[int, str]]) -> tuple[int, str]:
+    """The batch `fit` would choose for `--data.batch_size auto` here, and the line saying so."""
+    if budget is None:
+        raise LitLoraError("data.batch_size auto with --trainer.accelerator gpu needs a GPU here or the card's size: "
+                           "add --memory_gb (e.g. --memory_gb 8)")
+    fit = batch_fit(model, block, precision, gc, device, budget[0])
+    if not fit.largest:
+        raise no_batch_fits(fit.peaks[1], f"{budget[0] / MB:,.0f} MB usable of {budget[1]} ({headroom_text()})")
+    batch = fit.power_of_two()
+    return batch, (f"data.batch_size auto: {batch} (the largest power of two that fits {budget[0] / MB:,.0f} MB "
+                   f"usable of {budget[1]}, {headroom_text()})")
+
+
+def gpt2_table(build: Any, batch: int, block: int, precision: str, gc: bool, device: str,
+               budget: tuple[int, str]) -> list[str]:
+    """For each GPT-2 size: its estimated peak at this batch, whether it fits, and the largest batch that does.
+    `build(config)` makes the LoRA model of a GPT-2 shape with the run's settings (on the meta device)."""
+    lines = [f"will it fit on {budget[1]} ({budget[0] / MB:,.0f} MB usable, {headroom_text()}), "
+             f"block {block}, {precision}, gradient checkpointing {'on' if gc else 'off'}:"]
+    for name, shape in GPT2_SIZES.items():
+        model = build(shape)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        peak = estimate_training_memory(model, batch, block, precision, gc, device).total
+        fit = batch_fit(model, block, precision, gc, device, budget[0])
+        verdict = "fits" if peak <= budget[0] else "does not fit"
+        largest = f"largest batch {fit.largest}" if fit.largest else "not even batch 1"
+        lines.append(f"  {name:<12} {params:>6,.0f}M parameters: batch {batch} needs {peak / MB:>8,.1f} MB, "
+                     f"{verdict}; {largest}")
+    return lines

@@ -1,0 +1,69 @@
+"""`--data.batch_size auto`: the micro-batch chosen from the device's free memory and the model's memory
+estimate (measure/fit.py), when the data module is set up (every rank, after the processes have started).
+
+It is the largest power of two whose estimated peak fits the free memory less a stated headroom, the
+same on every rank (the smallest rank's choice). Resuming, it keeps the checkpoint's micro-batch when that
+fits; when it does not, it takes a smaller one and raises the accumulation so the global batch (devices x
+micro-batch x accumulation) stays the checkpoint's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from lit_lora.constants import MB
+from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
+from lit_lora.measure.memory import estimate_training_memory
+
+AUTO = "auto"
+
+
+def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, int]], limit: int) -> int:
+    """The micro-batch for this run, at most `limit` (setting `trainer.accumulate_grad_batches` when resuming
+    needs it); prints what it chose and why. `saved`: the checkpoint's data state when resuming."""
+    module = trainer.lightning_module
+    device = trainer.strategy.root_device
+    precision, gc = str(trainer.precision), bool(getattr(module, "gradient_checkpointing", False))
+    free = free_bytes(device)
+    usable = usable_bytes(free)
+    fit = batch_fit(module.model, block_size, precision, gc, device.type, usable, min(limit, MAX_BATCH))
+    where = (f"{usable / MB:,.0f} MB usable of {free / MB:,.0f} MB free on {device} ({headroom_text()}), "
+             f"block {block_size}, {precision}")
+    if not fit.largest:
+        raise no_batch_fits(fit.peaks[1], where)
+    world = trainer.world_size
+    batch, why, global_batch = fit.power_of_two(), "the largest power of two that fits", None
+    if saved and saved.get("batch_size"):
+        old_batch, old_world = int(saved["batch_size"]), int(saved.get("world_size", 1))
+        if old_batch <= fit.largest:
+            batch, why = old_batch, "the checkpoint's micro-batch, which fits"
+        else:
+            global_batch = old_world * old_batch * int(saved.get("accumulate", trainer.accumulate_grad_batches))
+            batch = max((b for b in range(1, fit.largest + 1) if global_batch % (world * b) == 0), default=1)
+            why = f"the checkpoint's {old_batch} does not fit; the global batch stays {global_batch}"
+    batch = _smallest_over_ranks(trainer, batch)
+    if global_batch is not None:
+        trainer.accumulate_grad_batches = max(1, global_batch // (world * batch))
+        why += f" with accumulation {trainer.accumulate_grad_batches}"
+    if trainer.is_global_zero:
+        peak = estimate_training_memory(module.model, batch, block_size, precision, gc, device.type).total
+        print(f"lit_lora: data.batch_size auto: {batch} ({why}; estimated peak {peak / MB:,.1f} MB of {where})",
+              flush=True)
+    return batch
+
+
+def _smallest_over_ranks(trainer: Any, batch: int) -> int:
+    if trainer.world_size == 1:
+        return batch
+    gathered = trainer.strategy.all_gather(torch.tensor(batch, device=trainer.strategy.root_device))
+    return int(gathered.min())
+
+
+def saved_data_state(ckpt_path: Optional[str], key: str) -> Optional[dict[str, int]]:
+    """The data module's state in the checkpoint `fit` resumes from (None when it starts fresh)."""
+    if not ckpt_path:
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    return checkpoint.get(key) or None
