@@ -1,7 +1,10 @@
-"""On a CUDA GPU (skipped without one): a bf16-mixed fit with fused AdamW writes LoRA-only float32
-checkpoints, and resuming it continues from the saved step."""
+"""On a CUDA GPU (skipped without one; benchmarks/gpu_check.py runs them): a bf16-mixed fit with fused
+AdamW writes LoRA-only float32 checkpoints and resumes exactly, CUDA memory and MFU tags, `--model.compile`,
+FSDP on one GPU, Liger's fused loss against the chunked one, and the peak allocated against the estimate."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +26,90 @@ def test_bf16_mixed_fit_keeps_lora_in_float32_and_resumes(in_tmp, tiny_model_dir
     resumed = run_cli(fit_args(tiny_model_dir, shakespeare, in_tmp, *gpu, "--trainer.max_steps", "6",
                                "--ckpt_path", "last"))
     assert resumed.trainer.global_step == 6
+
+
+def _gpu_run(cwd, tiny_model_dir, shakespeare, *extra):
+    gpu = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
+           "--trainer.log_every_n_steps", "2")
+    cwd.mkdir(parents=True, exist_ok=True)
+    return run_cli(fit_args(tiny_model_dir, shakespeare, cwd, *gpu, *extra), cwd=cwd)
+
+
+def test_exact_resume_on_gpu_repeats_the_same_losses(in_tmp, tiny_model_dir, shakespeare):
+    import shutil
+
+    from tests.helpers import scalars
+
+    saving = ("--checkpoint.every_n_train_steps", "3", "--checkpoint.save_top_k", "-1", "--checkpoint.monitor",
+              "null", "--checkpoint.filename", "step{step:03d}", "--trainer.log_every_n_steps", "1",
+              "--trainer.max_steps", "6")
+    full = _gpu_run(in_tmp / "full", tiny_model_dir, shakespeare, *saving)
+    checkpoints = Path("lightning_logs") / "lit_lora" / "version_0" / "checkpoints"
+    (in_tmp / "resumed" / checkpoints).mkdir(parents=True)
+    shutil.copy(in_tmp / "full" / checkpoints / "step003.ckpt", in_tmp / "resumed" / checkpoints / "last.ckpt")
+    resumed = _gpu_run(in_tmp / "resumed", tiny_model_dir, shakespeare, *saving, "--ckpt_path", "last")
+    assert resumed.trainer.global_step == full.trainer.global_step == 6
+    a = dict(scalars(str(in_tmp / "full" / "lightning_logs"), "train_loss"))
+    b = dict(scalars(str(in_tmp / "resumed" / "lightning_logs"), "train_loss"))
+    assert all(abs(a[s] - b[s]) <= 1e-5 for s in (3, 4, 5))
+
+
+def test_cuda_memory_and_mfu_tags_are_logged(in_tmp, tiny_model_dir, shakespeare):
+    from tests.helpers import scalars
+
+    _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "6")
+    logs = str(in_tmp / "lightning_logs")  # run_cli ran there
+    for tag in ("memory/allocated_mb", "memory/peak_allocated_mb", "memory/reserved_mb", "memory/free_mb"):
+        assert scalars(logs, tag) and all(v > 0 for _, v in scalars(logs, tag)), tag
+    mfu = scalars(logs, "throughput/mfu")
+    assert mfu and all(0 < v < 1 for _, v in mfu)
+
+
+def test_compile_trains_on_gpu(in_tmp, tiny_model_dir, shakespeare):
+    cli = _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--model.compile", "true")
+    from lit_lora.training.speed import compile_target, is_compiled
+
+    assert is_compiled(compile_target(cli.model.model)) and cli.trainer.global_step == 3
+
+
+def test_fsdp_on_one_gpu_trains_and_saves_lora_only(in_tmp, tiny_model_dir, shakespeare):
+    cli = _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--trainer.strategy", "fsdp")
+    ckpt = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
+    assert ckpt["global_step"] == 3 and set(ckpt["state_dict"]) == cli.model.trainable_keys()
+
+
+def test_liger_fused_loss_equals_the_chunked_loss():
+    pytest.importorskip("liger_kernel")
+    from lit_lora.nll import chunked_head_nll
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 1000, bias=False, device="cuda")
+    labels = torch.randint(0, 1000, (4, 300), device="cuda")
+    labels[0, :50] = -100
+    results = []
+    for fused in (False, True):
+        hidden = torch.randn(4, 300, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(1),
+                             requires_grad=True)
+        head.zero_grad()
+        nll, n = chunked_head_nll(hidden, head, labels, fused=fused)
+        (nll / n).backward()
+        results.append((nll.item() / n.item(), hidden.grad.clone(), head.weight.grad.clone()))
+    (loss, gh, gw), (fused_loss, fgh, fgw) = results
+    assert fused_loss == pytest.approx(loss, abs=1e-4)
+    assert (gh - fgh).abs().max().item() <= 1e-4 and (gw - fgw).abs().max().item() <= 1e-4
+
+
+def test_peak_allocated_is_near_the_estimate(tiny_model_dir):
+    from lit_lora.measure.memory import estimate_training_memory
+    from lit_lora.model import LitLora
+
+    module = LitLora(model_name_or_path=str(tiny_model_dir), block_size=64, gradient_checkpointing=True).cuda()
+    module.train()
+    estimate = estimate_training_memory(module.model, 8, 64, "bf16-mixed", True, "cuda")
+    ids = torch.randint(3, 500, (8, 64), device="cuda")
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        nll, n = module._nll({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    (nll / n).backward()
+    measured = torch.cuda.max_memory_allocated()
+    assert measured == pytest.approx(estimate.weights + estimate.gradients + estimate.activations, rel=0.25)

@@ -162,6 +162,8 @@ class LitLoraCLI(LightningCLI):
             check_data_files(self.config[sub].data)
 
     def before_fit(self) -> None:
+        if hasattr(self.datamodule, "resume_checkpoint"):  # data.batch_size auto keeps the checkpoint's layout
+            self.datamodule.resume_checkpoint = self.config["fit"].get("ckpt_path")
         logger = self.trainer.logger
         root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
         if root and self.trainer.is_global_zero:

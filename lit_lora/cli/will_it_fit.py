@@ -28,7 +28,7 @@ def memory_budget(device: str, memory_bytes: Optional[int]) -> Optional[tuple[in
     import torch
 
     if memory_bytes is not None:
-        return usable_bytes(memory_bytes), f"a {memory_bytes / 2**30:g} GB device"
+        return usable_bytes(memory_bytes), f"{memory_bytes / 2**30:g} GB of device memory"
     if device == "cuda" and not torch.cuda.is_available():
         return None
     free = free_bytes(torch.device(device))

@@ -2,9 +2,9 @@
 estimate (measure/fit.py), when the data module is set up (every rank, after the processes have started).
 
 It is the largest power of two whose estimated peak fits the free memory less a stated headroom, the
-same on every rank (the smallest rank's choice). Resuming, it keeps the checkpoint's micro-batch when that
-fits; when it does not, it takes a smaller one and raises the accumulation so the global batch (devices x
-micro-batch x accumulation) stays the checkpoint's.
+same on every rank (the smallest rank's choice). Resuming, the global batch (devices x micro-batch x
+accumulation) stays the checkpoint's: the checkpoint's micro-batch when it fits, else the largest that fits
+and divides it, with the accumulation that makes up the rest.
 """
 
 from __future__ import annotations
@@ -37,12 +37,11 @@ def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, i
     batch, why, global_batch = fit.power_of_two(), "the largest power of two that fits", None
     if saved and saved.get("batch_size"):
         old_batch, old_world = int(saved["batch_size"]), int(saved.get("world_size", 1))
-        if old_batch <= fit.largest:
-            batch, why = old_batch, "the checkpoint's micro-batch, which fits"
-        else:
-            global_batch = old_world * old_batch * int(saved.get("accumulate", trainer.accumulate_grad_batches))
-            batch = max((b for b in range(1, fit.largest + 1) if global_batch % (world * b) == 0), default=1)
-            why = f"the checkpoint's {old_batch} does not fit; the global batch stays {global_batch}"
+        global_batch = old_world * old_batch * int(saved.get("accumulate", trainer.accumulate_grad_batches))
+        sizes = [b for b in range(1, fit.largest + 1) if global_batch % (world * b) == 0] or [1]
+        batch = old_batch if old_batch in sizes else max(sizes)
+        why = ("the checkpoint's micro-batch, which fits" if batch == old_batch else
+               f"the checkpoint's {old_batch} does not fit") + f"; the global batch stays {global_batch}"
     batch = _smallest_over_ranks(trainer, batch)
     if global_batch is not None:
         trainer.accumulate_grad_batches = max(1, global_batch // (world * batch))

@@ -109,6 +109,7 @@ class LitLoraData(pl.LightningDataModule):
         self._step_tokens: Optional[tuple[tuple[int, int], np.ndarray]] = None  # ((epoch, accumulate), totals)
         self._counts: Optional[np.ndarray] = None
         self._auto_batch: Optional[int] = None  # what data.batch_size auto chose
+        self.resume_checkpoint: Optional[str] = None  # fit's --ckpt_path (set by the CLI): auto reads its layout
 
     @property
     def batch_size(self) -> int:
@@ -176,7 +177,7 @@ class LitLoraData(pl.LightningDataModule):
         if trainer is None:
             raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
         data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
-        saved = saved_data_state(trainer.ckpt_path, type(self).__qualname__) if trainer.training else None
+        saved = saved_data_state(self.resume_checkpoint, type(self).__qualname__) if trainer.state.fn == "fit" else None
         per_rank = max(1, len(data) // trainer.world_size)  # no batch larger than the data
         return choose_batch_size(trainer, self.hparams.block_size, saved, per_rank)
 

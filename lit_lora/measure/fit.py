@@ -81,7 +81,7 @@ def largest_batch(peak: Callable[[int], int], budget: int, limit: int = MAX_BATC
         known = sorted(b for b in peaks if peaks[b] <= budget)[-2:]
         guess = (fit + fail) // 2
         if len(known) == 2 and fail == limit + 1:  # still unbounded above: follow the line, then step past it
-            (a, b), slope = known, max(1, (peaks[known[1]] - peaks[known[0]]) / (known[1] - known[0]))
+            b, slope = known[1], max(1, (peaks[known[1]] - peaks[known[0]]) / (known[1] - known[0]))
             guess = min(limit, b + max(1, int((budget - peaks[b]) / slope)))
         elif fail <= limit and fit >= 1:  # bracketed: interpolate inside (fit, fail)
             slope = max(1, (peaks[fail] - peaks[fit]) / (fail - fit))
