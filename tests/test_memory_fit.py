@@ -194,15 +194,18 @@ def test_summary_says_which_gpt2_sizes_fit_and_the_largest_batch(capsys, monkeyp
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--memory_gb", "eight"], "--memory_gb must be a number of GB (an 8 GB card: 8), got 'eight'"),
-    (["--memory_gb", "0"], "--memory_gb must be a number of GB above 0 (an 8 GB card: 8), got 0.0"),
+    (["--memory_gb", "eight"], "--memory_gb must be a number of GB above 0 (an 8 GB card: 8) or gpu, got 'eight'"),
+    (["--memory_gb", "0"], "--memory_gb must be a number of GB above 0 (an 8 GB card: 8) or gpu, got '0'"),
     (["--memory_gb", "8", "--trainer.accelerator", "mps"],
      "--memory_gb and data.batch_size auto estimate CUDA GPUs and CPUs, not accelerator 'mps'"),
-    (["--data.batch_size", "auto"], "data.batch_size auto with --trainer.accelerator gpu needs a GPU here or the "
-                                    "card's size: add --memory_gb (e.g. --memory_gb 8)"),
+    (["--memory_gb", "gpu", "--trainer.accelerator", "cpu"],
+     "--memory_gb gpu reads the visible GPU: add --trainer.accelerator gpu, or give a size in GB"),
+    (["--data.batch_size", "auto"], "--trainer.accelerator gpu with no GPU here: give the card's size (e.g. "
+                                    "--memory_gb 8) for data.batch_size auto or --memory_gb gpu"),
+    (["--data.batch_size", "0"], "data.batch_size must be a positive integer or auto, got 0"),
 ])
 def test_bad_memory_options_are_one_line(flags, message, monkeypatch, capsys, gpt2_tokenizer_dir):
-    if torch.cuda.is_available() and "auto" in flags:
+    if torch.cuda.is_available() and ("auto" in flags or "gpu" in flags):
         pytest.skip("a GPU is visible: auto reads it")
     monkeypatch.chdir(REPO)
     assert main(["summary", *GPU_SUMMARY, "--model.model_config", '{"n_layer": 1, "n_embd": 32, "n_head": 2}',

@@ -54,17 +54,13 @@ def _summary_cli_class() -> type:
     return SummaryCLI
 
 
-def _pop_memory_gb(argv: list[str]) -> tuple[list[str], Optional[float]]:
-    """`--memory_gb N` is summary's own option: taken out before the options of `fit` are parsed."""
+def _pop_memory_gb(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """`--memory_gb N|gpu` is summary's own option: taken out before the options of `fit` are parsed."""
     rest, value = [], None
     args = iter(argv)
     for arg in args:
         if arg == "--memory_gb" or arg.startswith("--memory_gb="):
-            raw = arg.split("=", 1)[1] if "=" in arg else next(args, "")
-            try:
-                value = float(raw)
-            except ValueError:
-                raise LitLoraError(f"--memory_gb must be a number of GB (an 8 GB card: 8), got {raw!r}") from None
+            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
         else:
             rest.append(arg)
     return rest, value
@@ -74,11 +70,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv, memory_gb = _pop_memory_gb(list(sys.argv[1:] if argv is None else argv))
     from lit_lora.measure.fit import parse_memory_gb  # start-up: see _summary_cli_class
 
-    memory_bytes = parse_memory_gb(memory_gb)
+    memory_bytes = parse_memory_gb(memory_gb)  # None for "gpu": the visible GPU's free memory
     if any(a in ("-h", "--help") for a in argv):
         print("usage: python -m lit_lora.cli summary [--memory_gb GB] [options of fit]\n\nPrints what `fit` would "
               "train and its peak training memory estimate; builds the model on the meta device (no weights, no "
-              "data read). --memory_gb GB: will each GPT-2 size fit a card of GB (default: the visible GPU). "
+              "data read). --memory_gb GB: will each GPT-2 size fit a card of GB (`gpu`: the visible GPU's free memory). "
               "The options of `fit`:\n", flush=True)
     with warnings.catch_warnings():
         # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "summary".
@@ -95,17 +91,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     if device not in ("cuda", "cpu") and (memory_bytes is not None or cfg.data.get("batch_size") == "auto"):
         raise LitLoraError(f"--memory_gb and data.batch_size auto estimate CUDA GPUs and CPUs, not accelerator "
                            f"{cfg.trainer.get('accelerator')!r}")
-    budget = will_it_fit.memory_budget(device, memory_bytes)
+    if memory_gb == "gpu" and device != "cuda":
+        raise LitLoraError("--memory_gb gpu reads the visible GPU: add --trainer.accelerator gpu, or give a size in GB")
     model, block, gc = module.model, module.block_size, module.gradient_checkpointing
     batch_size = cfg.data.get("batch_size")
+    budget = will_it_fit.memory_budget(device, memory_bytes) if memory_gb or batch_size == "auto" else None
     if batch_size == "auto":
         batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget)
         print(f"lit_lora: {line}", flush=True)
-    for line in summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc):
+    elif not isinstance(batch_size, int) or batch_size < 1:
+        raise LitLoraError(f"data.batch_size must be a positive integer or auto, got {batch_size!r}")
+    lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc)
+    if memory_gb and budget is not None:
+        build = _gpt2_builder(cfg, model.get_base_model().config.model_type)
+        lines += will_it_fit.gpt2_table(build, batch_size, block, precision, gc, device, budget)
+    for line in lines:
         print(f"lit_lora: {line}", flush=True)
-    if budget is not None and (memory_bytes is not None or device == "cuda"):
-        for line in will_it_fit.gpt2_table(_gpt2_builder(cfg, model.get_base_model().config.model_type), batch_size, block, precision, gc, device, budget):
-            print(f"lit_lora: {line}", flush=True)
     return 0
 
 

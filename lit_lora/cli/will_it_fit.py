@@ -24,7 +24,7 @@ GPT2_SIZES = {
 
 def memory_budget(device: str, memory_bytes: Optional[int]) -> Optional[tuple[int, str]]:
     """(usable bytes, where they come from): `--memory_gb`, else the visible GPU's or this machine's free
-    memory; None for a GPU run on a machine without one and no `--memory_gb`."""
+    memory; None for a GPU run on a machine without one and no size in GB."""
     import torch
 
     if memory_bytes is not None:
@@ -39,8 +39,8 @@ def auto_batch_line(model: Any, block: int, precision: str, gc: bool, device: st
                     budget: Optional[tuple[int, str]]) -> tuple[int, str]:
     """The batch `fit` would choose for `--data.batch_size auto` here, and the line saying so."""
     if budget is None:
-        raise LitLoraError("data.batch_size auto with --trainer.accelerator gpu needs a GPU here or the card's size: "
-                           "add --memory_gb (e.g. --memory_gb 8)")
+        raise LitLoraError("--trainer.accelerator gpu with no GPU here: give the card's size (e.g. --memory_gb 8) for "
+                           "data.batch_size auto or --memory_gb gpu")
     fit = batch_fit(model, block, precision, gc, device, budget[0])
     if not fit.largest:
         raise no_batch_fits(fit.peaks[1], f"{budget[0] / MB:,.0f} MB usable of {budget[1]} ({headroom_text()})")

@@ -10,7 +10,9 @@ grouped-query attention, gated MLPs, RMSNorm, tied or untied heads, gradient che
 precision's casts are whatever the model's code does.
 
 The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
-the real model is never copied.
+the real model is never copied. The step's loss is training's own (`lit_lora.nll`: the output head in
+chunks, each recomputed in the backward pass). A model many layers deep is counted from two short copies
+(`fake_step`): every count is linear in the number of layers.
 """
 
 from __future__ import annotations

@@ -112,10 +112,15 @@ def no_batch_fits(peak_of_one: int, where: str) -> LitLoraError:
         "--data.block_size")
 
 
-def parse_memory_gb(value: Optional[float]) -> Optional[int]:
-    """`--memory_gb` in bytes (GiB, as nvidia-smi's MiB count them: an 8 GB card is 8); a line if bad."""
-    if value is None:
+def parse_memory_gb(value: Optional[str]) -> Optional[int]:
+    """`--memory_gb` in bytes (GiB, as nvidia-smi's MiB count them: an 8 GB card is 8), None for none or for
+    "gpu" (the visible GPU's free memory); a line if it is neither."""
+    if value is None or value == "gpu":
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100_000:
-        raise LitLoraError(f"--memory_gb must be a number of GB above 0 (an 8 GB card: 8), got {value!r}")
-    return int(value * 2**30)
+    try:
+        gb = float(value)
+    except ValueError:
+        gb = float("nan")
+    if not 0 < gb < 100_000:
+        raise LitLoraError(f"--memory_gb must be a number of GB above 0 (an 8 GB card: 8) or gpu, got {value!r}")
+    return int(gb * 2**30)

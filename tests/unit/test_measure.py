@@ -160,6 +160,6 @@ def test_a_deep_model_is_counted_from_two_short_copies_exactly_as_in_full(model_
     model = apply_lora(load_base_model("unused", model_config=model_config), LoraSettings())
     config = model.get_base_model().config
     assert dry_run._depth(config) == (12, period)
-    for gc in (False, True):
+    for gc in (False, True) if period == 1 else (True,):  # Gemma 2's 12 full layers: one run is enough
         full = dry_run._step(model, 2, 40, "bf16-mixed", gc, "cuda", True, config)
         assert dry_run.fake_step(model, 2, 40, "bf16-mixed", gc, "cuda") == full  # bytes and FLOPs, exactly
