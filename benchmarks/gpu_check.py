@@ -146,8 +146,7 @@ def speed_rows(table: Table, dry_run: bool, timeout: int) -> None:
     except subprocess.TimeoutExpired:
         table.row("speed", "throughput.py", "TIMEOUT", f"after {timeout} s", time.perf_counter() - start)
         return
-    lines = [line.strip() for line in out.splitlines()
-             if re.match(r"\s*([abc] |a/[bc] |MFU)", line) and not line.strip().startswith("round")]
+    lines = [line.strip() for line in out.splitlines() if re.match(r"\s*([abc] .*tokens/s|a/[bc] |MFU)", line)]
     seconds = time.perf_counter() - start
     for line in lines:
         table.row("speed", "GPT-2 small, block 1024, bf16" if not dry_run else "tiny shape on CPU (dry run)",
