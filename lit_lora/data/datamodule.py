@@ -178,7 +178,9 @@ class LitLoraData(pl.LightningDataModule):
             raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
         data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
         saved = saved_data_state(self.resume_checkpoint, type(self).__qualname__) if trainer.state.fn == "fit" else None
-        per_rank = max(1, len(data) // trainer.world_size)  # no batch larger than the data
+        # No batch larger than the data, nor so large that an epoch is shorter than an integer val_check_interval.
+        interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 1
+        per_rank = max(1, len(data) // trainer.world_size // max(1, interval))
         return choose_batch_size(trainer, self.hparams.block_size, saved, per_rank)
 
     # -- loaders ------------------------------------------------------------------------------------------
