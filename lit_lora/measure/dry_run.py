@@ -54,20 +54,19 @@ def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gr
     chunked unless `chunked_loss` is False; Liger's fused kernel, which holds less, is counted as chunks.
     """
     cache = model.__dict__.setdefault("_lit_lora_dry_runs", {})  # per model: its shape never changes
-    key = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
-    if key not in cache:
-        args = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
+    args = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
+    if args not in cache:  # the key is the arguments of `_step`
         config = base_model(model).config
         layers, period = _depth(config)
         per_layer_lora = getattr(model.peft_config["default"], "layers_to_transform", None)
         if layers < _EXTRAPOLATE_FROM * period or layers % period or per_layer_lora is not None:
-            cache[key] = _step(model, *args, config)
+            cache[args] = _step(model, *args, config)
         else:
             # Decoder layers of one kind hold and compute alike, so every count is a + b x layers: two short
             # copies give a and b (GPT-2 XL: 48 layers in 1.5 s, not 10 s). Checked against full dry runs.
             short, longer = (_step(model, *args, _with_depth(config, n * period)) for n in (1, 2))
-            cache[key] = _extrapolate(short, longer, layers // period - 1)
-    return cache[key]
+            cache[args] = _extrapolate(short, longer, layers // period - 1)
+    return cache[args]
 
 
 # Models at least this many layer patterns deep are counted from copies one and two patterns deep.
