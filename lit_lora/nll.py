@@ -33,6 +33,12 @@ CHUNKED_HEAD_FAMILIES = frozenset(
     {"gpt2", "gpt_neo", "gpt_neox", "opt", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
 )
 
+# Families whose forward turns per-document `position_ids` into a block-diagonal mask when no attention_mask
+# is given (transformers' `find_packed_sequence_indices`); tests/test_packing.py checks each one.
+POSITION_MASK_FAMILIES = frozenset(
+    {"gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
+)
+
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token negative log-likelihood and the number of predicted tokens, from full logits.
@@ -72,19 +78,38 @@ def output_head(model: Any) -> tuple[Optional[OutputHead], Optional[str]]:
     return OutputHead(backbone, head, getattr(base.config, "final_logit_softcapping", None)), None
 
 
+def document_inputs(model: Any, position_ids: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a packed batch passes the model so its documents attend only to themselves: `position_ids`
+    (restarting at 0 per document) for the families whose forward builds the block-diagonal mask from them,
+    and for the others a 4D additive mask of our own as well (OPT builds its mask without them)."""
+    if position_ids is None:
+        return {}
+    if getattr(getattr(model, "config", None), "model_type", None) in POSITION_MASK_FAMILIES:
+        return {"position_ids": position_ids}
+    document = (torch.diff(position_ids, dim=-1, prepend=position_ids[:, :1] - 1) != 1).cumsum(-1)
+    t = position_ids.shape[-1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (document[:, :, None] == document[:, None, :]) & causal
+    weight = model.get_input_embeddings().weight
+    dtype = torch.get_autocast_dtype(weight.device.type) if torch.is_autocast_enabled(weight.device.type) else weight.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {"position_ids": position_ids, "attention_mask": mask[:, None]}
+
+
 def model_nll(model: Any, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], labels: torch.Tensor,
-              chunked: bool = True, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+              chunked: bool = True, fused: bool = True, position_ids: Optional[torch.Tensor] = None,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token NLL of `model` (a causal LM, PEFT-wrapped or not) on a batch, and its target count.
 
     Chunked when `model`'s head allows (`output_head`); `chunked=False` computes the full logits (the FLOP
     count does: recomputing a chunk is overhead, not model work). `fused=False` never uses Liger's kernel
-    (the dry run: Triton cannot run on fake tensors).
+    (the dry run: Triton cannot run on fake tensors). `position_ids`: a packed batch's (`document_inputs`).
     """
     parts = output_head(model)[0] if chunked else None
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **document_inputs(model, position_ids)}
     if parts is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return token_nll(logits, labels)
-    hidden = parts.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        return token_nll(model(**inputs, use_cache=False).logits, labels)
+    hidden = parts.backbone(**inputs, use_cache=False)[0]
     return chunked_head_nll(hidden, parts.head, labels, parts.softcap, fused=fused)
 
 

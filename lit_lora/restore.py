@@ -88,9 +88,11 @@ def load_generation_model(
         raise LitLoraError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     target = resolve_device(device)  # before loading anything: a missing GPU is reported at once
     trust = trust_remote_code
+    template = None
     if ckpt_path:
-        module = module_from_checkpoint(ckpt_path, model_name_or_path).module
-        model, hp = module.model, module.hparams
+        restored = module_from_checkpoint(ckpt_path, model_name_or_path)
+        model, hp = restored.module.model, restored.module.hparams
+        template = restored.checkpoint.get("lit_lora", {}).get("chat_template")
         trust = trust or bool(hp.get("trust_remote_code"))
         source = tokenizer_name_or_path or tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
     elif adapter_path:
@@ -109,6 +111,8 @@ def load_generation_model(
             "for the base model alone"
         )
     tokenizer = load_tokenizer(source, trust_remote_code=trust)
+    if template:  # what the checkpoint's conversations were rendered with
+        tokenizer.chat_template = template
     # The whole model, LoRA weights included, in one dtype: bf16 on CPU works this way without autocast.
     model = model.to(device=target, dtype=getattr(torch, dtype))
     return model.eval(), tokenizer
@@ -129,7 +133,9 @@ def _load_adapter(
         raise LitLoraError(
             f"--adapter_path {adapter_path!r} does not name its base model; give --model.model_name_or_path"
         )
-    recorded_tokenizer = tokenizer_name_or_path or info.get("tokenizer_name_or_path")
+    # An adapter trained on conversations carries its tokenizer, chat template included (lora/export.py).
+    own = str(folder) if (folder / "tokenizer_config.json").is_file() else None
+    recorded_tokenizer = tokenizer_name_or_path or own or info.get("tokenizer_name_or_path")
     tokenizer = recorded_tokenizer or base
     if model_config is not None and not recorded_tokenizer:
         raise LitLoraError(

@@ -76,7 +76,7 @@ def test_prompt_completion_masks_prompt_and_padding_and_truncates(tmp_path, gpt2
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     dm = _module(tmp_path, gpt2_tokenizer_dir, train_files=[str(path)], val_fraction=0.0, block_size=16,
                  batch_size=3, shuffle=False, length_bucketing=False)
-    assert dm.data_format == "prompt_completion" and dm.truncated == 1
+    assert dm.data_format == "prompt_completion" and dm.counts["truncated"] == 1
     tok = dm.tokenizer
     batch = next(iter(dm.train_dataloader()))
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
@@ -124,8 +124,13 @@ def test_second_run_reuses_cache_without_tokenizing(tmp_path, tiny_model_dir, sh
 
 
 def test_collator_stacks_packed_blocks():
-    out = Collator(0)([{"input_ids": [1, 2, 3], "sample_id": 7}, {"input_ids": [4, 5, 6], "sample_id": 9}])
+    rows = [{"input_ids": [1, 2, 3], "position_ids": [0, 0, 1], "sample_id": 7},
+            {"input_ids": [4, 5, 6], "position_ids": [0, 1, 2], "sample_id": 9}]
+    out = Collator(0)(rows)
     assert torch.equal(out["input_ids"], torch.tensor([[1, 2, 3], [4, 5, 6]]))
+    assert out["position_ids"].tolist() == [[0, 0, 1], [0, 1, 2]]
+    # A document's first token is not predicted from the end of the one before it.
+    assert out["labels"].tolist() == [[-100, -100, 3], [-100, 5, 6]]
     assert out["sample_ids"].tolist() == [7, 9] and "attention_mask" not in out
 
 

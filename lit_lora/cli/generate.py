@@ -3,6 +3,7 @@
     python -m lit_lora.cli generate --ckpt_path CKPT --prompt "Once upon a time" --max_new_tokens 40
     python -m lit_lora.cli generate --adapter_path DIR --prompts_file prompts.txt --output out.jsonl
     python -m lit_lora.cli generate --model_dir MERGED_DIR --prompt "A" --prompt "B" --temperature 0
+    python -m lit_lora.cli generate --ckpt_path CKPT --chat --prompt "What does Fern sell?"
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def _add_prompt_options(parser: ArgumentParser) -> None:
                     help="A prompt; repeat the flag for several.")
     io.add_argument("--prompts_file", type=Optional[str], default=None,
                     help="Prompts, one per line (blank lines skipped), or JSONL with a 'prompt' field.")
+    io.add_argument("--chat", action="store_true",
+                    help="Each prompt is a user message: reply with the model's chat template (the one it was "
+                    "trained with; else the tokenizer's, else `plain`) and print only the reply.")
+    io.add_argument("--messages_file", type=Optional[str], default=None,
+                    help="Conversations to reply to, JSONL: one message list (or {\"messages\": [...]}) per line. "
+                    "Implies --chat.")
     io.add_argument("--output", type=Optional[str], default=None,
                     help="Write JSONL ({id, sample, prompt, completion} per line) here instead of printing.")
     io.add_argument("--overwrite", action="store_true",
@@ -68,42 +75,50 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     settings = settings_from_options(GenerationSettings, args)  # its checks, before any model loads
     # start-up: torch, transformers and peft load only once the options have parsed.
-    from lit_lora.generation.prompts import generate_records, read_prompts
+    from lit_lora.generation.chat import resolve_template
+    from lit_lora.generation.prompts import generate_records, read_messages, read_prompts
     from lit_lora.outputs import check_output_file
     from lit_lora.restore import load_generation_model
 
     if args.output:
         check_output_file(args.output, "--output", args.overwrite)  # before loading the model
-    prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    chat = args.chat or bool(args.messages_file)
+    prompts: list[Any] = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    if chat:
+        prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
+        prompts += read_messages(args.messages_file) if args.messages_file else []
     if not prompts:
-        raise LitLoraError("no prompts: give --prompt TEXT (repeatable) or --prompts_file FILE")
+        raise LitLoraError("no prompts: give --prompt TEXT (repeatable), --prompts_file FILE or --messages_file FILE")
     model, tokenizer = load_generation_model(
         ckpt_path=args.ckpt_path, adapter_path=args.adapter_path, model_dir=args.model_dir,
         model_name_or_path=args.model.model_name_or_path, tokenizer_name_or_path=args.model.tokenizer_name_or_path,
         device=args.device, dtype=args.dtype,
     )
+    # A reply is rendered with the template the model was trained with (restore puts it on the tokenizer).
+    template = resolve_template(tokenizer, "auto")[1] if chat else None
     if args.output:
-        return _write_jsonl(model, tokenizer, prompts, settings, args.batch_size, args.output, args.overwrite)
+        return _write_jsonl(model, tokenizer, prompts, settings, args.batch_size, args.output, args.overwrite,
+                            template)
     if len(prompts) == 1 and settings.num_return_sequences == 1:
-        # One sequence: print tokens as they come.
+        # One sequence: print tokens as they come (a reply alone, a completion after its prompt).
         from transformers import TextStreamer
 
-        print(prompts[0], end="", flush=True)
+        print("" if chat else prompts[0], end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        for _ in generate_records(model, tokenizer, prompts, settings, args.batch_size, streamer=streamer):
+        for _ in generate_records(model, tokenizer, prompts, settings, args.batch_size, streamer, template):
             pass
         return 0
     # Several: each completion is printed when its batch is done.
-    for record in generate_records(model, tokenizer, prompts, settings, args.batch_size):
+    for record in generate_records(model, tokenizer, prompts, settings, args.batch_size, chat_template=template):
         sample = f", sample {record['sample']}" if settings.num_return_sequences > 1 else ""
         print(f"=== prompt {record['id']}{sample} ===")
-        print(record["prompt"] + record["completion"], flush=True)
+        print(record["completion"][0]["content"] if chat else record["prompt"] + record["completion"], flush=True)
     return 0
 
 
 def _write_jsonl(
-    model: Any, tokenizer: Any, prompts: list[str], settings: GenerationSettings, batch_size: int, output: str,
-    overwrite: bool,
+    model: Any, tokenizer: Any, prompts: list[Any], settings: GenerationSettings, batch_size: int, output: str,
+    overwrite: bool, template: Optional[str],
 ) -> int:
     # start-up: see main
     from lit_lora.generation.prompts import generate_records
@@ -111,6 +126,7 @@ def _write_jsonl(
 
     path, fh = open_completions(output, "--output", overwrite)
     with fh:
-        count = write_records(fh, generate_records(model, tokenizer, prompts, settings, batch_size))
+        count = write_records(fh, generate_records(model, tokenizer, prompts, settings, batch_size,
+                                                   chat_template=template))
     print(f"lit_lora: wrote {count} completion(s) to {path}", file=sys.stdout)
     return 0

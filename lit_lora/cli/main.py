@@ -25,6 +25,7 @@ TRAINER_COMMANDS = {
 # Our own subcommands: name -> (module with main(argv), one-line help). Imported only when used.
 TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("lit_lora.cli.summary", "Parameter counts and a training-memory estimate for a config."),
+    "preview": ("lit_lora.cli.preview", "The first training sequences as the model sees them, trained tokens marked."),
     "export": ("lit_lora.cli.export", "Export a LoRA-only checkpoint as a PEFT adapter folder."),
     "merge": ("lit_lora.cli.merge", "Merge LoRA into the base model: a plain transformers model folder."),
     "generate": ("lit_lora.cli.generate", "Complete prompts with a checkpoint, adapter, merged or base model."),

@@ -148,6 +148,9 @@ class LitLoraCLI(LightningCLI):
         model_name = model_cfg.model_name_or_path
         cfg.data.tokenizer_name_or_path = tokenizer_source(model_cfg.tokenizer_name_or_path, model_name)
         cfg.data.trust_remote_code = model_cfg.trust_remote_code
+        recorded = ckpt["lit_lora"].get("chat_template")
+        if recorded and cfg.data.get("chat_template", "auto") == "auto":  # render as the checkpoint's run did
+            cfg.data.chat_template = recorded
         if sub == "fit":
             # Continue the same logger run and checkpoint folder instead of starting a new one.
             set_logger_run(cfg.trainer, run_version_of(ckpt_path), ckpt["lit_lora"].get("logger_run_id"))

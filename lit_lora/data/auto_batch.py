@@ -14,10 +14,23 @@ from typing import Any, Optional
 import torch
 
 from lit_lora.constants import MB
+from lit_lora.errors import LitLoraError
 from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
 from lit_lora.measure.memory import estimate_training_memory
 
 AUTO = "auto"
+
+
+def batch_size_for(trainer: Any, rows: int, block_size: int, resume_checkpoint: Optional[str], key: str) -> int:
+    """The data module's `auto` batch for `rows` training (or evaluation) rows; `key`: its section in the
+    checkpoint `resume_checkpoint` that fit resumes from."""
+    if trainer is None:
+        raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
+    saved = saved_data_state(resume_checkpoint, key) if trainer.state.fn == "fit" else None
+    # No batch larger than the data, nor so large that an epoch is shorter than an integer val_check_interval.
+    interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 1
+    per_rank = max(1, rows // trainer.world_size // max(1, interval))
+    return choose_batch_size(trainer, block_size, saved, per_rank)
 
 
 def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, int]], limit: int) -> int:

@@ -1,14 +1,15 @@
 """Batches: rows of a tokenized `datasets.Dataset` with their sample ids, the training collator (packed
-blocks or padded prompt/completion examples), and left-padded prompt batches for `predict`."""
+blocks or padded examples), and left-padded prompt batches for `predict`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.generation.chat import stop_ids
 from lit_lora.generation.prompts import encode_prompts
 
 
@@ -37,22 +38,22 @@ class RowsView(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Stacks packed blocks, or pads prompt/completion examples to the longest in the batch.
+    """Stacks packed blocks, or pads examples to the longest in the batch.
 
-    Padding is right-side for training; padded positions get attention_mask 0 and label -100, so the pad
-    token id (often EOS) is never what masks anything.
+    Padding is right-side for training; padded positions get label -100, so the pad token id (often EOS)
+    is never what masks anything. Padded examples get attention_mask 0 there. Packed rows get no
+    attention_mask (transformers then reads the documents from `position_ids`): their padding is a document
+    of its own, positions from 0, which no real token attends to. A document's first token gets label -100.
     """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [r["input_ids"] for r in rows]
         sample_ids = torch.tensor([r["sample_id"] for r in rows])
-        if "labels" not in rows[0]:
-            # Packed blocks: NumPy rows from RowsView (stacked without touching each token), or lists.
-            input_ids = torch.as_tensor(np.stack(ids) if isinstance(ids[0], np.ndarray) else ids, dtype=torch.long)
-            return {"input_ids": input_ids, "labels": input_ids, "sample_ids": sample_ids}
+        if "position_ids" in rows[0]:
+            return {**self._packed(rows), "sample_ids": sample_ids}
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -62,13 +63,35 @@ class Collator:
             input_ids[j, :n] = torch.tensor(r["input_ids"])
             labels[j, :n] = torch.tensor(r["labels"])
             mask[j, :n] = 1
+        labels[:, 0] = IGNORE_INDEX  # a row's first token is never predicted: its label says so
         return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "sample_ids": sample_ids}
+
+    def _packed(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        lengths = [len(r["input_ids"]) for r in rows]
+        width = max(lengths)
+        if min(lengths) == width and "labels" not in rows[0]:
+            # Blocks of text: NumPy rows from RowsView, stacked without touching each token.
+            input_ids = torch.as_tensor(np.stack([np.asarray(r["input_ids"]) for r in rows]), dtype=torch.long)
+            positions = torch.as_tensor(np.stack([np.asarray(r["position_ids"]) for r in rows]), dtype=torch.long)
+            labels = input_ids.clone()
+        else:
+            input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+            labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+            positions = torch.arange(width).repeat(len(rows), 1)
+            for j, (r, n) in enumerate(zip(rows, lengths)):
+                input_ids[j, :n] = torch.as_tensor(r["input_ids"])
+                labels[j, :n] = torch.as_tensor(r.get("labels", r["input_ids"]))
+                positions[j, :n] = torch.as_tensor(r["position_ids"])
+                positions[j, n:] -= n
+        labels[positions == 0] = IGNORE_INDEX
+        return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "num_tokens": sum(lengths)}
 
 
 class PromptRows(torch.utils.data.Dataset):
-    """The prompts of `--data.predict_file`, each with its line number among the prompts (its id)."""
+    """The prompts of `--data.predict_file` (texts or message lists), each with its number among the prompts
+    (its id)."""
 
-    def __init__(self, prompts: list[str]) -> None:
+    def __init__(self, prompts: list[Any]) -> None:
         self.prompts = prompts
 
     def __len__(self) -> int:
@@ -79,16 +102,18 @@ class PromptRows(torch.utils.data.Dataset):
 
 
 class PromptCollator:
-    """Left-padded prompt batches for `LitLora.predict_step`; they carry their texts and ids for the writer."""
+    """Left-padded prompt batches for `LitLora.predict_step`; they carry their prompts and ids for the writer.
+    Conversations are rendered with `chat_template` and its generation prompt."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, chat_template: Optional[str] = None) -> None:
         self.tokenizer = tokenizer
+        self.chat_template = chat_template
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         prompts = [r["prompt"] for r in rows]
         return {
-            **encode_prompts(self.tokenizer, prompts),
+            **encode_prompts(self.tokenizer, prompts, self.chat_template),
             "ids": [r["id"] for r in rows],
             "prompts": prompts,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": stop_ids(self.tokenizer, self.chat_template) if self.chat_template else self.tokenizer.eos_token_id,
         }

@@ -7,10 +7,11 @@ files and tokenizer reads Arrow files and never calls the tokenizer:
 1. rows: text files are read in ~256 KB chunks cut at line starts (a file is one document; the last
    chunk of a file carries `doc_end`); JSONL lines become one row each.
 2. tokens: `Dataset.map(batched=True, num_proc=...)`; EOS is appended at every document end.
-3. blocks: a streaming pass packs the token stream into `block_size` blocks, carrying the remainder
-   from row to row (only the corpus's final partial block is dropped).
-
-Prompt/completion data skips packing: each example is one row with its own labels.
+   Conversations are rendered with the chat template and get labels on their trained turns
+   (`conversations.py`); prompt/completion pairs on their completion.
+3. blocks (`packing.py`): the token stream is packed into `block_size` blocks, carrying the remainder from
+   row to row (only the corpus's final partial block is dropped), with positions restarting at each
+   document. Examples with labels are packed whole when `packing` is on, else each is one padded row.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from lit_lora.constants import IGNORE_INDEX
-from lit_lora.data.files import MAX_ROW_BYTES, file_fingerprint, read_jsonl_rows, read_text_rows
+from lit_lora.data.conversations import tokenize_conversations
+from lit_lora.data.files import (MAX_ROW_BYTES, conversational_files, file_fingerprint, read_chat_rows,
+                                 read_jsonl_rows, read_text_rows)
+from lit_lora.data.packing import pack_examples, pack_text
 from lit_lora.errors import LitLoraError
+from lit_lora.generation.chat import resolve_template
 from lit_lora.hub import bos_prefix
 from lit_lora.outputs import ensure_writable
 
@@ -34,6 +39,9 @@ ROWS_PER_BATCH = 16
 # Bumped when the rules for cutting text into rows, or their columns, change: cached rows of the old rules
 # are not reused.
 CUTS_VERSION = 3
+# Bumped when tokenized rows or packed blocks change their columns or rules: old caches are not reused.
+TOKENS_VERSION = 2
+MESSAGES = [{"role": "string", "content": "string"}]  # a conversation's column: its messages
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -95,7 +103,9 @@ def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
     # A document gets the family's BOS (if its tokenizer adds one) at its start only, never at the start
     # of every chunk, and one EOS at its end.
     bos, eos = bos_prefix(tokenizer), [tokenizer.eos_token_id]
-    return {"ids": [bos * start + i + eos * end for i, start, end in zip(ids, batch["doc_start"], batch["doc_end"])]}
+    starts, ends = batch["doc_start"], batch["doc_end"]
+    return {"ids": [bos * start + i + eos * end for i, start, end in zip(ids, starts, ends)],
+            "doc_start": starts, "doc_end": ends}
 
 
 def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
@@ -120,26 +130,6 @@ def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> 
     return out
 
 
-def pack_blocks(arrow_files: list[str], block_size: int) -> Iterator[dict[str, list[int]]]:
-    """Stream token rows from Arrow files and cut them into full blocks, carrying the remainder over.
-
-    Only the concatenated token stream matters (EOS already marks document ends), so each record batch is
-    flattened at once. The files are read batch by batch, not memory-mapped: the mapped pages of a
-    corpus-sized file would count in this process's resident memory."""
-    import numpy as np
-    import pyarrow as pa
-
-    buf = np.zeros(0, dtype=np.int64)
-    for path in arrow_files:
-        with pa.OSFile(path) as source:
-            for record_batch in pa.ipc.open_stream(source):
-                buf = np.concatenate([buf, record_batch.column("ids").flatten().to_numpy()])
-                n_full = len(buf) // block_size
-                for k in range(n_full):
-                    yield {"input_ids": buf[k * block_size : (k + 1) * block_size].tolist()}
-                buf = buf[n_full * block_size :]
-
-
 def build_split(
     files: list[str],
     fmt: str,
@@ -149,10 +139,18 @@ def build_split(
     text_field: str = "text",
     num_proc: Optional[int] = None,
     hf_rows: Any = None,
+    chat_template: Optional[str] = None,
+    train_on: str = "assistant",
+    packing: Optional[bool] = None,
+    report: Optional[dict[str, int]] = None,
 ) -> Any:
-    """Tokenized dataset for one split: packed `input_ids` blocks, or prompt/completion examples with labels.
+    """Tokenized dataset for one split: packed blocks (`input_ids`, `position_ids`, and `labels` for examples),
+    or one padded example per row (`input_ids`, `labels`) when examples are not packed.
 
-    `hf_rows` is an already loaded `datasets.Dataset` (a hub or local HF dataset) used instead of files.
+    `hf_rows` is an already loaded `datasets.Dataset` (a hub or local HF dataset) used instead of files;
+    conversations come as rows of `messages`, `prompt_turns` and `where` (`files.read_chat_rows`).
+    `packing` None: on for text, off for examples. `report` receives the counts of examples, truncated
+    ones and dropped ones (cut to nothing that trains).
     """
     from datasets import disable_progress_bars
 
@@ -164,18 +162,35 @@ def build_split(
     )
     if len(rows) == 0:
         raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
-
     proc = _num_proc(len(rows), num_proc)
-    if fmt == "prompt_completion":
-        return rows.map(
-            _tokenize_pairs,
-            batched=True,
-            fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
-            remove_columns=rows.column_names,
-            num_proc=proc,
-            new_fingerprint=_hash("pairs", source_fp, tok_fp, block_size),
-            desc="tokenizing",
+    report = {} if report is None else report
+    if "messages" in rows.column_names or fmt == "prompt_completion":
+        if "messages" in rows.column_names:
+            if not getattr(tokenizer, "is_fast", False):
+                raise LitLoraError("conversations need a fast tokenizer (its offset mapping says which characters "
+                                   "each token holds); this one is a slow, Python tokenizer")
+            template = resolve_template(tokenizer, chat_template or "auto")[1]
+            fn, kwargs = tokenize_conversations, {"template": template, "train_on": train_on}
+        else:
+            fn, kwargs = _tokenize_pairs, {}
+        examples = rows.map(
+            fn, batched=True, fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, **kwargs},
+            remove_columns=rows.column_names, num_proc=proc, desc="tokenizing",
+            new_fingerprint=_hash("examples", TOKENS_VERSION, fn.__name__, source_fp, tok_fp, block_size, kwargs),
         )
+        if "messages" in rows.column_names:
+            report.update(conversations=len(rows))
+        if len(examples) == 0:
+            raise LitLoraError(f"no example of {files or 'the dataset'} has a token to train within "
+                               f"data.block_size={block_size}")
+        report.update(examples=len(rows), dropped=len(rows) - len(examples), truncated=int(sum(examples["truncated"])))
+        examples = examples.remove_columns("truncated")
+        if not packing:
+            return examples
+        return _from_generator(pack_examples, {"arrow_files": _arrow_files(examples, cache_dir, tok_fp),
+                                               "block_size": block_size}, cache_dir,
+                               {"input_ids": ["int32"], "labels": ["int32"], "position_ids": ["int32"]},
+                               f"no example of {files or 'the dataset'} trains anything")
     if text_field != "text" and text_field in rows.column_names:
         rows = rows.rename_column(text_field, "text")
     for column in ("doc_start", "doc_end"):  # rows of a dataset are whole documents
@@ -188,22 +203,31 @@ def build_split(
         fn_kwargs={"tokenizer": tokenizer},
         remove_columns=rows.column_names,
         num_proc=proc,
-        new_fingerprint=_hash("tokens", source_fp, tok_fp),
+        new_fingerprint=_hash("tokens", TOKENS_VERSION, source_fp, tok_fp),
         desc="tokenizing",
     )
-    arrow_files = [f["filename"] for f in tokens.cache_files]
-    if not arrow_files:  # in-memory dataset (tiny HF datasets): write it so the packer can stream it
-        path = Path(cache_dir or Path.home() / ".cache" / "lit_lora") / f"tokens-{_hash(source_fp, tok_fp)}.arrow"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tokens = tokens.flatten_indices(cache_file_name=str(path))
-        arrow_files = [f["filename"] for f in tokens.cache_files]
     short = (
         f"the corpus {files or 'dataset'} is shorter than one block of data.block_size={block_size} tokens; "
         "add text or lower --data.block_size"
     )
+    report.update(documents=int(sum(rows["doc_start"])))
     return _from_generator(
-        pack_blocks, {"arrow_files": arrow_files, "block_size": block_size}, cache_dir, {"input_ids": ["int32"]}, short
+        pack_text, {"arrow_files": _arrow_files(tokens, cache_dir, tok_fp), "block_size": block_size,
+                    "packing": packing is not False},
+        cache_dir, {"input_ids": ["int32"], "position_ids": ["int32"]}, short,
     )
+
+
+def _arrow_files(ds: Any, cache_dir: Optional[str], tok_fp: str) -> list[str]:
+    """The Arrow files holding `ds`, for a packer to stream; an in-memory dataset (a tiny HF one) is written
+    to one first."""
+    arrow_files = [f["filename"] for f in ds.cache_files]
+    if not arrow_files:
+        path = Path(cache_dir or Path.home() / ".cache" / "lit_lora") / f"tokens-{_hash(ds._fingerprint, tok_fp)}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds = ds.flatten_indices(cache_file_name=str(path))
+        arrow_files = [f["filename"] for f in ds.cache_files]
+    return arrow_files
 
 
 def _read_rows(
@@ -222,6 +246,9 @@ def _read_rows(
             fingerprint=_hash("text-rows", CUTS_VERSION, fingerprint, tok_fp),
         )
         _report_unchecked_cuts(rows, files)
+    elif conversational_files(files, fmt):
+        columns = {"messages": MESSAGES, "prompt_turns": "int32", "where": "string"}
+        rows = _from_generator(read_chat_rows, {"files": fingerprint, "fmt": fmt}, cache_dir, columns, empty)
     else:
         fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
         documents = {} if fmt == "prompt_completion" else {"doc_start": "bool", "doc_end": "bool"}
@@ -247,7 +274,12 @@ def _from_generator(
     from datasets import Dataset, Features, List, Value
     from datasets.exceptions import DatasetGenerationError
 
-    features = Features({k: List(Value(v[0])) if isinstance(v, list) else Value(v) for k, v in columns.items()})
+    def feature(v: Any) -> Any:
+        if isinstance(v, list):
+            return List({k: Value(t) for k, t in v[0].items()} if isinstance(v[0], dict) else Value(v[0]))
+        return Value(v)
+
+    features = Features({k: feature(v) for k, v in columns.items()})
     # `datasets` splits list arguments into shards and runs the generator once per shard: the packer would
     # then drop each file's last partial block (tokens lost at every shard boundary). Tuples are not split.
     gen_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_kwargs.items()}

@@ -1,8 +1,9 @@
 """`LitLoraData`: the LightningDataModule that turns a corpus into resumable batches.
 
 Sources (`sources.py`): plain-text files or globs (a file is one document), JSONL with a text field,
-prompt/completion JSONL (loss on the completion only), or a Hugging Face dataset by name or local path.
-This module keeps the loaders and the resume state; every setting is read from `self.hparams`.
+prompt/completion JSONL (loss on the completion only), conversations (messages, ShareGPT, Alpaca; loss on
+the assistant's turns), or a Hugging Face dataset by name or local path. This module keeps the loaders and
+the resume state; every setting is read from `self.hparams`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from lit_lora.constants import IGNORE_INDEX
-from lit_lora.data.auto_batch import AUTO, choose_batch_size, saved_data_state
+from lit_lora.data.auto_batch import AUTO, batch_size_for
 from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
+from lit_lora.data.report import data_lines, padding_efficiency, row_stats
 from lit_lora.data.resume import ResumableMarkerLoader, continue_epoch, data_state, reload_after, whole_epoch_batches
 from lit_lora.data.samplers import EvalShardSampler, ResumableSampler
-from lit_lora.data.sources import NO_TRAINING_DATA, build_eval_split, build_training_splits, eval_files_only
+from lit_lora.data.sources import build_eval_split, build_training_splits, check_options, eval_files_only
 from lit_lora.errors import LitLoraError
+from lit_lora.generation.chat import resolve_template
 from lit_lora.generation.prompts import read_prompts
 from lit_lora.hub import load_tokenizer
-from lit_lora.settings import check_number
 
 
 class LitLoraData(pl.LightningDataModule):
@@ -32,8 +33,11 @@ class LitLoraData(pl.LightningDataModule):
         train_files: Union[str, list[str], None] = None,
         val_files: Union[str, list[str], None] = None,
         val_fraction: float = 0.05,
-        format: Literal["auto", "text", "jsonl", "prompt_completion"] = "auto",
+        format: Literal["auto", "text", "jsonl", "prompt_completion", "messages", "sharegpt", "alpaca"] = "auto",
         text_field: str = "text",
+        chat_template: str = "auto",
+        train_on: Literal["assistant", "last", "all"] = "assistant",
+        packing: Optional[bool] = None,
         dataset_name: Optional[str] = None,
         dataset_config: Optional[str] = None,
         train_split: str = "train",
@@ -53,13 +57,21 @@ class LitLoraData(pl.LightningDataModule):
     ) -> None:
         """
         Args:
-            train_files: Training files or globs. Plain text (a file is one document), JSONL with a `text`
-                field, or prompt/completion JSONL (`prompt`, `completion` fields). Not needed by `validate`
-                or `test` given `val_files`/`test_files`.
+            train_files: Training files or globs: plain text (a file is one document) or JSONL of one format
+                (see `format`). Not needed by `validate` or `test` given `val_files`/`test_files`.
             val_files: Validation files or globs, same formats. When omitted, `val_fraction` is split off.
             val_fraction: Fraction of training blocks (or examples) held out for validation, with `seed`.
-            format: "auto" detects from the extension and the first JSONL record's fields.
+            format: "auto" detects it from the extension and the first record's fields (and says so): `text`
+                (`text_field`), `prompt_completion` (strings, or TRL's message lists), `messages`, `sharegpt`
+                (`conversations`), `alpaca` (`instruction`, `input`, `output`); plain files are `text`.
             text_field: Name of the text field in JSONL files and Hugging Face datasets.
+            chat_template: For conversations: "auto" (the tokenizer's own, else the built-in "plain"),
+                "tokenizer", "plain", or a Jinja file. Saved with checkpoints, adapters and merged models.
+            train_on: Which conversation tokens train: "assistant" (every assistant turn with its end-of-turn
+                token), "last" (the final assistant turn), "all". Alpaca trains its `output`.
+            packing: Join documents or examples into full blocks, each attending only to itself (positions
+                restart per document). Default: on for text, off for examples (length-bucketed batches
+                instead; see the README for the measurement).
             dataset_name: A Hugging Face dataset name or local path for `datasets.load_dataset`,
                 used instead of train_files.
             dataset_config: The dataset's configuration name, if it has several.
@@ -82,15 +94,7 @@ class LitLoraData(pl.LightningDataModule):
             trust_remote_code: Let the tokenizer's repository run its own code; set from --model.* by the CLI.
         """
         super().__init__()
-        check_number("data.block_size", block_size, at_least=2, integer=True)
-        if batch_size != AUTO:
-            check_number("data.batch_size", batch_size, at_least=1, integer=True)
-        check_number("data.val_fraction", val_fraction, at_least=0, below=1)
-        check_number("data.num_workers", num_workers, at_least=0, integer=True)
-        if num_proc is not None:
-            check_number("data.num_proc", num_proc, at_least=1, integer=True)
-        if not (train_files or dataset_name or predict_file or val_files or test_files):
-            raise LitLoraError(NO_TRAINING_DATA)
+        check_options(locals())
         # The tokenizer options are the model's (linked values); logging them twice would clash with the
         # model's hyperparameters.
         self.save_hyperparameters(ignore=["tokenizer_name_or_path", "trust_remote_code"])
@@ -102,12 +106,14 @@ class LitLoraData(pl.LightningDataModule):
         self.test_ds: Any = None
         self.predict_prompts: Optional[list[str]] = None
         self.data_format: Optional[str] = None
-        self.truncated = 0
+        self.counts: dict[str, int] = {}  # what corpus.build_split reports on the training data
+        self.chat_template: Optional[str] = None  # the template conversations were rendered with
         self._resume: Optional[dict[str, int]] = None
         self._sampler: Optional[ResumableSampler] = None
         self._reload_setting: Optional[int] = None  # the user's reload_dataloaders_every_n_epochs, while changed
         self._step_tokens: Optional[tuple[tuple[int, int], np.ndarray]] = None  # ((epoch, accumulate), totals)
-        self._counts: Optional[np.ndarray] = None
+        self._stats: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._template_name = ""
         self._auto_batch: Optional[int] = None  # what data.batch_size auto chose
         self.resume_checkpoint: Optional[str] = None  # fit's --ckpt_path (set by the CLI): auto reads its layout
 
@@ -141,7 +147,21 @@ class LitLoraData(pl.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         self._build(stage)
         if self.hparams.batch_size == AUTO and self._auto_batch is None:
-            self._auto_batch = self._choose_batch_size()
+            data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
+            self._auto_batch = batch_size_for(self.trainer, len(data), self.hparams.block_size, self.resume_checkpoint,
+                                              type(self).__qualname__)
+        if stage == "fit" and self._rank_world()[0] == 0:
+            for line in self.data_lines(self.batch_size):
+                print(f"lit_lora: {line}", flush=True)
+
+    def data_lines(self, batch_size: int) -> list[str]:
+        """What the training data holds (`report.data_lines`), for batches of `batch_size`."""
+        lengths, targets = self._row_stats()
+        order = self._train_sampler(0, 1, batch_size).epoch_order(0)
+        batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+        settings = dict(self.hparams, format=self.data_format, packed="position_ids" in self.train_ds.column_names,
+                        template=self.chat_template and self._template_name)
+        return data_lines(lengths, targets, self.counts, padding_efficiency(lengths, batches), settings)
 
     def _build(self, stage: Optional[str]) -> None:
         if stage == "predict":
@@ -150,6 +170,9 @@ class LitLoraData(pl.LightningDataModule):
                     "predict needs prompts: give --data.predict_file FILE (one prompt per line, or JSONL)"
                 )
             self.predict_prompts = read_prompts(self.hparams.predict_file)
+            if any(isinstance(p, list) for p in self.predict_prompts):
+                self._template_name, self.chat_template = resolve_template(self._load_tokenizer(),
+                                                                          self.hparams.chat_template)
             return
         eval_only = self._eval_files_only() if stage in ("validate", "test") else None
         if eval_only:
@@ -160,28 +183,14 @@ class LitLoraData(pl.LightningDataModule):
             return
         if self.train_ds is not None:
             return
-        train, val, self.data_format = build_training_splits(self.hparams, self._load_tokenizer())
-        if "truncated" in train.column_names:
-            self.truncated = int(sum(train["truncated"]))
-            if self.truncated:
-                print(f"lit_lora: {self.truncated} training example(s) longer than "
-                      f"block_size={self.hparams.block_size} were truncated at the end of their completion")
-            train = train.remove_columns("truncated")
-            val = val.remove_columns("truncated") if val is not None else None
+        train, val, self.data_format = build_training_splits(self.hparams, self._load_tokenizer(), self.counts)
+        if self.hparams.format == "auto" and self._rank_world()[0] == 0:
+            print(f"lit_lora: data.format auto: {self.data_format} (from the first record's fields)", flush=True)
+        if self.counts.get("conversations"):
+            self._template_name, self.chat_template = resolve_template(self.tokenizer, self.hparams.chat_template)
         self.train_ds, self.val_ds = train, val
         if val is None and self.trainer is not None:
             self.trainer.limit_val_batches = 0  # no validation; Lightning would warn its loader is empty
-
-    def _choose_batch_size(self) -> int:
-        trainer = self.trainer
-        if trainer is None:
-            raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
-        data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
-        saved = saved_data_state(self.resume_checkpoint, type(self).__qualname__) if trainer.state.fn == "fit" else None
-        # No batch larger than the data, nor so large that an epoch is shorter than an integer val_check_interval.
-        interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 1
-        per_rank = max(1, len(data) // trainer.world_size // max(1, interval))
-        return choose_batch_size(trainer, self.hparams.block_size, saved, per_rank)
 
     # -- loaders ------------------------------------------------------------------------------------------
 
@@ -205,16 +214,15 @@ class LitLoraData(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.hparams.seed),
         )
 
+    def _train_sampler(self, rank: int, world: int, batch_size: int) -> ResumableSampler:
+        hp = self.hparams
+        lengths = self._row_stats()[0] if hp.length_bucketing and "labels" in self.train_ds.column_names else None
+        return ResumableSampler(len(self.train_ds), seed=hp.seed, shuffle=hp.shuffle, rank=rank, world_size=world,
+                                batch_size=batch_size, lengths=lengths, bucket_size=batch_size * world)
+
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        hp = self.hparams
-        lengths = None
-        if hp.length_bucketing and "labels" in self.train_ds.column_names:
-            lengths = [len(x) for x in self.train_ds["input_ids"]]
-        sampler = ResumableSampler(
-            len(self.train_ds), seed=hp.seed, shuffle=hp.shuffle, rank=rank, world_size=world,
-            batch_size=self.batch_size, lengths=lengths, bucket_size=self.batch_size * world,
-        )
+        sampler = self._train_sampler(rank, world, self.batch_size)
         if self._reload_setting is not None:  # the loader after a resumed epoch: the user's setting is back
             self.trainer.reload_dataloaders_every_n_epochs, self._reload_setting = self._reload_setting, None
         if self._resume is not None:
@@ -229,14 +237,12 @@ class LitLoraData(pl.LightningDataModule):
 
     def step_target_tokens(self, epoch: int, batch_idx: int, accumulate: int) -> Optional[int]:
         """Target tokens of the whole optimizer step that training batch `batch_idx` of `epoch` belongs to:
-        its `accumulate` micro-batches on every process. None for packed text, whose micro-batches all
-        hold the same number, so their means already weigh every token alike."""
-        if self._sampler is None or "labels" not in self.train_ds.column_names:
+        its `accumulate` micro-batches on every process. None for rows that all predict the same number."""
+        if self._sampler is None or not {"labels", "position_ids"} & set(self.train_ds.column_names):
             return None
         key = (epoch, accumulate)
         if self._step_tokens is None or self._step_tokens[0] != key:
-            counts = self._target_counts()
-            self._step_tokens = (key, self._sampler.step_totals(epoch, counts, accumulate))
+            self._step_tokens = (key, self._sampler.step_totals(epoch, self._row_stats()[1], accumulate))
         return int(self._step_tokens[1][batch_idx // accumulate])
 
     def steps_left(self, epoch: int, accumulate: int, max_epochs: int) -> Optional[int]:
@@ -248,13 +254,11 @@ class LitLoraData(pl.LightningDataModule):
         whole_epoch = -(-whole_epoch_batches(sampler) // accumulate)
         return sampler.steps_left(epoch, accumulate) + (max_epochs - epoch - 1) * whole_epoch
 
-    def _target_counts(self) -> np.ndarray:
-        """Predicted tokens per training example (labels after the shift that are not -100)."""
-        if self._counts is None:
-            labels = self.train_ds.with_format("numpy")["labels"]
-            self._counts = np.fromiter(((row[1:] != IGNORE_INDEX).sum() for row in labels), dtype=np.int64,
-                                       count=len(labels))
-        return self._counts
+    def _row_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, predicted tokens) per training row (`report.row_stats`), computed once."""
+        if self._stats is None:
+            self._stats = row_stats(self.train_ds)
+        return self._stats
 
     def val_dataloader(self) -> Any:
         if self.val_ds is None:
@@ -270,7 +274,7 @@ class LitLoraData(pl.LightningDataModule):
         prompts = self.predict_prompts or []
         return DataLoader(PromptRows(prompts), batch_size=self.batch_size,
                           sampler=EvalShardSampler(len(prompts), *self._rank_world()),
-                          collate_fn=PromptCollator(self._load_tokenizer()), num_workers=self.hparams.num_workers)
+                          collate_fn=PromptCollator(self._load_tokenizer(), self.chat_template), num_workers=self.hparams.num_workers)
 
     # -- resume state: seed + epoch + position, never a permutation ---------------------------------------
 

@@ -8,6 +8,7 @@ import glob
 import os
 from typing import Any, Iterable, Iterator, Optional
 
+from lit_lora.data.conversations import is_conversational, record_format, to_messages
 from lit_lora.data.cuts import choose_cut
 from lit_lora.errors import LitLoraError
 from lit_lora.jsonl import BOM, read_jsonl
@@ -37,15 +38,36 @@ def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
     return files
 
 
-def detect_format(files: list[str]) -> str:
-    """'text' for plain files; for .jsonl/.json, 'prompt_completion' or 'jsonl' by the first record's fields."""
+def detect_format(files: list[str], text_field: str = "text") -> str:
+    """'text' for plain files; for .jsonl/.json, the format of the first record's fields
+    (`conversations.record_format`)."""
     if not all(f.endswith((".jsonl", ".json")) for f in files):
         if any(f.endswith((".jsonl", ".json")) for f in files):
             raise LitLoraError(f"cannot mix JSONL and plain-text files in one split: {files}")
         return "text"
-    for _, record in read_jsonl(files[0]):
-        return "prompt_completion" if isinstance(record, dict) and "prompt" in record else "jsonl"
+    for lineno, record in read_jsonl(files[0]):
+        fmt = record_format(record, text_field)
+        if fmt is None:
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise LitLoraError(
+                f"{files[0]}:{lineno}: cannot tell the format from fields {fields}; expected 'messages', "
+                f"'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion' or "
+                f"{text_field!r}, or give --data.format")
+        return fmt
     raise LitLoraError(f"{files[0]} is empty")
+
+
+def first_record(files: list[str]) -> Any:
+    for _, record in read_jsonl(files[0]):
+        return record
+    return None
+
+
+def conversational_files(files: list[str], fmt: str) -> bool:
+    """Whether records of format `fmt` in `files` are read as conversations (prompt/completion ones when their
+    `prompt` is a message list)."""
+    return fmt in ("messages", "sharegpt", "alpaca") or (fmt == "prompt_completion" and
+                                                         is_conversational(first_record(files)))
 
 
 def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
@@ -106,3 +128,12 @@ def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) 
             if "prompt" not in fields:
                 row["doc_start"] = row["doc_end"] = True
             yield row
+
+
+def read_chat_rows(files: list[tuple[str, int, int]], fmt: str) -> Iterator[dict[str, Any]]:
+    """One row per conversation: its messages, how many of them are prompt, and the file and line it is on."""
+    for path, _, _ in files:
+        for lineno, record in read_jsonl(path):
+            where = f"{path}:{lineno}"
+            messages, prompt_turns = to_messages(record, fmt, where)
+            yield {"messages": messages, "prompt_turns": prompt_turns, "where": where}

@@ -9,11 +9,26 @@ from typing import Any, Mapping, Optional, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
 
+from lit_lora.data.conversations import is_conversational, record_format, to_messages
 from lit_lora.data.corpus import build_split
 from lit_lora.data.files import detect_format, resolve_files
 from lit_lora.errors import LitLoraError
+from lit_lora.settings import check_number
 
 NO_TRAINING_DATA = "no training data: give --data.train_files FILE (or a glob) or --data.dataset_name"
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """The data module's numeric options, and that some data is named."""
+    check_number("data.block_size", options["block_size"], at_least=2, integer=True)
+    if options["batch_size"] != "auto":
+        check_number("data.batch_size", options["batch_size"], at_least=1, integer=True)
+    check_number("data.val_fraction", options["val_fraction"], at_least=0, below=1)
+    check_number("data.num_workers", options["num_workers"], at_least=0, integer=True)
+    if options["num_proc"] is not None:
+        check_number("data.num_proc", options["num_proc"], at_least=1, integer=True)
+    if not any(options[k] for k in ("train_files", "dataset_name", "predict_file", "val_files", "test_files")):
+        raise LitLoraError(NO_TRAINING_DATA)
 
 
 def file_list(value: Union[str, list[str], None]) -> list[str]:
@@ -21,57 +36,77 @@ def file_list(value: Union[str, list[str], None]) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def _files_and_format(patterns: list[str], option: str, fmt: str) -> tuple[list[str], str]:
+def _files_and_format(patterns: list[str], option: str, hp: Mapping[str, Any]) -> tuple[list[str], str]:
     files = resolve_files(patterns, option)
-    return files, detect_format(files) if fmt == "auto" else fmt
+    return files, detect_format(files, hp["text_field"]) if hp["format"] == "auto" else hp["format"]
 
 
-def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[str, int]] = None) -> dict[str, Any]:
     return dict(tokenizer=tokenizer, block_size=hp["block_size"], cache_dir=hp["cache_dir"],
-                text_field=hp["text_field"], num_proc=hp["num_proc"])
+                text_field=hp["text_field"], num_proc=hp["num_proc"], chat_template=hp["chat_template"],
+                train_on=hp["train_on"], packing=hp["packing"], report=report)
 
 
-def _from_dataset(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+def _conversation_row(record: dict[str, Any], index: int, fmt: str, name: str) -> dict[str, Any]:
+    messages, prompt_turns = to_messages(record, fmt, f"record {index} of dataset {name!r}")
+    return {"messages": messages, "prompt_turns": prompt_turns, "where": f"record {index} of dataset {name!r}"}
+
+
+def _dataset_rows(split: Any, fmt: str, hp: Mapping[str, Any]) -> Any:
+    """The columns `build_split` reads, from one split of a Hugging Face dataset in format `fmt`."""
+    if fmt in ("messages", "sharegpt", "alpaca") or (fmt == "prompt_completion" and len(split)
+                                                      and is_conversational(split[0])):
+        return split.map(_conversation_row, with_indices=True, fn_kwargs={"fmt": fmt, "name": hp["dataset_name"]},
+                         remove_columns=split.column_names, desc="reading conversations")
+    keep = ["prompt", "completion"] if fmt == "prompt_completion" else [hp["text_field"]]
+    missing = [c for c in keep if c not in split.column_names]
+    if missing:
+        raise LitLoraError(f"dataset {hp['dataset_name']!r} has no field {missing[0]!r}; columns: {split.column_names}")
+    return split.select_columns(keep)
+
+
+def _from_dataset(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int]) -> tuple[Any, Any, str]:
     from datasets import load_dataset
 
-    name, field = hp["dataset_name"], hp["text_field"]
+    name = hp["dataset_name"]
     try:
         splits = load_dataset(name, hp["dataset_config"], cache_dir=hp["cache_dir"])
     except (FileNotFoundError, ValueError, OSError) as err:
         raise LitLoraError(f"data.dataset_name {name!r} could not be loaded: {err}") from err
     if hp["train_split"] not in splits:
         raise LitLoraError(f"data.train_split {hp['train_split']!r} not in dataset splits {list(splits)}")
-    columns = splits[hp["train_split"]].column_names
-    fmt = "prompt_completion" if {"prompt", "completion"} <= set(columns) else "jsonl"
-    if fmt == "jsonl" and field not in columns:
-        raise LitLoraError(f"dataset {name!r} has no field {field!r}; columns: {columns}")
-    keep = ["prompt", "completion"] if fmt == "prompt_completion" else [field]
+    train_split = splits[hp["train_split"]]
+    fmt = hp["format"]
+    if fmt == "auto":
+        fmt = record_format(train_split[0] if len(train_split) else {}, hp["text_field"]) or "jsonl"
     kwargs = dict(fmt=fmt, **_split_kwargs(hp, tokenizer))
-    train = build_split([], hf_rows=splits[hp["train_split"]].select_columns(keep), **kwargs)
+    train = build_split([], hf_rows=_dataset_rows(train_split, fmt, hp), **dict(kwargs, report=report))
     val = None
     if hp["val_split"] in splits:
-        val = build_split([], hf_rows=splits[hp["val_split"]].select_columns(keep), **kwargs)
+        val = build_split([], hf_rows=_dataset_rows(splits[hp["val_split"]], fmt, hp), **kwargs)
     return train, val, fmt
 
 
-def _from_files(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
-    files, fmt = _files_and_format(file_list(hp["train_files"]), "data.train_files", hp["format"])
-    kwargs = _split_kwargs(hp, tokenizer)
-    train, val = build_split(files, fmt, **kwargs), None
+def _from_files(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int]) -> tuple[Any, Any, str]:
+    files, fmt = _files_and_format(file_list(hp["train_files"]), "data.train_files", hp)
+    train, val = build_split(files, fmt, **_split_kwargs(hp, tokenizer, report)), None
     if hp["val_files"]:
-        val_files, val_fmt = _files_and_format(file_list(hp["val_files"]), "data.val_files", hp["format"])
+        val_files, val_fmt = _files_and_format(file_list(hp["val_files"]), "data.val_files", hp)
         if val_fmt != fmt:
             raise LitLoraError(f"data.val_files are {val_fmt} but data.train_files are {fmt}")
-        val = build_split(val_files, fmt, **kwargs)
+        val = build_split(val_files, fmt, **_split_kwargs(hp, tokenizer))
     return train, val, fmt
 
 
-def build_training_splits(hp: Mapping[str, Any], tokenizer: Any) -> tuple[Any, Any, str]:
+def build_training_splits(hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[str, int]] = None
+                          ) -> tuple[Any, Any, str]:
     """(train, val or None, format) from the data options; the validation split is held out of the training
-    data (`val_fraction`, seeded) when no validation files or split are given."""
+    data (`val_fraction`, seeded) when no validation files or split are given. `report` receives the
+    training data's counts (`corpus.build_split`)."""
     if not hp["train_files"] and not hp["dataset_name"]:  # allowed for predict only
         raise LitLoraError(NO_TRAINING_DATA)
-    train, val, fmt = (_from_dataset if hp["dataset_name"] else _from_files)(hp, tokenizer)
+    report = {} if report is None else report
+    train, val, fmt = (_from_dataset if hp["dataset_name"] else _from_files)(hp, tokenizer, report)
     block = hp["block_size"]
     if len(train) == 0:
         raise LitLoraError(
@@ -105,8 +140,8 @@ def eval_files_only(hp: Mapping[str, Any], fn: Any) -> Optional[tuple[list[str],
 
 def build_eval_split(files: list[str], option: str, hp: Mapping[str, Any], tokenizer: Any) -> Any:
     """A validation or test split from its own files, without the training split."""
-    files, fmt = _files_and_format(files, option, hp["format"])
+    files, fmt = _files_and_format(files, option, hp)
     split = build_split(files, fmt, **_split_kwargs(hp, tokenizer))
     if len(split) == 0:
         raise LitLoraError(f"{option} are shorter than one block of data.block_size={hp['block_size']} tokens")
-    return split.remove_columns("truncated") if "truncated" in split.column_names else split
+    return split

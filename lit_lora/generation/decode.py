@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -40,7 +40,7 @@ def generate_ids(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     settings: GenerationSettings,
-    eos_token_id: int,
+    eos_token_id: Union[int, list[int]],
     seed_offset: int = 0,
     streamer: Any = None,
 ) -> torch.Tensor:
@@ -109,9 +109,8 @@ def sample_tokens(
     return out
 
 
-def decode_completion(tokenizer: Any, tokens: torch.Tensor) -> str:
-    """Text of one row of `generate_ids`, up to (not including) its first EOS."""
+def decode_completion(tokenizer: Any, tokens: torch.Tensor, stop: Optional[list[int]] = None) -> str:
+    """Text of one row of `generate_ids`, up to (not including) its first EOS (or other `stop` id)."""
     ids = tokens.tolist()
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+    ends = [ids.index(i) for i in (stop or [tokenizer.eos_token_id]) if i in ids]
+    return tokenizer.decode(ids[: min(ends)] if ends else ids, skip_special_tokens=True)

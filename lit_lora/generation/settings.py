@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from lit_lora.errors import LitLoraError
 from lit_lora.settings import check_number, coerce_settings
@@ -56,14 +56,16 @@ class GenerationSettings:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def generate_kwargs(self, eos_token_id: int) -> dict[str, Any]:
+    def generate_kwargs(self, eos_token_id: Union[int, list[int]]) -> dict[str, Any]:
         """Keyword arguments for `model.generate`; every value is set so the model's own
-        generation_config (e.g. the hub's defaults for gpt2) cannot change what the user asked for."""
+        generation_config (e.g. the hub's defaults for gpt2) cannot change what the user asked for.
+        `eos_token_id`: the id, or ids (EOS first), that end a sequence."""
+        stop = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens,
             num_return_sequences=self.num_return_sequences,
-            eos_token_id=eos_token_id,
-            pad_token_id=eos_token_id,  # finished rows are padded with EOS; cut off by decode_completion
+            eos_token_id=stop[0] if len(stop) == 1 else stop,
+            pad_token_id=stop[0],  # finished rows are padded with EOS; cut off by decode_completion
         )
         if self.greedy:
             # None, not 1.0/50: transformers warns about sampling settings passed to greedy decoding.

@@ -62,8 +62,9 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
                            batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         tokenizer = trainer.datamodule.tokenizer
+        stop = batch["eos_token_id"]  # EOS, or the ids a chat reply ends on
         self._count += write_records(self._fh, completion_records(tokenizer, batch["ids"], batch["prompts"],
-                                                                  prediction.cpu()))
+                                                                  prediction.cpu(), stop if isinstance(stop, list) else None))
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         if self._fh is not None:

@@ -78,6 +78,20 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
     return "\n".join(lines + ["```", ""])
 
 
+def _tokenizer_with_template(module: AdapterSource, checkpoint: Optional[dict[str, Any]], always: bool) -> Any:
+    """The run's tokenizer, carrying the chat template the checkpoint records (so plain transformers'
+    `apply_chat_template` renders prompts as training did); None when not `always` and there is none."""
+    template = (checkpoint or {}).get("lit_lora", {}).get("chat_template")
+    if not template and not always:
+        return None
+    hp = module.hparams
+    tokenizer = load_tokenizer(tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"]),
+                               trust_remote_code=bool(hp.get("trust_remote_code")))
+    if template:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
 def export_adapter(
     module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
 ) -> Path:
@@ -88,6 +102,7 @@ def export_adapter(
     """
     peft_model = module.model
     check_finite(weights_of(module, checkpoint))
+    tokenizer = _tokenizer_with_template(module, checkpoint, always=False)
     config = peft_model.peft_config["default"]
     config.base_model_name_or_path = module.hparams["model_name_or_path"]
     # PEFT's save_pretrained filters a state dict under the PeftModel's own names ("model." is LitLora's).
@@ -107,6 +122,8 @@ def export_adapter(
                 "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path"),
                 "trust_remote_code": bool(module.hparams.get("trust_remote_code"))}
         (tmp / "lit_lora.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if tokenizer is not None:  # a chat model: its template travels with the adapter
+            tokenizer.save_pretrained(str(tmp))
 
     return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
 
@@ -115,9 +132,7 @@ def merge_to_dir(
     module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
 ) -> Path:
     """Merge LoRA into the base weights (`merge_and_unload`) and save a plain transformers model + tokenizer."""
-    hp = module.hparams
-    tokenizer = load_tokenizer(tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"]),
-                               trust_remote_code=bool(hp.get("trust_remote_code")))
+    tokenizer = _tokenizer_with_template(module, checkpoint, always=True)
     check_finite(weights_of(module, checkpoint))
     merged = module.model.merge_and_unload()
 

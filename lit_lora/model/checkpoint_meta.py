@@ -31,7 +31,8 @@ def _check_tensors(state: dict[str, Any], shapes: dict[str, tuple[int, ...]]) ->
         )
 
 
-def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id: Optional[str]) -> dict[str, Any]:
+def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id: Optional[str],
+                       chat_template: Optional[str] = None) -> dict[str, Any]:
     """The `lit_lora` section written into every checkpoint."""
     return {
         # A logger without version folders (MLflow) is resumed into the same run by its id.
@@ -42,6 +43,9 @@ def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id:
         # A randomly initialised base (model_config) is rebuilt from this seed by export/merge/generate.
         "seed": int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else None,
         "val_loss": val_loss,
+        # The Jinja text conversations were rendered with: export, merge and generate use it, and a run
+        # resumed or evaluated from this checkpoint renders with it too.
+        "chat_template": chat_template,
     }
 
 

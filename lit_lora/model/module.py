@@ -86,8 +86,7 @@ class LitLora(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
-        # Hyperparameters must be plain values so checkpoints load with torch.load(weights_only=True).
-        self.hparams["lora"] = LoraSettings.coerce(lora).as_dict()
+        self.hparams["lora"] = LoraSettings.coerce(lora).as_dict()  # plain values: torch.load(weights_only=True)
         # Chosen at predict time: kept out of checkpoints and of what a `--ckpt_path` run merges back.
         self.hparams.pop("generation", None)
         self.generation = GenerationSettings.coerce(generation)
@@ -112,12 +111,11 @@ class LitLora(pl.LightningModule):
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self.finite_loss = FiniteLossGuard()
-        self._step_nll: Optional[torch.Tensor] = None
+        self._step_nll: Optional[torch.Tensor] = None  # the step's NLL and target count so far
         self._step_n: Optional[torch.Tensor] = None
         self._total_steps: Optional[int] = None
         self._rng_to_restore: Optional[dict[str, Any]] = None
-        # Checkpoints hold only the trainable LoRA weights; the frozen base is rebuilt from
-        # model_name_or_path, so loading must not demand its keys.
+        # Checkpoints hold only the LoRA weights (the base is rebuilt): loading must not demand the base's keys.
         self.strict_loading = False
         # Taken now, before a strategy wraps or shards the weights (FSDP leaves each rank a slice of them).
         self._fingerprint = frozen_weights_fingerprint(self.model)
@@ -153,7 +151,8 @@ class LitLora(pl.LightningModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return model_nll(self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"])
+        return model_nll(self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
+                         position_ids=batch.get("position_ids"))
 
     def _data(self) -> Optional[TrainingData]:
         data = self.trainer.datamodule
@@ -291,8 +290,9 @@ class LitLora(pl.LightningModule):
         trainer = self._trainer
         val_loss = trainer.callback_metrics.get("val_loss") if trainer is not None else None
         run_id = getattr(trainer.logger, "run_id", None) if trainer is not None and trainer.logger else None
-        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(),
-                                                    float(val_loss) if val_loss is not None else None, run_id)
+        template = self._data().chat_template if trainer is not None and self._data() is not None else None
+        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), None if val_loss is None else float(val_loss),
+                                                    run_id, template)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731

@@ -14,6 +14,7 @@ class TrainingData(Protocol):
     batch_size: int  # samples per batch on each device
     tokenizer: Any  # loaded by setup(); None before
     val_ds: Any  # None when there is no validation data
+    chat_template: Optional[str]  # the Jinja text conversations were rendered with; None for text
 
     def step_target_tokens(self, epoch: int, batch_idx: int, accumulate: int) -> Optional[int]:
         """Target tokens of the whole optimizer step batch `batch_idx` belongs to (None: the micro-batch mean

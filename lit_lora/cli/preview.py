@@ -1,0 +1,130 @@
+"""`python -m lit_lora.cli preview --config conf/chat.yaml`: the first training sequences as the model sees
+them, the tokens that train marked, and what the training data holds.
+
+Takes everything `fit` takes. It reads and tokenizes the data exactly as `fit` does (the same cache), through
+the same collator, and builds no model. Trained tokens are printed between `[[` and `]]`. `--json` prints one
+JSON object per sequence on stdout instead (`input_ids`, `labels` with -100 where nothing trains,
+`position_ids` when packed, `text`, `trained_text`); the summary then goes to stderr.
+
+    python -m lit_lora.cli preview --config conf/chat.yaml --num_examples 2
+    python -m lit_lora.cli preview --config conf/chat.yaml --json | head -1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import warnings
+from typing import Any, Optional
+
+from lit_lora.errors import LitLoraError
+
+USAGE = ("usage: python -m lit_lora.cli preview [--num_examples N] [--json] [options of fit]\n\nPrints the first "
+         "N (default 3) training sequences as the model sees them, trained tokens between [[ and ]], and a summary "
+         "of the training data; --json: one JSON object per sequence instead. Builds no model. The options of fit:\n")
+
+
+def _preview_cli_class() -> type:
+    # start-up: Lightning loads after --help
+    from lit_lora.cli.trainer_cli import LitLoraCLI
+
+    class PreviewCLI(LitLoraCLI):
+        """Parses exactly as `fit` does, then builds the data module alone."""
+
+        resumes_training = False
+
+        def instantiate_classes(self) -> None:
+            from lit_lora.data.datamodule import LitLoraData  # start-up: see above
+
+            data = self.config[self.subcommand].data.clone().as_dict()
+            if data.get("batch_size") == "auto":  # fit chooses it from the device's memory
+                print("lit_lora: data.batch_size auto: the padding efficiency below is for batches of 8",
+                      file=sys.stderr)
+                data["batch_size"] = 8
+            self.datamodule = LitLoraData(**data)
+            self.model = None
+            self.trainer = None
+
+        def after_instantiate_classes(self) -> None:
+            pass
+
+        def _run_subcommand(self, subcommand: Optional[str]) -> None:
+            pass  # preview only: no Trainer.fit
+
+    return PreviewCLI
+
+
+def _own_options(argv: list[str]) -> tuple[list[str], int, bool]:
+    """`--num_examples N` and `--json` are preview's own: taken out before the options of `fit` are parsed."""
+    rest, count, as_json = [], 3, False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--json":
+            as_json = True
+        elif arg == "--num_examples" or arg.startswith("--num_examples="):
+            value = arg.split("=", 1)[1] if "=" in arg else next(args, "")
+            if not value.isdigit():
+                raise LitLoraError(f"--num_examples must be a whole number, got {value!r}")
+            count = int(value)
+        else:
+            rest.append(arg)
+    return rest, count, as_json
+
+
+def sequence_record(tokenizer: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """One collated sequence (a batch of one row) as `--json` prints it."""
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    record: dict[str, Any] = {"input_ids": ids, "labels": labels}
+    if "position_ids" in batch:
+        record["position_ids"] = batch["position_ids"][0].tolist()
+    record["text"] = tokenizer.decode(ids)
+    record["trained_text"] = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+    return record
+
+
+def marked_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
+    """The decoded sequence with each run of trained tokens between `[[` and `]]`. Runs are decoded whole:
+    a trained span is whole characters, so no character is split between two runs."""
+    out, run, trained = [], [], None
+    for token, label in [*zip(ids, labels), (None, None)]:
+        state = label is not None and label != -100
+        if token is None or (trained is not None and state != trained):
+            text = tokenizer.decode(run)
+            out.append(f"[[{text}]]" if trained else text)
+            run = []
+        run.append(token)
+        trained = state
+    return "".join(out)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv, count, as_json = _own_options(list(sys.argv[1:] if argv is None else argv))
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE, flush=True)
+    # start-up: see _preview_cli_class
+    from lit_lora.data.batches import Collator, RowsView
+
+    with warnings.catch_warnings():
+        # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "preview".
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = _preview_cli_class()(args=["fit", *argv])
+    data = cli.datamodule
+    # With --json, stdout holds JSON lines only: what setup says (format, template, counts) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        data.setup("fit")
+    tokenizer, rows = data.tokenizer, RowsView(data.train_ds)
+    collate = Collator(tokenizer.pad_token_id)
+    shown = min(count, len(rows))
+    for i in range(shown):
+        batch = collate([rows[i]])
+        record = sequence_record(tokenizer, batch)
+        if as_json:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+            continue
+        trained = sum(label != -100 for label in record["labels"])
+        print(f"=== training sequence {i} ({len(record['input_ids'])} tokens, {trained} trained) ===")
+        print(marked_text(tokenizer, record["input_ids"], record["labels"]), flush=True)
+    print(f"lit_lora: preview: {shown} of {len(rows):,} training sequences shown (data order; fit shuffles with "
+          f"data.seed)", file=sys.stderr if as_json else sys.stdout, flush=True)
+    return 0

@@ -1,0 +1,156 @@
+"""Conversations: records of each chat format read as one message list, and that list tokenized with the
+chat template into `input_ids` and `labels` that train the chosen turns.
+
+Which tokens train is decided on characters, never on token ids: each trained turn is a span of the
+rendered text (from the end of the template's generation prompt to the end of the turn, its end-of-turn
+token included), and a token trains when its `offset_mapping` range overlaps a span. A mask built from ids
+would drop every trained EOS, since GPT-2's pad token is its EOS. The spans come from rendering the
+conversation up to each turn, which needs a template whose text of the first turns is a prefix of the
+whole; one that is not is refused with one line. `apply_chat_template(return_assistant_tokens_mask=True)`
+does this only for templates with `{% generation %}` tags, which few published templates have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from lit_lora.constants import IGNORE_INDEX
+from lit_lora.errors import LitLoraError
+from lit_lora.generation.chat import ROLES, render
+
+# The field that marks each chat format, in the order `auto` looks for them (an UltraChat record holds
+# both `prompt` and `messages`: it is a messages record).
+CHAT_FIELDS = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "function": "tool", "observation": "tool"}
+TRAIN_ON = ("assistant", "last", "all")
+
+
+def record_format(record: Any, text_field: str) -> Optional[str]:
+    """The format a JSON record is in, by its fields; None when it is in none."""
+    if not isinstance(record, dict):
+        return None
+    for fmt, field in CHAT_FIELDS.items():
+        if field in record:
+            return fmt
+    if "prompt" in record:
+        return "prompt_completion"
+    return "jsonl" if text_field in record else None
+
+
+def is_conversational(record: Any) -> bool:
+    """A prompt/completion record whose `prompt` is a message list (TRL's conversational form)."""
+    return isinstance(record, dict) and isinstance(record.get("prompt"), list)
+
+
+def _messages(value: Any, where: str, field: str, roles: dict[str, str], role_key: str, text_key: str
+              ) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise LitLoraError(f"{where}: {field!r} must be a non-empty list of messages, got {type(value).__name__}")
+    out = []
+    for n, message in enumerate(value, 1):
+        if not isinstance(message, dict):
+            raise LitLoraError(f"{where}: message {n} of {field!r} is a {type(message).__name__}, expected an object")
+        role = message.get(role_key)
+        if role not in roles:
+            raise LitLoraError(f"{where}: message {n} has {role_key} {role!r}; expected one of {', '.join(roles)}")
+        content = message.get(text_key)
+        if not isinstance(content, str):
+            raise LitLoraError(f"{where}: message {n} ({role}) has no string {text_key!r}")
+        out.append({"role": roles[role], "content": content})
+    return out
+
+
+def to_messages(record: Any, fmt: str, where: str) -> tuple[list[dict[str, str]], int]:
+    """(messages, prompt_turns) of one record of format `fmt`: the first `prompt_turns` messages are a
+    prompt, never trained (conversational prompt/completion), the others train by `train_on`."""
+    if not isinstance(record, dict):
+        raise LitLoraError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    found = record_format(record, "text")
+    if fmt == "prompt_completion" and found == "prompt_completion" and is_conversational(record):
+        found = fmt
+    if found != fmt:
+        raise LitLoraError(f"{where}: expected a {fmt} record like the first one, got fields {sorted(record)}"
+                           f"{f' (those of the {found} format)' if found else ''}: one format per split")
+    same = {r: r for r in ROLES}
+    if fmt == "messages":
+        return _messages(record["messages"], where, "messages", same, "role", "content"), 0
+    if fmt == "sharegpt":
+        return _messages(record["conversations"], where, "conversations", SHAREGPT_ROLES, "from", "value"), 0
+    if fmt == "prompt_completion":
+        prompt = _messages(record["prompt"], where, "prompt", same, "role", "content")
+        return prompt + _messages(record.get("completion"), where, "completion", same, "role", "content"), len(prompt)
+    for key in ("instruction", "output"):
+        if not isinstance(record.get(key), str):
+            raise LitLoraError(f"{where}: an alpaca record needs a string {key!r} field")
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise LitLoraError(f"{where}: the alpaca field 'input' must be a string, got {type(extra).__name__}")
+    system = [{"role": "system", "content": record["system"]}] if isinstance(record.get("system"), str) else []
+    user = record["instruction"] + (f"\n\n{extra}" if extra else "")
+    return system + [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}], 0
+
+
+def trained_spans(tokenizer: Any, template: str, messages: list[dict[str, str]], prompt_turns: int,
+                  train_on: str, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """(the rendered conversation, the character spans that train)."""
+    text = _render(tokenizer, template, messages, False, where)
+    if train_on == "all":
+        return text, [(0, len(text))]
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= prompt_turns]
+    if not turns:
+        raise LitLoraError(f"{where}: no assistant turn{' in the completion' if prompt_turns else ''}: nothing to "
+                           "train on (data.train_on all trains every token)")
+    spans = []
+    for i in turns[-1:] if train_on == "last" else turns:
+        head = _render(tokenizer, template, messages[:i], True, where)
+        turn = _render(tokenizer, template, messages[: i + 1], False, where)
+        if not (text.startswith(head) and text.startswith(turn) and turn.startswith(head)):
+            raise LitLoraError(
+                f"{where}: the chat template does not render turn by turn (the text up to assistant message {i + 1} "
+                "is not the start of the whole conversation), so the trained tokens cannot be found; use "
+                "--data.chat_template plain or a template that does")
+        spans.append((len(head), len(turn.rstrip())))  # the turn's end-of-turn token, not the newline after it
+    return text, spans
+
+
+def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], prompt: bool, where: str) -> str:
+    try:
+        return render(tokenizer, template, messages, generation_prompt=prompt)
+    except LitLoraError as err:
+        raise LitLoraError(f"{where}: the chat template does not render this conversation: {err}") from None
+
+
+def span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token's id where its characters overlap a trained span, else IGNORE_INDEX."""
+    starts = np.fromiter((s for s, _ in offsets), dtype=np.int64, count=len(offsets))
+    ends = np.fromiter((e for _, e in offsets), dtype=np.int64, count=len(offsets))
+    trained = np.zeros(len(ids), dtype=bool)
+    for a, b in spans:
+        trained |= (starts < b) & (ends > a) | ((starts == ends) & (starts >= a) & (starts < b))
+    return np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+
+
+def tokenize_conversations(batch: dict[str, list], tokenizer: Any, template: str, train_on: str,
+                           block_size: int) -> dict[str, list]:
+    """`datasets.map` function (batched): `input_ids`, `labels` and `truncated` per conversation.
+
+    A conversation longer than `block_size` keeps its first `block_size` tokens; one left with no trained
+    token after that cut is dropped (the caller counts the rows that went missing)."""
+    texts, all_spans = [], []
+    for messages, prompt_turns, where in zip(batch["messages"], batch["prompt_turns"], batch["where"]):
+        text, spans = trained_spans(tokenizer, template, messages, prompt_turns, train_on, where)
+        texts.append(text)
+        all_spans.append(spans)
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
+    for ids, offsets, spans in zip(enc["input_ids"], enc["offset_mapping"], all_spans):
+        labels = span_labels(ids, offsets, spans)[:block_size]
+        if all(label == IGNORE_INDEX for label in labels[1:]):  # the first token is never predicted
+            continue
+        out["input_ids"].append(ids[:block_size])
+        out["labels"].append(labels)
+        out["truncated"].append(len(ids) > block_size)
+    return out

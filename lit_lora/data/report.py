@@ -1,0 +1,67 @@
+"""What the training data holds, in numbers: tokens and trained tokens per row, and how much of each
+batch is padding. `fit` prints these lines at its start and `preview` at its end."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from lit_lora.constants import IGNORE_INDEX
+
+
+def row_stats(ds: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, predicted tokens) per row: labels after the shift that are not -100, or for packed text every
+    token but the first of each document (see `batches.Collator`)."""
+    lengths, targets = [], []
+    key = "labels" if "labels" in ds.column_names else "position_ids" if "position_ids" in ds.column_names else None
+    for batch in ds.with_format("arrow").iter(batch_size=4096):
+        ids = batch.column("input_ids").combine_chunks()
+        lengths.append(ids.offsets.to_numpy()[1:] - ids.offsets.to_numpy()[:-1])
+        if key is None:
+            targets.append(lengths[-1] - 1)
+            continue
+        column = batch.column(key).combine_chunks()
+        bounds = column.offsets.to_numpy() - column.offsets.to_numpy()[0]
+        values = column.flatten().to_numpy()
+        hits = values != IGNORE_INDEX if key == "labels" else values != 0
+        if key == "labels":
+            hits[bounds[:-1][bounds[:-1] < len(values)]] = False  # a row's first token is never predicted
+        targets.append(np.add.reduceat(hits, bounds[:-1]) if len(values) else np.zeros(len(bounds) - 1, int))
+    if not lengths:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(lengths).astype(np.int64), np.concatenate(targets).astype(np.int64)
+
+
+def padding_efficiency(lengths: np.ndarray, batches: Iterable[list[int]]) -> float:
+    """Tokens over the positions of batches padded to their longest row."""
+    tokens = positions = 0
+    for batch in batches:
+        rows = lengths[batch]
+        tokens += int(rows.sum())
+        positions += int(rows.max()) * len(rows) if len(rows) else 0
+    return tokens / positions if positions else 1.0
+
+
+def data_lines(lengths: np.ndarray, targets: np.ndarray, counts: Mapping[str, int], efficiency: float,
+               settings: Mapping[str, Any]) -> list[str]:
+    """The lines `fit` and `preview` print. `counts` is `corpus.build_split`'s report; `settings` names the
+    format, the template, train_on, block_size and whether rows are packed."""
+    tokens, trained = int(lengths.sum()), int(targets.sum())
+    fmt, block = settings["format"], settings["block_size"]
+    source = (f"{counts['examples']:,} example(s)" if "examples" in counts
+              else f"{counts.get('documents', 0):,} document(s)")
+    lines = [f"data: {fmt}, {source} -> {len(lengths):,} training sequence(s), {tokens:,} tokens, "
+             f"{trained:,} trained ({100 * trained / max(tokens, 1):.1f}%)"]
+    if settings.get("template"):
+        lines.append(f"data: chat template {settings['template']}, train_on {settings['train_on']}")
+    if counts.get("truncated") or counts.get("dropped"):
+        policy = ("keep the prompt and the start of the completion" if fmt == "prompt_completion"
+                  and not counts.get("conversations") else f"keep their first {block} tokens")
+        lines.append(f"data: {counts.get('truncated', 0) + counts.get('dropped', 0):,} example(s) longer than "
+                     f"block_size={block} were cut ({policy}); {counts.get('dropped', 0):,} of them were left "
+                     "with no token to train and skipped")
+    kind = "packing" if settings["packed"] else "padding"
+    lines.append(f"data: {kind} efficiency {100 * efficiency:.1f}% (tokens / positions of the padded batches"
+                 f"{', packed into blocks of ' + str(block) if settings['packed'] else ''})")
+    return lines

@@ -1,0 +1,178 @@
+"""Conversations: each format read as one message list, the chat template's text, and which tokens train.
+
+The expected masks are built by hand: the conversation is written out piece by piece as the `plain`
+template renders it, each piece tokenized alone and marked trained or not, and compared token by token
+with what lit_lora derives from the tokenizer's offsets (with the real GPT-2 tokenizer when ../shared
+has it, and the quickstart's always).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.conversations import to_messages, tokenize_conversations
+from lit_lora.data.corpus import build_split
+from lit_lora.errors import LitLoraError
+from lit_lora.generation.chat import PLAIN, render, resolve_template, stop_ids
+from tests.conftest import QUICKSTART
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+CONVERSATIONS = {
+    "system_and_two_turns": [SYSTEM, {"role": "user", "content": "What does Fern sell?"},
+                             {"role": "assistant", "content": "Fern sells apples."},
+                             {"role": "user", "content": "And Gus?"}, {"role": "assistant", "content": "Bells."}],
+    "consecutive_assistant_turns": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                    {"role": "assistant", "content": "How can I help?"}],
+    "korean_emoji_and_a_tool": [{"role": "user", "content": "날씨 어때요? 🌧"},
+                                {"role": "tool", "content": "weather: 비 ☔"},
+                                {"role": "assistant", "content": "비가 와요 ☔ 우산을 챙기세요!"}],
+}
+
+
+@pytest.fixture(scope="module", params=["quickstart", "gpt2"])
+def tokenizer(request, gpt2_tokenizer_dir):
+    from lit_lora.hub import load_tokenizer
+
+    if request.param == "gpt2":
+        return load_tokenizer(str(gpt2_tokenizer_dir))
+    return load_tokenizer(str(QUICKSTART / "tokenizer"))
+
+
+def _pieces(messages, eos, train_on):
+    """(text, trained) pieces of the conversation as `plain` renders it, written out by hand."""
+    assistant = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            trained = train_on == "all" or train_on == "assistant" or i == assistant[-1]
+            out += [("Assistant:", train_on == "all"), (f" {m['content']}{eos}", trained), ("\n\n", train_on == "all")]
+        else:
+            head = {"system": "", "user": "User: ", "tool": "Tool: "}[m["role"]]
+            out.append((f"{head}{m['content']}\n\n", train_on == "all"))
+    merged = []  # neighbours of one kind are tokenized together, as they are in the whole text
+    for text, trained in out:
+        if merged and merged[-1][1] == trained:
+            merged[-1] = (merged[-1][0] + text, trained)
+        else:
+            merged.append((text, trained))
+    return merged
+
+
+@pytest.mark.parametrize("train_on", ["assistant", "last", "all"])
+@pytest.mark.parametrize("name", sorted(CONVERSATIONS))
+def test_trained_tokens_are_the_hand_built_mask(tokenizer, name, train_on):
+    messages = CONVERSATIONS[name]
+    ids, expected = [], []
+    for text, trained in _pieces(messages, tokenizer.eos_token, train_on):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += piece
+        expected += piece if trained else [IGNORE_INDEX] * len(piece)
+    rendered = render(tokenizer, PLAIN, messages)
+    assert tokenizer(rendered, add_special_tokens=False)["input_ids"] == ids, "the pieces must tokenize as the whole"
+    out = tokenize_conversations({"messages": [messages], "prompt_turns": [0], "where": ["test"]}, tokenizer,
+                                 PLAIN, train_on, block_size=1024)
+    assert out["input_ids"] == [ids]
+    assert out["labels"] == [expected]
+    trained = [i for i, label in zip(ids, expected) if label != IGNORE_INDEX]
+    turns = sum(m["role"] == "assistant" for m in messages)
+    assert trained.count(tokenizer.eos_token_id) == (1 if train_on == "last" else turns), \
+        "every trained assistant turn ends with its EOS, although EOS is also the pad token"
+
+
+def test_each_format_reads_as_the_same_messages():
+    turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    assert to_messages({"messages": turns}, "messages", "f:1") == (turns, 0)
+    sharegpt = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}
+    assert to_messages(sharegpt, "sharegpt", "f:1") == (turns, 0)
+    alpaca = {"instruction": "Q", "input": "ctx", "output": "A"}
+    assert to_messages(alpaca, "alpaca", "f:1") == ([{"role": "user", "content": "Q\n\nctx"}, turns[1]], 0)
+    # TRL's conversational prompt/completion: the prompt's messages never train, even an assistant one.
+    prompt = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "Q2"}]
+    record = {"prompt": prompt, "completion": [{"role": "assistant", "content": "A2"}]}
+    messages, prompt_turns = to_messages(record, "prompt_completion", "f:1")
+    assert prompt_turns == 3
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    out = tokenize_conversations({"messages": [messages], "prompt_turns": [3], "where": ["f:1"]}, tok, PLAIN,
+                                 "assistant", 1024)
+    trained = tok.decode([i for i in out["labels"][0] if i != IGNORE_INDEX])
+    assert trained == f" A2{tok.eos_token}"
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
+
+
+@pytest.mark.parametrize("record, fmt, message", [
+    ({"messages": [{"role": "bot", "content": "x"}]}, "messages",
+     "t.jsonl:2: message 1 has role 'bot'; expected one of system, user, assistant, tool"),
+    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "A"}]}, "messages",
+     "t.jsonl:2: message 1 (user) has no string 'content'"),
+    ({"messages": [{"role": "user", "content": "Q"}]}, "messages", "t.jsonl:2: no assistant turn: nothing to train on"),
+    ({"instruction": "Q", "output": "A"}, "messages",
+     "t.jsonl:2: expected a messages record like the first one, got fields ['instruction', 'output'] (those of the alpaca format)"),
+    ({"instruction": "Q"}, "alpaca", "t.jsonl:2: an alpaca record needs a string 'output' field"),
+    ({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", "t.jsonl:2: message 1 has from 'robot'"),
+])
+def test_bad_records_are_one_line_naming_the_file_and_line(tmp_path, record, fmt, message):
+    from lit_lora.hub import load_tokenizer
+
+    first = {"messages": GOOD, "alpaca": {"instruction": "Q", "output": "A"},
+             "sharegpt": {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}}[fmt]
+    path = _write(tmp_path / "t.jsonl", [first, record])
+    with pytest.raises(LitLoraError) as err:
+        build_split([str(path)], fmt, load_tokenizer(str(QUICKSTART / "tokenizer")), 64, str(tmp_path / "cache"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_templates_that_cannot_be_used_are_one_line(tmp_path):
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for m in messages %}{{ m.content }")
+    with pytest.raises(LitLoraError, match=r"data.chat_template '.*broken.jinja' does not render a conversation"):
+        resolve_template(tok, str(broken))
+    with pytest.raises(LitLoraError, match="is not a file, nor one of auto, tokenizer, plain"):
+        resolve_template(tok, "chatml-please")
+    # A template that writes the messages last first is not rendered turn by turn: refused, never a wrong mask.
+    last_only = "{% for m in messages | reverse %}{{ m.content }}|{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    path = _write(tmp_path / "t.jsonl", [GOOD])
+    with pytest.raises(LitLoraError, match=r"t.jsonl:1: the chat template does not render turn by turn"):
+        build_split([str(path)], "messages", tok, 64, str(tmp_path / "cache"), chat_template=last_only)
+
+
+def test_long_conversations_keep_their_start_and_those_left_with_nothing_to_train_are_counted(tmp_path):
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    long_question = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "A"}]}
+    long_answer = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "word " * 80}]}
+    path = _write(tmp_path / "t.jsonl", [GOOD, long_question, long_answer])
+    report = {}
+    ds = build_split([str(path)], "messages", tok, 32, str(tmp_path / "cache"), report=report)
+    assert report == {"conversations": 3, "examples": 3, "dropped": 1, "truncated": 1}
+    assert len(ds) == 2 and max(len(x) for x in ds["input_ids"]) == 32
+
+
+def test_a_template_end_of_turn_token_stops_replies(tmp_path):
+    """ChatML closes a turn with <|im_end|>, not EOS: both stop a reply."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    chatml = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert stop_ids(tok, chatml) == [tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")]
+    assert stop_ids(tok, PLAIN) == [tok.eos_token_id]
+    out = tokenize_conversations({"messages": [GOOD["messages"]], "prompt_turns": [0], "where": ["x"]}, tok, chatml,
+                                 "assistant", 64)
+    assert tok.decode([i for i in out["labels"][0] if i != IGNORE_INDEX]) == "A<|im_end|>"
