@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.workers import die_with_parent
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.chat import ROLES, render
 
@@ -139,6 +140,7 @@ def tokenize_conversations(batch: dict[str, list], tokenizer: Any, template: str
 
     A conversation longer than `block_size` keeps its first `block_size` tokens; one left with no trained
     token after that cut is dropped (the caller counts the rows that went missing)."""
+    die_with_parent()
     texts, all_spans = [], []
     for messages, prompt_turns, where in zip(batch["messages"], batch["prompt_turns"], batch["where"]):
         text, spans = trained_spans(tokenizer, template, messages, prompt_turns, train_on, where)

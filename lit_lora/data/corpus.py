@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +26,7 @@ from lit_lora.data.conversations import tokenize_conversations
 from lit_lora.data.files import (MAX_ROW_BYTES, conversational_files, file_fingerprint, read_chat_rows,
                                  read_jsonl_rows, read_text_rows)
 from lit_lora.data.packing import pack_examples, pack_text
+from lit_lora.data.workers import die_with_parent, worker_count
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.chat import resolve_template
 from lit_lora.hub import bos_prefix
@@ -54,33 +53,6 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _num_proc(rows: int, num_proc: Optional[int]) -> Optional[int]:
-    if num_proc is not None:
-        return num_proc if num_proc > 1 and rows >= num_proc else None
-    cpus = os.cpu_count() or 1
-    # Worker processes only pay off on corpora of several MB (rows are ~256 KB each).
-    return min(cpus, rows // 8) if rows >= 16 and cpus > 1 else None
-
-
-_MAIN_PID = os.getpid()
-
-
-def _die_with_parent() -> None:
-    """In a tokenizing worker process: ask Linux to kill this process when its parent dies. `datasets`'
-    worker pool otherwise outlives a `kill -9` of `fit`, its workers blocked forever on their task queue."""
-    if os.getpid() == _MAIN_PID or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() == 1:  # the parent is already gone
-        os._exit(1)
-
-
 def check_cache_dir(cache_dir: Optional[str]) -> None:
     """`datasets` writes lock files into its cache folder even to read a complete cache: a read-only folder
     is one line here instead of a PermissionError from inside it."""
@@ -98,7 +70,7 @@ def check_cache_dir(cache_dir: Optional[str]) -> None:
 # verbose=False: the tokenizer warns about sequences longer than the model's context, but these are chunks
 # of a corpus that packing cuts into blocks afterwards.
 def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
-    _die_with_parent()
+    die_with_parent()
     ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
     # A document gets the family's BOS (if its tokenizer adds one) at its start only, never at the start
     # of every chunk, and one EOS at its end.
@@ -109,7 +81,7 @@ def _tokenize_text(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
 
 
 def _tokenize_pairs(batch: dict[str, list], tokenizer: Any, block_size: int) -> dict[str, list]:
-    _die_with_parent()
+    die_with_parent()
     eos, bos = tokenizer.eos_token_id, bos_prefix(tokenizer)
     prompts = tokenizer(batch["prompt"], add_special_tokens=False, verbose=False)["input_ids"]
     completions = tokenizer(batch["completion"], add_special_tokens=False, verbose=False)["input_ids"]
@@ -162,35 +134,12 @@ def build_split(
     )
     if len(rows) == 0:
         raise LitLoraError(f"the corpus {files or 'dataset'} is empty")
-    proc = _num_proc(len(rows), num_proc)
+    proc = worker_count(len(rows), num_proc)
     report = {} if report is None else report
     if "messages" in rows.column_names or fmt == "prompt_completion":
-        if "messages" in rows.column_names:
-            if not getattr(tokenizer, "is_fast", False):
-                raise LitLoraError("conversations need a fast tokenizer (its offset mapping says which characters "
-                                   "each token holds); this one is a slow, Python tokenizer")
-            template = resolve_template(tokenizer, chat_template or "auto")[1]
-            fn, kwargs = tokenize_conversations, {"template": template, "train_on": train_on}
-        else:
-            fn, kwargs = _tokenize_pairs, {}
-        examples = rows.map(
-            fn, batched=True, fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, **kwargs},
-            remove_columns=rows.column_names, num_proc=proc, desc="tokenizing",
-            new_fingerprint=_hash("examples", TOKENS_VERSION, fn.__name__, source_fp, tok_fp, block_size, kwargs),
-        )
-        if "messages" in rows.column_names:
-            report.update(conversations=len(rows))
-        if len(examples) == 0:
-            raise LitLoraError(f"no example of {files or 'the dataset'} has a token to train within "
-                               f"data.block_size={block_size}")
-        report.update(examples=len(rows), dropped=len(rows) - len(examples), truncated=int(sum(examples["truncated"])))
-        examples = examples.remove_columns("truncated")
-        if not packing:
-            return examples
-        return _from_generator(pack_examples, {"arrow_files": _arrow_files(examples, cache_dir, tok_fp),
-                                               "block_size": block_size}, cache_dir,
-                               {"input_ids": ["int32"], "labels": ["int32"], "position_ids": ["int32"]},
-                               f"no example of {files or 'the dataset'} trains anything")
+        proc = worker_count(len(rows), num_proc, row_kb=1)  # an example is a line of JSON, not 256 KB of text
+        return _build_examples(rows, files, tokenizer, block_size, cache_dir, proc, (source_fp, tok_fp),
+                               chat_template, train_on, packing, report)
     if text_field != "text" and text_field in rows.column_names:
         rows = rows.rename_column(text_field, "text")
     for column in ("doc_start", "doc_end"):  # rows of a dataset are whole documents
@@ -216,6 +165,39 @@ def build_split(
                     "packing": packing is not False},
         cache_dir, {"input_ids": ["int32"], "position_ids": ["int32"]}, short,
     )
+
+
+def _build_examples(rows: Any, files: list[str], tokenizer: Any, block_size: int, cache_dir: Optional[str],
+                    proc: Optional[int], fingerprints: tuple[str, str], chat_template: Optional[str], train_on: str,
+                    packing: Optional[bool], report: dict[str, int]) -> Any:
+    """Conversations or prompt/completion pairs as examples with labels, packed when `packing` is on."""
+    source_fp, tok_fp = fingerprints
+    if "messages" in rows.column_names:
+        if not getattr(tokenizer, "is_fast", False):
+            raise LitLoraError("conversations need a fast tokenizer (its offset mapping says which characters "
+                               "each token holds); this one is a slow, Python tokenizer")
+        template = resolve_template(tokenizer, chat_template or "auto")[1]
+        kind, fn, kwargs = "conversations", tokenize_conversations, {"template": template, "train_on": train_on}
+    else:
+        kind, fn, kwargs = "pairs", _tokenize_pairs, {}
+    examples = rows.map(
+        fn, batched=True, fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, **kwargs},
+        remove_columns=rows.column_names, num_proc=proc, desc="tokenizing",
+        new_fingerprint=_hash(kind, TOKENS_VERSION, source_fp, tok_fp, block_size, kwargs),
+    )
+    if "messages" in rows.column_names:
+        report.update(conversations=len(rows))
+    if len(examples) == 0:
+        raise LitLoraError(f"no example of {files or 'the dataset'} has a token to train within "
+                           f"data.block_size={block_size}")
+    report.update(examples=len(rows), dropped=len(rows) - len(examples), truncated=int(sum(examples["truncated"])))
+    examples = examples.remove_columns("truncated")
+    if not packing:
+        return examples
+    return _from_generator(pack_examples, {"arrow_files": _arrow_files(examples, cache_dir, tok_fp),
+                                           "block_size": block_size}, cache_dir,
+                           {"input_ids": ["int32"], "labels": ["int32"], "position_ids": ["int32"]},
+                           f"no example of {files or 'the dataset'} trains anything")
 
 
 def _arrow_files(ds: Any, cache_dir: Optional[str], tok_fp: str) -> list[str]:

@@ -41,8 +41,8 @@ def read_messages(path: str) -> list[list[dict[str, str]]]:
 
 def read_prompts(path: str) -> list[Prompt]:
     """Prompts from a file: one per line of a text file (blank lines skipped), or the `prompt` field of each
-    JSONL record (.jsonl/.json; prompts may then hold newlines), or its `messages` (a conversation to reply
-    to, with the chat template)."""
+    JSONL record (.jsonl/.json; prompts may then hold newlines), or its `messages` (or the record, a message
+    list: a conversation to reply to, with the chat template)."""
     p = Path(path)
     if not p.is_file():
         raise LitLoraError(f"prompts file {path!r} does not exist")
@@ -53,7 +53,7 @@ def read_prompts(path: str) -> list[Prompt]:
     else:
         prompts = []
         for n, record in read_jsonl(path):
-            if isinstance(record, dict) and "messages" in record:
+            if isinstance(record, list) or isinstance(record, dict) and "messages" in record:
                 prompts.append(conversation(record, f"{path}:{n}"))
                 continue
             if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
