@@ -176,3 +176,28 @@ def test_a_template_end_of_turn_token_stops_replies(tmp_path):
     out = tokenize_conversations({"messages": [GOOD["messages"]], "prompt_turns": [0], "where": ["x"]}, tok, chatml,
                                  "assistant", 64)
     assert tok.decode([i for i in out["labels"][0] if i != IGNORE_INDEX]) == "A<|im_end|>"
+
+
+@pytest.mark.parametrize("kind", ["save_to_disk", "parquet"])
+def test_a_hugging_face_dataset_of_conversations_trains_as_its_jsonl_file_does(tmp_path, kind):
+    from datasets import Dataset
+
+    from lit_lora.data.datamodule import LitLoraData
+
+    name = "messages" if kind == "save_to_disk" else "alpaca"
+    source = QUICKSTART.parent / "chat" / f"{name}.jsonl"
+    records = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines()[:20]]
+    path = _write(tmp_path / f"{name}.jsonl", records)
+    if kind == "save_to_disk":
+        Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
+        dataset = tmp_path / "saved"
+    else:
+        dataset = tmp_path / "alpaca.parquet"
+        Dataset.from_list(records).to_parquet(str(dataset))
+    common = dict(tokenizer_name_or_path=str(QUICKSTART / "tokenizer"), cache_dir=str(tmp_path / "cache"),
+                  block_size=128, val_fraction=0.2)
+    modules = [LitLoraData(dataset_name=str(dataset), **common), LitLoraData(train_files=str(path), **common)]
+    for dm in modules:
+        dm.setup("fit")
+        assert dm.data_format == name and dm.counts["conversations"] == 20
+    assert modules[0].train_ds["labels"] == modules[1].train_ds["labels"]

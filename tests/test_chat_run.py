@@ -34,9 +34,11 @@ def chat_run(tmp_path_factory):
 
 def test_fit_says_what_it_read_and_how_full_its_batches_are(chat_run):
     out = chat_run["out"]
-    assert "data.format auto: messages" in out
+    assert "data: messages (data.format auto: by extension and first record), 48 example(s) -> " in out
     assert "data: chat template plain (built in: the tokenizer has none), train_on assistant" in out
-    assert "data: messages, 48 example(s) -> " in out and "padding efficiency" in out
+    assert "padding efficiency" in out
+    lines = [line for line in out.splitlines() if line.startswith("lit_lora: ")]
+    assert lines[0].endswith("% trainable"), "the parameter counts come first, then what the data holds"
 
 
 def test_the_template_travels_with_checkpoint_adapter_and_merged_model(chat_run):
@@ -53,9 +55,14 @@ def test_the_template_travels_with_checkpoint_adapter_and_merged_model(chat_run)
     prompt = render(ours, PLAIN, QUESTION, generation_prompt=True)
     # Training trains what follows the prompt, so the prompt plain transformers renders must be this one.
     assert trained == prompt + " Fern sells apples." + ours.eos_token + "\n\n"
+    from lit_lora.generation.chat import chat_prompt_ids
+
     for folder in (chat_run["adapter"], chat_run["merged"]):
         theirs = AutoTokenizer.from_pretrained(str(folder))
         assert theirs.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False) == prompt
+        # ... and the tokens `generate --chat` feeds the model are the ones transformers' template gives.
+        tokens = theirs.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]
+        assert chat_prompt_ids(ours, PLAIN, QUESTION) == tokens
 
 
 def test_generate_chat_prints_the_same_reply_alone_from_each_source(chat_run):

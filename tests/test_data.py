@@ -132,6 +132,9 @@ def test_collator_stacks_packed_blocks():
     # A document's first token is not predicted from the end of the one before it.
     assert out["labels"].tolist() == [[-100, -100, 3], [-100, 5, 6]]
     assert out["sample_ids"].tolist() == [7, 9] and "attention_mask" not in out
+    # Blocks of one document each keep the model's own positions.
+    single = Collator(0)([{"input_ids": [1, 2], "position_ids": [0, 1], "sample_id": 0}])
+    assert "position_ids" not in single and single["labels"].tolist() == [[-100, 2]]
 
 
 @pytest.mark.parametrize(

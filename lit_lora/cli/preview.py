@@ -72,12 +72,12 @@ def _own_options(argv: list[str]) -> tuple[list[str], int, bool]:
     return rest, count, as_json
 
 
-def sequence_record(tokenizer: Any, batch: dict[str, Any]) -> dict[str, Any]:
-    """One collated sequence (a batch of one row) as `--json` prints it."""
+def sequence_record(tokenizer: Any, row: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """One training row, collated alone into `batch`, as `--json` prints it."""
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     record: dict[str, Any] = {"input_ids": ids, "labels": labels}
-    if "position_ids" in batch:
-        record["position_ids"] = batch["position_ids"][0].tolist()
+    if "position_ids" in row:  # packed (the collator leaves them out of a block of one document)
+        record["position_ids"] = [int(p) for p in row["position_ids"]]
     record["text"] = tokenizer.decode(ids)
     record["trained_text"] = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
     return record
@@ -113,18 +113,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     # With --json, stdout holds JSON lines only: what setup says (format, template, counts) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         data.setup("fit")
+        summary = data.data_lines(data.batch_size)
     tokenizer, rows = data.tokenizer, RowsView(data.train_ds)
     collate = Collator(tokenizer.pad_token_id)
     shown = min(count, len(rows))
     for i in range(shown):
-        batch = collate([rows[i]])
-        record = sequence_record(tokenizer, batch)
+        row = rows[i]
+        record = sequence_record(tokenizer, row, collate([row]))
         if as_json:
             print(json.dumps(record, ensure_ascii=False), flush=True)
             continue
         trained = sum(label != -100 for label in record["labels"])
         print(f"=== training sequence {i} ({len(record['input_ids'])} tokens, {trained} trained) ===")
         print(marked_text(tokenizer, record["input_ids"], record["labels"]), flush=True)
+    out = sys.stderr if as_json else sys.stdout
+    for line in summary:
+        print(f"lit_lora: {line}", file=out)
     print(f"lit_lora: preview: {shown} of {len(rows):,} training sequences shown (data order; fit shuffles with "
-          f"data.seed)", file=sys.stderr if as_json else sys.stdout, flush=True)
+          f"data.seed)", file=out, flush=True)
     return 0

@@ -42,8 +42,9 @@ class Collator:
 
     Padding is right-side for training; padded positions get label -100, so the pad token id (often EOS)
     is never what masks anything. Padded examples get attention_mask 0 there. Packed rows get no
-    attention_mask (transformers then reads the documents from `position_ids`): their padding is a document
-    of its own, positions from 0, which no real token attends to. A document's first token gets label -100.
+    attention_mask (transformers then reads the documents from `position_ids`, given when a row holds more
+    than one): their padding is a document of its own, positions from 0, which no real token attends to.
+    A document's first token gets label -100.
     """
 
     def __init__(self, pad_token_id: int) -> None:
@@ -84,7 +85,12 @@ class Collator:
                 positions[j, :n] = torch.as_tensor(r["position_ids"])
                 positions[j, n:] -= n
         labels[positions == 0] = IGNORE_INDEX
-        return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "num_tokens": sum(lengths)}
+        out = {"input_ids": input_ids, "labels": labels, "num_tokens": sum(lengths)}
+        # Rows of one document each (the blocks of a long file) need no positions: they are the model's own,
+        # and without them transformers does not read the device each step to look for packed documents.
+        if bool((positions[:, 1:] == 0).any()):
+            out["position_ids"] = positions
+        return out
 
 
 class PromptRows(torch.utils.data.Dataset):

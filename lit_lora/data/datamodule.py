@@ -72,8 +72,8 @@ class LitLoraData(pl.LightningDataModule):
             packing: Join documents or examples into full blocks, each attending only to itself (positions
                 restart per document). Default: on for text, off for examples (length-bucketed batches
                 instead; see the README for the measurement).
-            dataset_name: A Hugging Face dataset name or local path for `datasets.load_dataset`,
-                used instead of train_files.
+            dataset_name: A Hugging Face dataset instead of train_files: a hub id, a `save_to_disk` folder, a
+                folder of data files, or one .json/.jsonl/.parquet/.csv file.
             dataset_config: The dataset's configuration name, if it has several.
             train_split: Split of `dataset_name` to train on.
             val_split: Split of `dataset_name` to validate on; if it has none, `val_fraction` applies.
@@ -150,16 +150,13 @@ class LitLoraData(pl.LightningDataModule):
             data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
             self._auto_batch = batch_size_for(self.trainer, len(data), self.hparams.block_size, self.resume_checkpoint,
                                               type(self).__qualname__)
-        if stage == "fit" and self._rank_world()[0] == 0:
-            for line in self.data_lines(self.batch_size):
-                print(f"lit_lora: {line}", flush=True)
 
     def data_lines(self, batch_size: int) -> list[str]:
         """What the training data holds (`report.data_lines`), for batches of `batch_size`."""
         lengths, targets = self._row_stats()
         order = self._train_sampler(0, 1, batch_size).epoch_order(0)
         batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-        settings = dict(self.hparams, format=self.data_format, packed="position_ids" in self.train_ds.column_names,
+        settings = dict(self.hparams, detected=self.data_format, packed="position_ids" in self.train_ds.column_names,
                         template=self.chat_template and self._template_name)
         return data_lines(lengths, targets, self.counts, padding_efficiency(lengths, batches), settings)
 
@@ -184,8 +181,6 @@ class LitLoraData(pl.LightningDataModule):
         if self.train_ds is not None:
             return
         train, val, self.data_format = build_training_splits(self.hparams, self._load_tokenizer(), self.counts)
-        if self.hparams.format == "auto" and self._rank_world()[0] == 0:
-            print(f"lit_lora: data.format auto: {self.data_format} (from the first record's fields)", flush=True)
         if self.counts.get("conversations"):
             self._template_name, self.chat_template = resolve_template(self.tokenizer, self.hparams.chat_template)
         self.train_ds, self.val_ds = train, val
@@ -222,6 +217,9 @@ class LitLoraData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        if self._sampler is None and rank == 0:  # the first loader of fit: after the model's summary lines
+            for line in self.data_lines(self.batch_size):
+                print(f"lit_lora: {line}", flush=True)
         sampler = self._train_sampler(rank, world, self.batch_size)
         if self._reload_setting is not None:  # the loader after a resumed epoch: the user's setting is back
             self.trainer.reload_dataloaders_every_n_epochs, self._reload_setting = self._reload_setting, None

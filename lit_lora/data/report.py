@@ -46,12 +46,13 @@ def padding_efficiency(lengths: np.ndarray, batches: Iterable[list[int]]) -> flo
 def data_lines(lengths: np.ndarray, targets: np.ndarray, counts: Mapping[str, int], efficiency: float,
                settings: Mapping[str, Any]) -> list[str]:
     """The lines `fit` and `preview` print. `counts` is `corpus.build_split`'s report; `settings` names the
-    format, the template, train_on, block_size and whether rows are packed."""
+    format asked for and the one detected, the template, train_on, block_size and whether rows are packed."""
     tokens, trained = int(lengths.sum()), int(targets.sum())
-    fmt, block = settings["format"], settings["block_size"]
+    fmt, block = settings["detected"], settings["block_size"]
+    how = " (data.format auto: by extension and first record)" if settings["format"] == "auto" else ""
     source = (f"{counts['examples']:,} example(s)" if "examples" in counts
               else f"{counts.get('documents', 0):,} document(s)")
-    lines = [f"data: {fmt}, {source} -> {len(lengths):,} training sequence(s), {tokens:,} tokens, "
+    lines = [f"data: {fmt}{how}, {source} -> {len(lengths):,} training sequence(s), {tokens:,} tokens, "
              f"{trained:,} trained ({100 * trained / max(tokens, 1):.1f}%)"]
     if settings.get("template"):
         lines.append(f"data: chat template {settings['template']}, train_on {settings['train_on']}")

@@ -5,6 +5,7 @@ hyperparameters; nothing here keeps state."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
@@ -48,7 +49,8 @@ def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[s
 
 
 def _conversation_row(record: dict[str, Any], index: int, fmt: str, name: str) -> dict[str, Any]:
-    messages, prompt_turns = to_messages(record, fmt, f"record {index} of dataset {name!r}")
+    # `datasets` hands map functions a lazy row; our checks read a dict.
+    messages, prompt_turns = to_messages(dict(record), fmt, f"record {index} of dataset {name!r}")
     return {"messages": messages, "prompt_turns": prompt_turns, "where": f"record {index} of dataset {name!r}"}
 
 
@@ -56,6 +58,9 @@ def _dataset_rows(split: Any, fmt: str, hp: Mapping[str, Any]) -> Any:
     """The columns `build_split` reads, from one split of a Hugging Face dataset in format `fmt`."""
     if fmt in ("messages", "sharegpt", "alpaca") or (fmt == "prompt_completion" and len(split)
                                                       and is_conversational(split[0])):
+        from datasets import disable_progress_bars
+
+        disable_progress_bars()
         return split.map(_conversation_row, with_indices=True, fn_kwargs={"fmt": fmt, "name": hp["dataset_name"]},
                          remove_columns=split.column_names, desc="reading conversations")
     keep = ["prompt", "completion"] if fmt == "prompt_completion" else [hp["text_field"]]
@@ -65,12 +70,28 @@ def _dataset_rows(split: Any, fmt: str, hp: Mapping[str, Any]) -> Any:
     return split.select_columns(keep)
 
 
-def _from_dataset(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int]) -> tuple[Any, Any, str]:
-    from datasets import load_dataset
+DATA_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
+
+def _load_splits(name: str, config: Optional[str], cache_dir: Optional[str]) -> Any:
+    """A DatasetDict from a hub id, a folder of data files, a `save_to_disk` folder or one data file."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+
+    path = Path(name).expanduser()
+    if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+        loaded = load_from_disk(str(path))  # load_dataset cannot read save_to_disk's layout
+        return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    if path.is_file():
+        if path.suffix not in DATA_FILE_BUILDERS:
+            raise LitLoraError(f"data.dataset_name {name!r}: a file must be one of {', '.join(DATA_FILE_BUILDERS)}")
+        return load_dataset(DATA_FILE_BUILDERS[path.suffix], data_files=str(path), cache_dir=cache_dir)
+    return load_dataset(name, config, cache_dir=cache_dir)
+
+
+def _from_dataset(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int]) -> tuple[Any, Any, str]:
     name = hp["dataset_name"]
     try:
-        splits = load_dataset(name, hp["dataset_config"], cache_dir=hp["cache_dir"])
+        splits = _load_splits(name, hp["dataset_config"], hp["cache_dir"])
     except (FileNotFoundError, ValueError, OSError) as err:
         raise LitLoraError(f"data.dataset_name {name!r} could not be loaded: {err}") from err
     if hp["train_split"] not in splits:

@@ -73,10 +73,12 @@ def generate_ids(
 
 @torch.no_grad()
 def sample_tokens(
-    model: Any, prompt_ids: list[int], settings: GenerationSettings, eos_token_id: Optional[int]
+    model: Any, prompt_ids: list[int], settings: GenerationSettings, eos_token_id: Union[int, list[int], None]
 ) -> list[int]:
     """New token ids after `prompt_ids` (one prompt), with a KV cache and a private generator seeded with
-    `settings.seed`: the global RNG is not used. A prompt too long for the context keeps its end."""
+    `settings.seed`: the global RNG is not used. A prompt too long for the context keeps its end. Stops
+    after `eos_token_id` (or any of several)."""
+    stop = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
     device = next(model.parameters()).device
     n_ctx = context_length(model)
     max_new_tokens = min(settings.max_new_tokens, n_ctx - 1) if n_ctx is not None else settings.max_new_tokens
@@ -103,7 +105,7 @@ def sample_tokens(
             token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
         value = int(token)
         out.append(value)
-        if value == eos_token_id:
+        if value in stop:
             break
         ids = token.view(1, 1)
     return out

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.generation.decode import sample_tokens
+from lit_lora.generation.chat import chat_prompt_ids, stop_ids
 from lit_lora.generation.prompts import prompt_ids
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.hub import load_tokenizer, tokenizer_source
@@ -60,17 +61,25 @@ class SampleGenerator(Callback):
         if not self.prompts or trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
             return
         tokenizer = self._get_tokenizer(trainer, pl_module)
-        self.last_samples = [(p, self.complete(pl_module.model, tokenizer, p)) for p in self.prompts]
+        data = trainer.datamodule
+        template = data.chat_template if isinstance(data, TrainingData) else None  # a chat run: replies
+        self.last_samples = [(p, self.complete(pl_module.model, tokenizer, p, template)) for p in self.prompts]
         text = format_samples(self.last_samples)
         for logger in trainer.loggers:
             log_text(logger, text, trainer.global_step)
 
-    def complete(self, model: Any, tokenizer: Any, prompt: str) -> str:
-        """The continuation of `prompt` (the prompt itself not included)."""
+    def complete(self, model: Any, tokenizer: Any, prompt: str, chat_template: Optional[str] = None) -> str:
+        """The continuation of `prompt` (the prompt itself not included); with `chat_template`, the reply to
+        it as a user message."""
+        if chat_template:
+            ids, stop = chat_prompt_ids(tokenizer, chat_template, [{"role": "user", "content": prompt}]), \
+                stop_ids(tokenizer, chat_template)
+        else:
+            ids, stop = prompt_ids(tokenizer, prompt), [tokenizer.eos_token_id]
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            ids = sample_tokens(model, prompt_ids(tokenizer, prompt), self.settings, tokenizer.eos_token_id)
+            ids = sample_tokens(model, ids, self.settings, stop)
         finally:
             for m, training in modes:
                 m.training = training

@@ -89,7 +89,9 @@ class TokenThroughput(Callback):
             return
         b, t = ids.shape
         mask = batch.get("attention_mask")
-        if mask is None:  # packed blocks: every token is real
+        if batch.get("num_tokens") is not None:  # packed rows: the collator counted their real tokens
+            self._tokens += int(batch["num_tokens"])
+        elif mask is None:  # blocks of text: every token is real
             self._tokens += b * t
         else:  # summed on the device; read once per interval
             count = mask.sum()
