@@ -49,7 +49,8 @@ def measure(ds, tokenizer, batch: int, steps: int, sampler_kwargs: dict) -> dict
 
     torch.manual_seed(0)
     module = LitLora(model_name_or_path="random-init", tokenizer_name_or_path=str(ROOT / "examples/quickstart/tokenizer"),
-                     model_config={"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 512},
+                     model_config={"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 512, "vocab_size": 512,
+                                   "bos_token_id": 0, "eos_token_id": 0},
                      gradient_checkpointing=False, block_size=256)
     model = module.model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -101,7 +102,7 @@ def main() -> None:
                                                        "bucket_size": args.batch}),
                    "packed": measure(packed, tokenizer, args.batch, args.steps, {})}
     print(f"{args.conversations} conversations, block {args.block}, batch {args.batch}, {args.steps} timed steps")
-    print("| rows | sequences | steps/epoch | efficiency | tokens/s | trained tokens/s | epoch (s) |")
+    print("| layout | sequences | steps/epoch | efficiency | tokens/s | trained tokens/s | epoch (s) |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['rows']:,} | {r['steps/epoch']:,} | {100 * r['efficiency']:.1f}% | {r['tokens/s']:,.0f} | "

@@ -93,7 +93,7 @@ def load_base_model(
         config = build_config(model_config)
     else:
         try:
-            with _no_loading_bar(True):
+            with no_loading_bar(True):
                 config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise _not_found("model.model_name_or_path", name_or_path, err) from err
@@ -106,7 +106,7 @@ def load_base_model(
             return model.to(torch_dtype) if torch_dtype is not None else model
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        with _no_loading_bar(Path(name_or_path).expanduser().is_dir()):
+        with no_loading_bar(Path(name_or_path).expanduser().is_dir()):
             return AutoModelForCausalLM.from_pretrained(
                 name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
             )
@@ -204,9 +204,10 @@ def _attention(model_class: Any, requested: Optional[str]) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def _no_loading_bar(local: bool) -> Iterator[None]:
-    """transformers 5 draws a "Loading weights" bar for every from_pretrained, even of a tiny local model;
-    a download from the hub keeps its bars (they are worth watching)."""
+def no_loading_bar(local: bool = True) -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar for every from_pretrained, even of a tiny local model,
+    and a "Writing model shards" bar for every save_pretrained; a download from the hub keeps its bars
+    (they are worth watching)."""
     from transformers.utils import logging as hf_logging
 
     was_on = hf_logging.is_progress_bar_enabled()

@@ -118,3 +118,14 @@ def test_a_second_build_of_conversations_tokenizes_nothing(chats, monkeypatch):
     second = build_split(*args, packing=True)
     assert second["input_ids"] == first["input_ids"]
     assert set((tmp / "cache2").rglob("*.arrow")) == arrow
+
+
+def test_best_fit_fills_blocks_and_keeps_every_example_once():
+    from lit_lora.data.packing import best_fit_bins
+
+    lengths = [5, 6, 5, 4, 4]
+    bins = best_fit_bins(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    # 24 tokens need 3 blocks of 10; packing in order ([5], [6], [5, 4], [4]) would take 4.
+    assert bins == [[1, 3], [0, 2], [4]]

@@ -7,11 +7,13 @@ collator gives a document's first token label -100, so the end of one document n
 start of the next. A document cut at a block boundary continues in the next block from position 0, with none
 of its earlier tokens in view. Nothing in `datasets` or transformers packs this way, so it is written here.
 
-Rows are read from Arrow files batch by batch (not memory-mapped), so memory stays flat for any corpus.
+Text is read from Arrow files batch by batch (not memory-mapped), so memory stays flat for any corpus;
+examples are packed from their memory-mapped Arrow file.
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterator
 
 import numpy as np
@@ -67,19 +69,39 @@ def _block(ids: np.ndarray, starts: np.ndarray) -> dict[str, list[int]]:
     return {"input_ids": ids.tolist(), "position_ids": document_positions(starts).tolist()}
 
 
+def best_fit_bins(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Example indices grouped into blocks of at most `capacity` tokens: longest first, each into the block
+    it fills best (best-fit decreasing), so few blocks are left part empty. Written here: `datasets` and
+    transformers have no bin packing."""
+    spaces: list[tuple[int, int]] = []  # (room left, block), sorted
+    bins: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        k = bisect.bisect_left(spaces, (lengths[i], -1))
+        if k < len(spaces):
+            room, b = spaces.pop(k)
+        else:
+            room, b = capacity, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - lengths[i] > 0:
+            bisect.insort(spaces, (room - lengths[i], b))
+    return [sorted(b) for b in bins]
+
+
 def pack_examples(arrow_files: tuple[str, ...], block_size: int) -> Iterator[dict[str, list[int]]]:
-    """Examples (`input_ids`, `labels`, each at most `block_size` tokens) joined in order into blocks of at
-    most `block_size` tokens; an example never spans two blocks."""
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for batch in _record_batches(arrow_files):
-        for x, y in zip(batch.column("input_ids").to_pylist(), batch.column("labels").to_pylist()):
-            if ids and len(ids) + len(x) > block_size:
-                yield {"input_ids": ids, "labels": labels, "position_ids": positions}
-                ids, labels, positions = [], [], []
+    """Examples (`input_ids`, `labels`, each at most `block_size` tokens) joined into blocks of at most
+    `block_size` tokens by `best_fit_bins`; an example never spans two blocks."""
+    from datasets import Dataset, concatenate_datasets
+
+    examples = concatenate_datasets([Dataset.from_file(f) for f in arrow_files])
+    offsets = examples.data.column("input_ids").combine_chunks().offsets.to_numpy()
+    for members in best_fit_bins((offsets[1:] - offsets[:-1]).tolist(), block_size):
+        rows = examples[members]
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for x, y in zip(rows["input_ids"], rows["labels"]):
             ids += x
             labels += [IGNORE_INDEX] + y[1:]  # the previous example's end does not predict this start
             positions += range(len(x))
-    if ids:
         yield {"input_ids": ids, "labels": labels, "position_ids": positions}

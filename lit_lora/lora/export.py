@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_tokenizer, tokenizer_source
+from lit_lora.hub import load_tokenizer, no_loading_bar, tokenizer_source
 from lit_lora.outputs import write_dir_atomically
 
 
@@ -137,7 +137,8 @@ def merge_to_dir(
     merged = module.model.merge_and_unload()
 
     def fill(tmp: Path) -> None:
-        merged.save_pretrained(str(tmp), safe_serialization=True)
+        with no_loading_bar():
+            merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "README.md").write_text(_model_card(module, checkpoint, "merged"), encoding="utf-8")
 
