@@ -82,8 +82,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.output:
         check_output_file(args.output, "--output", args.overwrite)  # before loading the model
-    chat = args.chat or bool(args.messages_file)
     prompts: list[Any] = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
+    # A prompts file of {"messages": [...]} records is conversations too.
+    chat = args.chat or bool(args.messages_file) or any(isinstance(p, list) for p in prompts)
     if chat:
         prompts = [[{"role": "user", "content": p}] if isinstance(p, str) else p for p in prompts]
         prompts += read_messages(args.messages_file) if args.messages_file else []

@@ -62,6 +62,8 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
         f"- Data: {data.get('train_files') or data.get('dataset_name') or 'n/a'} (block_size={data.get('block_size', 'n/a')})",
         f"- Steps: {step}",
         f"- Final val_loss: {val:.4f}" if isinstance(val, float) else "- Final val_loss: n/a",
+        *(["- Chat template: in the tokenizer files (`apply_chat_template` renders prompts as training did)"]
+          if meta.get("chat_template") else []),
         "",
         "Load with:",
         "",
