@@ -5,6 +5,7 @@ carried into the checkpoint, the exported adapter and the merged model, `generat
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -124,3 +125,27 @@ def test_a_bad_conversation_stops_fit_with_one_line(chat_run, tmp_path, capsys):
     assert code == 2
     assert err == (f"lit_lora: error: {bad}:1: message 2 has role 'bot'; expected one of system, user, "
                    "assistant, tool")
+
+
+ARROWS = ("{% for m in messages %}{{ m.role }}> {{ m.content }}{% if m.role == 'assistant' %}{{ eos_token }}"
+          "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant>{% endif %}")
+
+
+def test_a_template_file_is_recorded_and_validate_renders_with_it(chat_run, tmp_path):
+    import torch
+
+    template = tmp_path / "arrows.jinja"
+    template.write_text(ARROWS)
+    flags = [*chat_run["flags"], "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3"]
+    _cli(tmp_path, "fit", *flags, "--data.chat_template", str(template))
+    ckpt = tmp_path / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["lit_lora"]
+    assert saved["chat_template"] == ARROWS
+
+    def val_loss(*extra):
+        out = _cli(tmp_path, "validate", *flags, "--ckpt_path", str(ckpt), *extra)
+        return float(re.search(r"val_loss\s*│\s*([0-9.]+)", out).group(1))
+
+    # Without --data.chat_template, validate renders as the checkpoint's run did: its val_loss comes back.
+    assert val_loss() == pytest.approx(saved["val_loss"], abs=1e-6)
+    assert val_loss("--data.chat_template", "plain") != pytest.approx(saved["val_loss"], abs=1e-3)

@@ -18,6 +18,9 @@ _WARNINGS = [
     # A resumed run saves into its own checkpoint folder on purpose; a new run always gets a fresh one
     # (cli/run_folder.claim_logger_version), so the folder is never another run's.
     (UserWarning, r"Checkpoint directory .* exists and is not empty"),
+    # validate/test/predict from a checkpoint log into a new version folder; the checkpoint callback's
+    # restored best/last paths of the training run are not what an evaluation needs.
+    (UserWarning, r"The dirpath has changed from .* won't be reloaded"),
 ]
 # INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
 # "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.
