@@ -51,7 +51,7 @@ def test_fit_help_lists_every_model_and_data_option(capsys):
 def test_top_level_help_lists_all_subcommands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("fit", "validate", "test", "predict", "summary"):
+    for name in ("fit", "validate", "test", "predict", "summary", "preview"):
         assert f"  {name} " in out
 
 

@@ -27,12 +27,10 @@ USAGE = ("usage: python -m lit_lora.cli preview [--num_examples N] [--json] [opt
 
 def _preview_cli_class() -> type:
     # start-up: Lightning loads after --help
-    from lit_lora.cli.trainer_cli import LitLoraCLI
+    from lit_lora.cli.trainer_cli import ParseOnlyCLI
 
-    class PreviewCLI(LitLoraCLI):
+    class PreviewCLI(ParseOnlyCLI):
         """Parses exactly as `fit` does, then builds the data module alone."""
-
-        resumes_training = False
 
         def instantiate_classes(self) -> None:
             from lit_lora.data.datamodule import LitLoraData  # start-up: see above
@@ -45,12 +43,6 @@ def _preview_cli_class() -> type:
             self.datamodule = LitLoraData(**data)
             self.model = None
             self.trainer = None
-
-        def after_instantiate_classes(self) -> None:
-            pass
-
-        def _run_subcommand(self, subcommand: Optional[str]) -> None:
-            pass  # preview only: no Trainer.fit
 
     return PreviewCLI
 

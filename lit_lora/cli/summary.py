@@ -21,13 +21,11 @@ from lit_lora.errors import LitLoraError
 
 def _summary_cli_class() -> type:
     # start-up: Lightning loads after --help
-    from lit_lora.cli.trainer_cli import LitLoraCLI
+    from lit_lora.cli.trainer_cli import ParseOnlyCLI
     from lit_lora.training.devices import default_precision
 
-    class SummaryCLI(LitLoraCLI):
+    class SummaryCLI(ParseOnlyCLI):
         """Parses exactly as `fit` does, then builds the model alone."""
-
-        resumes_training = False
 
         def before_instantiate_classes(self) -> None:
             # fit's defaulting of the precision, without its check that the data files exist: none is read.
@@ -44,12 +42,6 @@ def _summary_cli_class() -> type:
                 self.model = LitLora(**cfg.model.clone().as_dict())
             self.datamodule = None
             self.trainer = None
-
-        def after_instantiate_classes(self) -> None:
-            pass
-
-        def _run_subcommand(self, subcommand: Optional[str]) -> None:
-            pass  # summary only: no Trainer.fit
 
     return SummaryCLI
 

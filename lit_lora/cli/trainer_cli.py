@@ -211,6 +211,19 @@ class LitLoraCLI(LightningCLI):
         return trainer
 
 
+class ParseOnlyCLI(LitLoraCLI):
+    """Parses exactly as `fit` does and runs nothing: a tool (`summary`, `preview`) builds what it needs in
+    `instantiate_classes` and reads it afterwards."""
+
+    resumes_training = False  # a weights-only checkpoint is fine: nothing trains
+
+    def after_instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: Optional[str]) -> None:
+        pass
+
+
 def _stopped_by_signal(trainer: Any) -> bool:
     return any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
 
