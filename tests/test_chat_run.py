@@ -77,6 +77,20 @@ def test_generate_chat_prints_the_same_reply_alone_from_each_source(chat_run):
     assert len(replies) == 1 and replies != {""}
 
 
+def test_samples_logged_at_validation_are_replies_as_generate_chat_gives_them(chat_run):
+    from lit_lora.hub import load_tokenizer
+    from lit_lora.monitoring.samples import SampleGenerator
+    from lit_lora.restore import module_from_checkpoint
+
+    module = module_from_checkpoint(str(chat_run["ckpt"])).module
+    tokenizer = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    sample = SampleGenerator(prompts=[QUESTION[0]["content"]], max_new_tokens=12, temperature=0)
+    reply = sample.complete(module.model, tokenizer, QUESTION[0]["content"], PLAIN)
+    out = _cli(chat_run["tmp"], "generate", "--ckpt_path", str(chat_run["ckpt"]), "--chat", "--prompt",
+               QUESTION[0]["content"], "--temperature", "0", "--max_new_tokens", "12")
+    assert reply.strip() == out.strip() and "User:" not in reply
+
+
 def test_messages_files_go_through_generate_and_predict(chat_run):
     tmp = chat_run["tmp"]
     (tmp / "ask.jsonl").write_text(json.dumps({"messages": QUESTION}) + "\n" + json.dumps(QUESTION) + "\n")

@@ -83,8 +83,8 @@ class LitLoraData(pl.LightningDataModule):
             shuffle: Reshuffle the training data every epoch (seeded, so resumable).
             seed: Seed of the data order and of the validation split.
             num_workers: DataLoader worker processes.
-            length_bucketing: For prompt/completion data, batch examples of similar length together so
-                padding stays small (still seeded and resumable).
+            length_bucketing: For examples (prompt/completion, conversations), batch those of similar length
+                together so padding stays small (still seeded and resumable).
             cache_dir: Where `datasets` keeps its Arrow cache (default: its own, ~/.cache/huggingface/datasets).
             num_proc: Processes for tokenization (default: all cores for corpora of several MB).
             tokenizer_name_or_path: Tokenizer to use; set from the model's options by the CLI.
