@@ -25,8 +25,9 @@ def decode_line(raw: bytes, path: str, lineno: int) -> str:
         ) from None
 
 
-def read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    """(line number, record) for every non-blank line of a JSON Lines file."""
+def read_jsonl(path: str, lists: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for every non-blank line of a JSON Lines file. `lists`: a line may hold a JSON
+    list (a conversation's messages); else a list on the first line is taken for a whole-file JSON array."""
     seen_record = False
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
@@ -39,7 +40,7 @@ def read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                 if not seen_record and text.lstrip().startswith("["):
                     raise LitLoraError(f"{path}:{lineno}: {_ARRAY_HINT}") from None
                 raise LitLoraError(f"{path}:{lineno}: line is not valid JSON ({err.msg}, column {err.colno})") from None
-            if isinstance(record, list) and not seen_record:
+            if isinstance(record, list) and not seen_record and not lists:
                 raise LitLoraError(f"{path}:{lineno}: {_ARRAY_HINT}")
             seen_record = True
             yield lineno, record

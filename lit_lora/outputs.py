@@ -26,6 +26,16 @@ _LEGACY_ADAPTER = {"adapter_model.safetensors", "adapter_config.json", "README.m
 COMPLETION_FIELDS = {"id", "sample", "prompt", "completion"}
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as we print it: relative to the working folder when it lies inside it (as the `saved ...`
+    lines of a run are), else absolute."""
+    full = Path(path).resolve()
+    try:
+        return str(full.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(full)
+
+
 def _our_files(folder: Path) -> set[str] | None:
     """The names our manifest lists in `folder`, or None if the folder does not hold an output of ours."""
     try:

@@ -118,7 +118,7 @@ GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "co
      "t.jsonl:2: message 1 (user) has no string 'content'"),
     ({"messages": [{"role": "user", "content": "Q"}]}, "messages", "t.jsonl:2: no assistant turn: nothing to train on"),
     ({"instruction": "Q", "output": "A"}, "messages",
-     "t.jsonl:2: expected a messages record like the first one, got fields ['instruction', 'output'] (those of the alpaca format)"),
+     "t.jsonl:2: expected a record of format messages, got fields ['instruction', 'output'] (those of the alpaca format)"),
     ({"instruction": "Q"}, "alpaca", "t.jsonl:2: an alpaca record needs a string 'output' field"),
     ({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", "t.jsonl:2: message 1 has from 'robot'"),
 ])

@@ -73,6 +73,7 @@ def test_generate_chat_prints_the_same_reply_alone_from_each_source(chat_run):
         out = _cli(chat_run["tmp"], "generate", *source, "--chat", "--prompt", QUESTION[0]["content"],
                    "--temperature", "0", "--max_new_tokens", "12")
         assert "User:" not in out and "Assistant:" not in out and "<|endoftext|>" not in out
+        assert not out.startswith(" "), "the reply is printed as the records hold it"
         replies.add(out.strip())
     assert len(replies) == 1 and replies != {""}
 
@@ -93,7 +94,8 @@ def test_samples_logged_at_validation_are_replies_as_generate_chat_gives_them(ch
 
 def test_messages_files_go_through_generate_and_predict(chat_run):
     tmp = chat_run["tmp"]
-    (tmp / "ask.jsonl").write_text(json.dumps({"messages": QUESTION}) + "\n" + json.dumps(QUESTION) + "\n")
+    # A bare message list may come first: it is a conversation, not a whole-file JSON array.
+    (tmp / "ask.jsonl").write_text(json.dumps(QUESTION) + "\n" + json.dumps({"messages": QUESTION}) + "\n")
     _cli(tmp, "generate", "--ckpt_path", str(chat_run["ckpt"]), "--messages_file", str(tmp / "ask.jsonl"),
          "--temperature", "0", "--max_new_tokens", "12", "--output", str(tmp / "gen.jsonl"))
     _cli(tmp, "predict", *chat_run["flags"], "--ckpt_path", str(chat_run["ckpt"]), "--data.predict_file",
@@ -163,3 +165,18 @@ def test_a_template_file_is_recorded_and_validate_renders_with_it(chat_run, tmp_
     # Without --data.chat_template, validate renders as the checkpoint's run did: its val_loss comes back.
     assert val_loss() == pytest.approx(saved["val_loss"], abs=1e-6)
     assert val_loss("--data.chat_template", "plain") != pytest.approx(saved["val_loss"], abs=1e-3)
+
+
+def test_evaluating_and_predicting_from_a_checkpoint_warn_nothing(chat_run):
+    import warnings
+
+    tmp = chat_run["tmp"]
+    (tmp / "one.jsonl").write_text(json.dumps(QUESTION) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # lit_lora's quiet filters, added by main(), go in front of this
+        _cli(tmp, "validate", *chat_run["flags"], "--ckpt_path", str(chat_run["ckpt"]))
+        _cli(tmp, "predict", *chat_run["flags"], "--ckpt_path", str(chat_run["ckpt"]), "--data.predict_file",
+             str(tmp / "one.jsonl"), "--predict_writer.output_file", str(tmp / "one-out.jsonl"))
+    # In a process of its own the CLI reads sys.argv; in-process, LightningCLI says args were given instead.
+    foreign = [str(w.message)[:120] for w in caught if not str(w.message).startswith("LightningCLI's args parameter")]
+    assert foreign == []

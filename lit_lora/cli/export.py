@@ -28,11 +28,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser("export", "Write adapter_model.safetensors + adapter_config.json + README.md.").parse_args(argv)
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import export_adapter
-    from lit_lora.outputs import check_output_dir
+    from lit_lora.outputs import check_output_dir, shown
     from lit_lora.restore import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
-    print(f"lit_lora: exported adapter to {out} (base model: {restored.module.hparams['model_name_or_path']})")
+    print(f"lit_lora: exported adapter to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
     return 0

@@ -102,10 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                             template)
     if len(prompts) == 1 and settings.num_return_sequences == 1:
         # One sequence: print tokens as they come (a reply alone, a completion after its prompt).
-        from transformers import TextStreamer
-
         print("" if chat else prompts[0], end="", flush=True)
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _streamer(tokenizer, chat)
         for _ in generate_records(model, tokenizer, prompts, settings, args.batch_size, streamer, template):
             pass
         return 0
@@ -115,6 +113,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"=== prompt {record['id']}{sample} ===")
         print(record["completion"][0]["content"] if chat else record["prompt"] + record["completion"], flush=True)
     return 0
+
+
+def _streamer(tokenizer: Any, chat: bool) -> Any:
+    """transformers' TextStreamer; for a reply, without the space its first token carries (the one after the
+    template's "Assistant:"), as the written records hold it."""
+    from transformers import TextStreamer  # start-up: see main
+
+    class Streamer(TextStreamer):
+        started = not chat
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if not self.started:
+                text = text.lstrip()
+                self.started = bool(text)
+            super().on_finalized_text(text, stream_end=stream_end)
+
+    return Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
 def _write_jsonl(

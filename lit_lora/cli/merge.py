@@ -13,11 +13,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ).parse_args(argv)
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import merge_to_dir
-    from lit_lora.outputs import check_output_dir
+    from lit_lora.outputs import check_output_dir, shown
     from lit_lora.restore import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
-    print(f"lit_lora: merged model written to {out}")
+    print(f"lit_lora: merged model written to {shown(out)}")
     return 0

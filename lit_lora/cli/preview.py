@@ -116,7 +116,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(json.dumps(record, ensure_ascii=False), flush=True)
             continue
         trained = sum(label != -100 for label in record["labels"])
-        print(f"=== training sequence {i} ({len(record['input_ids'])} tokens, {trained} trained) ===")
+        documents = sum(p == 0 for p in record.get("position_ids", [0]))
+        packed = f", {documents} documents packed" if documents > 1 else ""
+        print(f"=== training sequence {i} ({len(record['input_ids'])} tokens, {trained} trained{packed}) ===")
         print(marked_text(tokenizer, record["input_ids"], record["labels"]), flush=True)
     out = sys.stderr if as_json else sys.stdout
     for line in summary:

@@ -21,6 +21,11 @@ _WARNINGS = [
     # validate/test/predict from a checkpoint log into a new version folder; the checkpoint callback's
     # restored best/last paths of the training run are not what an evaluation needs.
     (UserWarning, r"The dirpath has changed from .* won't be reloaded"),
+    # predict/validate from a checkpoint: the CLI builds the same callbacks again; there is nothing to pass.
+    (UserWarning, r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"),
+    # A checkpoint saved before the first validation (a short run, or every_n_train_steps): there is no
+    # val_loss yet; last.ckpt is written and, without any validation, exported.
+    (UserWarning, r"`ModelCheckpoint\(monitor='val_loss'\)` could not find the monitored key"),
 ]
 # INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
 # "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.

@@ -24,7 +24,7 @@ from lit_lora.monitoring.memory import MemoryMonitor
 from lit_lora.monitoring.progress import with_run_eta
 from lit_lora.monitoring.samples import SampleGenerator
 from lit_lora.monitoring.throughput import TokenThroughput
-from lit_lora.outputs import ensure_writable
+from lit_lora.outputs import ensure_writable, shown
 from lit_lora.restore import export_best_checkpoint
 from lit_lora.training.checkpoint import RunCheckpoint
 from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file, run_version_of
@@ -191,7 +191,7 @@ class LitLoraCLI(LightningCLI):
         exported = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
         if exported is not None:
             best, out = exported
-            print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {out}", flush=True)
+            print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {shown(out)}", flush=True)
 
     # -- trainer -------------------------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ def to_messages(record: Any, fmt: str, where: str) -> tuple[list[dict[str, str]]
     if fmt == "prompt_completion" and found == "prompt_completion" and is_conversational(record):
         found = fmt
     if found != fmt:
-        raise LitLoraError(f"{where}: expected a {fmt} record like the first one, got fields {sorted(record)}"
+        raise LitLoraError(f"{where}: expected a record of format {fmt}, got fields {sorted(record)}"
                            f"{f' (those of the {found} format)' if found else ''}: one format per split")
     same = {r: r for r in ROLES}
     if fmt == "messages":

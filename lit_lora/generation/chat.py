@@ -47,7 +47,7 @@ def resolve_template(tokenizer: Any, option: str) -> tuple[str, str]:
     if option in ("auto", "tokenizer"):
         own = _own_template(tokenizer)
         if own:
-            return "the tokenizer's own", own
+            return "the tokenizer's own" + _prompt_note(tokenizer, own), own
         if option == "tokenizer":
             raise LitLoraError("data.chat_template 'tokenizer': this tokenizer has no chat_template; use 'plain' "
                                "or a Jinja file")
@@ -55,7 +55,8 @@ def resolve_template(tokenizer: Any, option: str) -> tuple[str, str]:
     if option in BUILT_IN:
         return option, BUILT_IN[option]
     if "{{" in option or "{%" in option:
-        return "recorded with the model", check_template(tokenizer, option, "data.chat_template")
+        template = check_template(tokenizer, option, "data.chat_template")
+        return "recorded with the model" + _prompt_note(tokenizer, template), template
     path = Path(option).expanduser()
     if not path.is_file():
         raise LitLoraError(f"data.chat_template {option!r} is not a file, nor one of auto, tokenizer, "
@@ -64,7 +65,17 @@ def resolve_template(tokenizer: Any, option: str) -> tuple[str, str]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise LitLoraError(f"data.chat_template {option!r} cannot be read as UTF-8 text: {err}") from err
-    return str(path), check_template(tokenizer, text, f"data.chat_template {option!r}")
+    template = check_template(tokenizer, text, f"data.chat_template {option!r}")
+    return str(path) + _prompt_note(tokenizer, template), template
+
+
+def _prompt_note(tokenizer: Any, template: str) -> str:
+    """What the name of a template without a generation prompt says: its assistant turns train whole,
+    role marker included (a reply is generated with the marker too, so that is what inference needs)."""
+    question = SAMPLE[1:2]
+    if render(tokenizer, template, question, generation_prompt=True) != render(tokenizer, template, question):
+        return ""
+    return " (it adds no generation prompt: each assistant turn trains whole, its role marker too)"
 
 
 def check_template(tokenizer: Any, template: str, name: str) -> str:
@@ -84,7 +95,8 @@ def render(tokenizer: Any, template: str, messages: list[dict[str, str]], genera
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=generation_prompt)
     except Exception as err:  # Jinja's TemplateError, or whatever a template's raise_exception raises
-        raise LitLoraError(f"{type(err).__name__}: {err}") from None
+        line = f" at line {err.lineno}" if isinstance(getattr(err, "lineno", None), int) else ""
+        raise LitLoraError(f"{type(err).__name__}{line}: {getattr(err, 'message', None) or err}") from None
 
 
 def chat_prompt_ids(tokenizer: Any, template: str, messages: list[dict[str, str]]) -> list[int]:

@@ -33,7 +33,7 @@ def read_messages(path: str) -> list[list[dict[str, str]]]:
     """Conversations from a JSONL file: one message list (or `{"messages": [...]}`) per line."""
     if not Path(path).is_file():
         raise LitLoraError(f"messages file {path!r} does not exist")
-    found = [conversation(record, f"{path}:{n}") for n, record in read_jsonl(path)]
+    found = [conversation(record, f"{path}:{n}") for n, record in read_jsonl(path, lists=True)]
     if not found:
         raise LitLoraError(f"messages file {path!r} holds no conversations")
     return found
@@ -52,7 +52,7 @@ def read_prompts(path: str) -> list[Prompt]:
         prompts = [line for line in lines if line.strip()]
     else:
         prompts = []
-        for n, record in read_jsonl(path):
+        for n, record in read_jsonl(path, lists=True):
             if isinstance(record, list) or isinstance(record, dict) and "messages" in record:
                 prompts.append(conversation(record, f"{path}:{n}"))
                 continue
