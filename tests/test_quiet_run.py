@@ -17,7 +17,7 @@ def test_the_quickstart_prints_only_lit_loras_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))}
     env["PYTHONPATH"] = str(REPO)
     args = [sys.executable, "-m", "lit_lora.cli", "fit", "--config", str(REPO / "conf/quickstart.yaml"),
-            "--trainer.max_steps", "26", "--trainer.enable_progress_bar", "false",
+            "--trainer.max_steps", "6", "--trainer.val_check_interval", "5", "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.cache_dir", str(tmp_path / "c")]
     out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
