@@ -145,8 +145,10 @@ def test_preview_shows_the_trained_spans_and_its_json_is_what_trains(chat_run, c
     assert len(records[0]["labels"]) == len(records[0]["input_ids"])
 
 
-def test_a_bad_conversation_stops_fit_with_one_line(chat_run, tmp_path, capsys):
+def test_a_bad_conversation_stops_fit_with_one_line(chat_run, tmp_path, capsys, monkeypatch):
     from lit_lora.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the run's folders go there, not into the repository
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": QUESTION + [{"role": "bot", "content": "x"}]}) + "\n")
