@@ -50,7 +50,7 @@ def test_corrupted_data_files(in_tmp, tiny_model_dir, shakespeare, capsys):
     rng = random.Random(SEED)
     text = shakespeare.read_bytes()[:6000]
     jsonl = "".join(json.dumps({"prompt": f"Q{i}:", "completion": f" answer {i}"}) + "\n" for i in range(40)).encode()
-    for case in range(16):
+    for case in range(10):  # 10 seeded mutations: each is a whole fit, and the suite has 12 minutes
         name, source = ("d.txt", text) if case % 2 else ("d.jsonl", jsonl)
         path = in_tmp / f"{case}-{name}"
         path.write_bytes(_mutate_bytes(rng, source))
