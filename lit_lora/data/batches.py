@@ -115,6 +115,8 @@ class PromptCollator:
     def __init__(self, tokenizer: Any, chat_template: Optional[str] = None) -> None:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        # EOS, or the ids a chat reply ends on: found once (it renders the template), not per batch.
+        self.stop = stop_ids(tokenizer, chat_template) if chat_template else tokenizer.eos_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         prompts = [r["prompt"] for r in rows]
@@ -122,5 +124,5 @@ class PromptCollator:
             **encode_prompts(self.tokenizer, prompts, self.chat_template),
             "ids": [r["id"] for r in rows],
             "prompts": prompts,
-            "eos_token_id": stop_ids(self.tokenizer, self.chat_template) if self.chat_template else self.tokenizer.eos_token_id,
+            "eos_token_id": self.stop,
         }
