@@ -31,6 +31,8 @@ CASES = [
     ("--model.betas", "[1.5, 0.999]", "model.betas must be a finite number >= 0 and < 1, got 1.5"),
     ("--model.min_lr_ratio", "2", "model.min_lr_ratio must be a finite number >= 0 and <= 1, got 2"),
     ("--model.warmup_steps", "-3", "model.warmup_steps must be an integer >= 0, got -3"),
+    ("--model.warmup_ratio", "1", "model.warmup_ratio must be a finite number >= 0 and < 1, got 1"),
+    ("--model.warmup_ratio", "0.1", "model.warmup_steps=2 and model.warmup_ratio=0.1 are both set; set one of them"),
     ("model.lora.dropout", "nan", "model.lora.dropout must be a finite number >= 0 and < 1, got nan"),
     ("--data.val_fraction", "1.5", "data.val_fraction must be a finite number >= 0 and < 1, got 1.5"),
     ("--data.num_proc", "0", "data.num_proc must be an integer >= 1, got 0"),

@@ -41,6 +41,7 @@ def test_checkpoint_is_lora_only_and_weights_only_loadable(trained):
     assert "EarlyStopping" in callbacks and "RunCheckpoint" in callbacks
     assert ckpt["LitLoraData"]["batches_done"] == 8 and ckpt["LitLoraData"]["seed"] == 42
     assert set(ckpt["lit_lora"]["rng"]) >= {"torch", "python"} and ckpt["lit_lora"]["seed"] == 1234
+    assert ckpt["lit_lora"]["schedule_steps"] == 8  # the learning-rate schedule's length (max_steps)
     assert ckpt["hyper_parameters"]["lora"]["r"] == 8
     assert any(torch.count_nonzero(v) for k, v in ckpt["state_dict"].items() if "lora_B" in k)
 
@@ -166,6 +167,13 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
                           "--trainer.val_check_interval", "4"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8
+    out = capsys.readouterr().out
+    # The schedule keeps the 8 steps it started with (it ended there: the floor), and the step-0 validation
+    # was the first run's, not repeated.
+    assert "lit_lora: the learning-rate schedule keeps the 8 steps the run started with (these settings plan 10)" in out
+    assert "at step 0" not in out
+    (written,) = (tmp / "lightning_logs").rglob("last.ckpt")
+    assert torch.load(written, weights_only=True)["lit_lora"]["schedule_steps"] == 8
 
 
 def test_the_data_of_a_run_from_a_checkpoint_uses_the_checkpoints_tokenizer(trained, shakespeare, tmp_path):

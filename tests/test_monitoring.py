@@ -127,7 +127,7 @@ def test_samples_are_logged_and_change_between_validations(watched_run):
 
 def test_hparams_tab_metric_is_the_best_val_loss(watched_run):
     run_dir = watched_run.run_dir
-    val = _values(run_dir, "val_loss")
+    val = _values(run_dir, "val_loss")[1:]  # after step 0's, which counts for nothing
     best = scalars(run_dir, "hp/best_val_loss")
     assert len(val) == 2 and [s for s, _ in best] == [4, 8]
     assert best[-1][1] == pytest.approx(min(val), abs=1e-6)
@@ -142,6 +142,30 @@ def test_hparams_tab_metric_is_the_best_val_loss(watched_run):
     assert hp["lora/r"].number_value == 8 and hp["data/batch_size"].number_value == 4
     assert hp["trainer/precision"].string_value == "32-true"
     assert not scalars(run_dir, "hp_metric")  # Lightning's -1 placeholder is off
+
+
+def test_val_loss_starts_at_step_0_with_the_base_models_loss(watched_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from lit_lora.nll import model_nll
+
+    val = scalars(watched_run.run_dir, "val_loss")
+    assert [s for s, _ in val] == [0, 3, 7]  # Lightning logs a validation at the step before its count
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    nll = n = 0
+    with torch.no_grad():
+        for batch in watched_run.cli.datamodule.val_dataloader():
+            s, c = model_nll(base, batch["input_ids"], batch.get("attention_mask"), batch["labels"])
+            nll, n = nll + float(s), n + int(c)
+    assert val[0][1] == pytest.approx(nll / n, abs=1e-5)  # the whole validation set, before any update
+    assert scalars(watched_run.run_dir, "val_ppl")[0][0] == 0
+    assert f"lit_lora: val_loss {val[0][1]:.4f} at step 0 (the model before any update)" in watched_run.stdout
+    # Neither early stopping nor the checkpoints saw it, even were it the lowest.
+    callbacks = watched_run.cli.trainer.callbacks
+    stopper = next(c for c in callbacks if type(c).__name__ == "EarlyStopping")
+    assert float(stopper.best_score) == pytest.approx(min(v for _, v in val[1:]), abs=1e-6)
+    ckpts = os.listdir(os.path.join(watched_run.run_dir, "checkpoints"))
+    assert ckpts and not any(name.startswith("step000000") for name in ckpts)
 
 
 def test_learning_rate_is_logged_at_every_logging_step(watched_run):

@@ -20,9 +20,11 @@ from lit_lora.generation.writer import JsonlPredictionWriter
 from lit_lora.hub import tokenizer_source
 from lit_lora.model.module import LitLora
 from lit_lora.monitoring.hparams import HparamsMetric
+from lit_lora.monitoring.loss_trend import LossTrend
 from lit_lora.monitoring.memory import MemoryMonitor
 from lit_lora.monitoring.progress import with_run_eta
 from lit_lora.monitoring.samples import SampleGenerator
+from lit_lora.monitoring.start_loss import StartValLoss
 from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.outputs import ensure_writable, shown
 from lit_lora.restore import export_best_checkpoint
@@ -43,6 +45,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # Our sampler splits the data across ranks itself and can resume mid-epoch; Lightning's replacement
     # DistributedSampler could not.
     "use_distributed_sampler": False,
+    # The sanity check runs the whole validation set: the loss of the model before any update, logged at
+    # step 0 (monitoring.start_loss). 0 turns it off (large validation sets); a resumed run skips it.
+    "num_sanity_val_steps": -1,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": "lightning_logs", "name": "lit_lora", "default_hp_metric": False},
@@ -107,6 +112,7 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleGenerator, "samples")
         parser.add_lightning_class_args(HparamsMetric, "hparams_metric")
+        parser.add_lightning_class_args(LossTrend, "loss_trend")
         # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
         parser.add_lightning_class_args(JsonlPredictionWriter, "predict_writer")
         parser.link_arguments("data.block_size", "model.block_size")
@@ -167,6 +173,8 @@ class LitLoraCLI(LightningCLI):
     def before_fit(self) -> None:
         if hasattr(self.datamodule, "resume_checkpoint"):  # data.batch_size auto keeps the checkpoint's layout
             self.datamodule.resume_checkpoint = self.config["fit"].get("ckpt_path")
+        if self.config["fit"].get("ckpt_path"):  # the step-0 validation was the run's start, not this one's
+            self.trainer.num_sanity_val_steps = 0
         logger = self.trainer.logger
         root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
         if root and self.trainer.is_global_zero:
@@ -208,6 +216,7 @@ class LitLoraCLI(LightningCLI):
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
         for i, callback in enumerate(trainer.callbacks):
             trainer.callbacks[i] = with_run_eta(callback) or callback
+        trainer.callbacks.append(StartValLoss())
         return trainer
 
 

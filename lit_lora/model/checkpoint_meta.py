@@ -32,7 +32,7 @@ def _check_tensors(state: dict[str, Any], shapes: dict[str, tuple[int, ...]]) ->
 
 
 def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id: Optional[str],
-                       chat_template: Optional[str] = None) -> dict[str, Any]:
+                       chat_template: Optional[str] = None, schedule_steps: Optional[int] = None) -> dict[str, Any]:
     """The `lit_lora` section written into every checkpoint."""
     return {
         # A logger without version folders (MLflow) is resumed into the same run by its id.
@@ -46,6 +46,8 @@ def checkpoint_section(base_fingerprint: str, val_loss: Optional[float], run_id:
         # The Jinja text conversations were rendered with: export, merge and generate use it, and a run
         # resumed or evaluated from this checkpoint renders with it too.
         "chat_template": chat_template,
+        # The learning-rate schedule's total steps: a resumed run decays over the same steps.
+        "schedule_steps": schedule_steps,
     }
 
 

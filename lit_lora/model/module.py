@@ -26,7 +26,7 @@ from lit_lora.model.build import build_peft_model
 from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section
 from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import warmup_cosine
+from lit_lora.model.schedule import check_warmup, kept_length, optimizer_and_schedule
 from lit_lora.training.contracts import TrainingData
 from lit_lora.training.distributed import is_fsdp, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
@@ -46,7 +46,8 @@ class LitLora(pl.LightningModule):
         learning_rate: float = 2e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 100,
+        warmup_steps: Optional[int] = None,
+        warmup_ratio: Optional[float] = None,
         min_lr_ratio: float = 0.1,
         block_size: int = 512,
         base_dtype: Optional[str] = None,
@@ -70,7 +71,9 @@ class LitLora(pl.LightningModule):
             learning_rate: Peak AdamW learning rate.
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
-            warmup_steps: Linear warm-up steps before cosine decay.
+            warmup_steps: Linear warm-up steps before the cosine decay (instead of warmup_ratio).
+            warmup_ratio: Warm-up as a fraction of the run's optimizer steps (Hugging Face's name). Neither
+                set: 0.05. A resumed run keeps the step count its schedule started with.
             min_lr_ratio: Cosine decay floor, as a fraction of the peak learning rate.
             block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
@@ -97,7 +100,7 @@ class LitLora(pl.LightningModule):
         check_number("model.weight_decay", weight_decay, at_least=0)
         for beta in betas:
             check_number("model.betas", beta, at_least=0, below=1)
-        check_number("model.warmup_steps", warmup_steps, at_least=0, integer=True)
+        check_warmup(warmup_steps, warmup_ratio)
         check_number("model.min_lr_ratio", min_lr_ratio, at_least=0, at_most=1)
         if compile:
             check_compile_options(compile_options)
@@ -114,6 +117,7 @@ class LitLora(pl.LightningModule):
         self._step_nll: Optional[torch.Tensor] = None  # the step's NLL and target count so far
         self._step_n: Optional[torch.Tensor] = None
         self._total_steps: Optional[int] = None
+        self._started_total: Optional[int] = None  # the schedule length of the run a checkpoint resumes
         self._rng_to_restore: Optional[dict[str, Any]] = None
         # Checkpoints hold only the LoRA weights (the base is rebuilt): loading must not demand the base's keys.
         self.strict_loading = False
@@ -232,22 +236,9 @@ class LitLora(pl.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # PyTorch's fused AdamW (CUDA, and CPU since torch 2.4) updates all LoRA tensors in one kernel
-        # instead of ~10 Python-level ops per tensor: GPT-2 small's 72 LoRA tensors on this CPU,
-        # 10.3 ms -> 1.6 ms per step.
-        fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
-        try:
-            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
-                                          betas=tuple(hp.betas), fused=fused or None)
-        except (ValueError, TypeError) as err:  # our checks come first; this names what torch still refuses
-            raise LitLoraError(f"model.learning_rate/weight_decay/betas rejected by torch.optim.AdamW: {err}") from err
         # The schedule's length is read in on_train_start: estimating it here loads the data before resume.
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, self._total_steps, hp.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_schedule(params, self.hparams, lambda: self._total_steps)
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None
@@ -271,7 +262,9 @@ class LitLora(pl.LightningModule):
 
     def on_train_start(self) -> None:
         total = planned_steps(self.trainer)
-        self._total_steps = int(total) if math.isfinite(total) else None
+        self._total_steps, note = kept_length(int(total) if math.isfinite(total) else None, self._started_total)
+        if note and self.trainer.is_global_zero:
+            print(note, flush=True)
         # After the sanity check, so its draws do not shift the restored dropout masks.
         restore_rng(self._rng_to_restore)
         self._rng_to_restore = None
@@ -292,8 +285,9 @@ class LitLora(pl.LightningModule):
         run_id = getattr(trainer.logger, "run_id", None) if trainer is not None and trainer.logger else None
         template = self._data().chat_template if trainer is not None and self._data() is not None else None
         checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), None if val_loss is None else float(val_loss),
-                                                    run_id, template)
+                                                    run_id, template, self._total_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
-        self._rng_to_restore = check_checkpoint(checkpoint, shapes, self.base_fingerprint()).get("rng")
+        meta = check_checkpoint(checkpoint, shapes, self.base_fingerprint())
+        self._rng_to_restore, self._started_total = meta.get("rng"), meta.get("schedule_steps")

@@ -1,9 +1,47 @@
-"""The learning-rate schedule: linear warm-up, then cosine decay to a floor."""
+"""The optimizer and its learning-rate schedule: AdamW, a linear warm-up, then a cosine decay to a floor."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
+
+import torch
+
+from lit_lora.errors import LitLoraError
+from lit_lora.settings import check_number
+
+# The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a
+# 100-step run does not spend its budget warming up (benchmarks/quality.py chose it; README: Defaults).
+DEFAULT_WARMUP_RATIO = 0.05
+
+
+def check_warmup(warmup_steps: Optional[int], warmup_ratio: Optional[float]) -> None:
+    if warmup_steps is not None:
+        check_number("model.warmup_steps", warmup_steps, at_least=0, integer=True)
+    if warmup_ratio is not None:
+        check_number("model.warmup_ratio", warmup_ratio, at_least=0, below=1)
+    if warmup_steps is not None and warmup_ratio is not None:
+        raise LitLoraError(f"model.warmup_steps={warmup_steps} and model.warmup_ratio={warmup_ratio} are both "
+                           "set; set one of them (steps, or a fraction of the run's steps)")
+
+
+def warmup_length(warmup_steps: Optional[int], warmup_ratio: Optional[float], total_steps: Optional[int]) -> int:
+    """Warm-up steps: `warmup_steps` if set, else the ratio (default DEFAULT_WARMUP_RATIO) of the run's
+    steps, rounded up as Hugging Face's `get_warmup_steps` does; none for a run with no known end."""
+    if warmup_steps is not None:
+        return warmup_steps
+    ratio = DEFAULT_WARMUP_RATIO if warmup_ratio is None else warmup_ratio
+    return math.ceil(ratio * total_steps) if total_steps else 0
+
+
+def kept_length(planned: Optional[int], started_with: Optional[int]) -> tuple[Optional[int], Optional[str]]:
+    """The schedule's total steps for a run that plans `planned` and resumes one whose schedule had
+    `started_with` (None: a fresh run, or a checkpoint that did not record it), and a note if they differ.
+    Keeping the first length keeps the learning rate of every step already taken and the same decay."""
+    if started_with is None or started_with == planned:
+        return planned, None
+    return started_with, (f"lit_lora: the learning-rate schedule keeps the {started_with} steps the run started with "
+                          f"(these settings plan {planned if planned is not None else 'an unbounded run'})")
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: Optional[int], min_lr_ratio: float) -> float:
@@ -18,3 +56,25 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: Optional[int], min_
         return 1.0
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_steps: Callable[[], Optional[int]]) -> dict:
+    """AdamW over `params` with the module's settings `hp`, stepped every optimizer step by the schedule.
+    `total_steps()` is read when the schedule runs: the run's length is known only once training starts."""
+    # PyTorch's fused AdamW (CUDA, and CPU since torch 2.4) updates all LoRA tensors in one kernel
+    # instead of ~10 Python-level ops per tensor: GPT-2 small's 72 LoRA tensors on this CPU,
+    # 10.3 ms -> 1.6 ms per step.
+    fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
+    try:
+        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                      betas=tuple(hp.betas), fused=fused or None)
+    except (ValueError, TypeError) as err:  # our checks come first; this names what torch still refuses
+        raise LitLoraError(f"model.learning_rate/weight_decay/betas rejected by torch.optim.AdamW: {err}") from err
+
+    def factor(step: int) -> float:
+        total = total_steps()
+        warmup = warmup_length(hp.get("warmup_steps"), hp.get("warmup_ratio"), total)
+        return warmup_cosine(step, warmup, total, hp.min_lr_ratio)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

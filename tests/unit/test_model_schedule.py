@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from lit_lora.model.schedule import warmup_cosine
+from lit_lora.errors import LitLoraError
+from lit_lora.model.schedule import DEFAULT_WARMUP_RATIO, check_warmup, kept_length, warmup_cosine, warmup_length
 
 
 @pytest.mark.parametrize("warmup", [1, 4, 10])
@@ -75,3 +76,35 @@ def test_no_warmup_starts_at_one(total):
     assert warmup_cosine(0, 0, total, 0.1) == 1.0
     if total == 50:
         assert warmup_cosine(1, 0, total, 0.1) < 1.0
+
+
+# -- the warm-up's length: steps, a fraction of the run (rounded up, as Hugging Face does), or the default --
+
+
+@pytest.mark.parametrize("steps, ratio, total, want", [
+    (None, None, 300, 15),   # DEFAULT_WARMUP_RATIO 0.05 of 300
+    (None, None, 30, 2),     # 1.5 rounded up
+    (None, 0.1, 375, 38),    # 37.5 rounded up
+    (None, 0.0, 375, 0),
+    (7, None, 375, 7),       # steps win; the total does not matter
+    (7, None, None, 7),
+    (None, 0.1, None, 0),    # an unbounded run has no fraction to take
+])
+def test_warmup_length(steps, ratio, total, want):
+    assert DEFAULT_WARMUP_RATIO == 0.05
+    assert warmup_length(steps, ratio, total) == want
+
+
+def test_warmup_steps_and_ratio_together_are_one_error():
+    check_warmup(None, None), check_warmup(5, None), check_warmup(None, 0.2)
+    with pytest.raises(LitLoraError, match=r"^model.warmup_steps=5 and model.warmup_ratio=0.2 are both set; set one"):
+        check_warmup(5, 0.2)
+
+
+def test_a_resumed_run_keeps_the_schedule_it_started_with():
+    assert kept_length(300, None) == (300, None)  # a fresh run
+    assert kept_length(300, 300) == (300, None)
+    kept, note = kept_length(600, 300)  # resumed with twice the epochs
+    assert kept == 300 and note == ("lit_lora: the learning-rate schedule keeps the 300 steps the run started "
+                                    "with (these settings plan 600)")
+    assert kept_length(None, 300)[0] == 300

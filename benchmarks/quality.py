@@ -1,0 +1,393 @@
+"""Fine-tune quality (issue 16): the validation loss lit_lora's defaults reach, against a plain PEFT loop at
+constant learning rates and `transformers.Trainer`, on small pretrained GPT-2 bases. Not a test.
+
+    python benchmarks/quality.py                 # the README's table (~35 min here once the bases are cached)
+    python benchmarks/quality.py --only lit_lora # lit_lora's rows alone, for tuning the defaults
+
+The bases are GPT-2 shapes with the real GPT-2 vocabulary, pretrained here on ../shared/data/tinyshakespeare
+(seeded; cached under --cache_dir after the first run). Each is then LoRA-fine-tuned on
+../shared/data/sherlock-holmes: its last --val_percent percent (cut at a paragraph) is the validation file
+every run is scored on, the rest is the training file. Every run:
+
+- sees the same batches in the same order for a seed: lit_lora's datamodule builds them (LitLoraData, the
+  seed as data.seed), and the plain loop and the Trainer are fed that loader's batches;
+- runs the same number of optimizer steps, with the same LoRA settings as conf/gpt2.yaml;
+- is scored by one function: the token-weighted NLL of the final weights on the validation file
+  (`lit_lora.nll.model_nll`, summed over all tokens, divided by their count).
+
+Rows: the base alone; `lit_lora fit --config conf/gpt2.yaml` (its model and optimizer defaults; only the
+data, steps and batch shape are set, plus no early stopping and no gradient checkpointing, which change
+which steps run and how fast, not what a step computes); a plain PEFT loop (torch AdamW at its defaults and
+a constant learning rate, no warm-up, no clipping); `transformers.Trainer` with the TrainingArguments of
+PEFT's quicktour for LoRA (learning_rate=1e-3, weight_decay=0.01, and the Trainer's defaults: linear decay to
+0, no warm-up, clipping at 1.0). A constant-rate run is scored at each step budget on the way (the first
+steps of a longer run are the shorter run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}  # conf/gpt2.yaml
+TRAINER_LR, TRAINER_WD = 1e-3, 0.01  # PEFT quicktour's TrainingArguments for LoRA
+PRETRAIN_BATCH = 8
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="4x128,4x256", help="bases as LAYERSxWIDTH (4 heads each)")
+    p.add_argument("--steps", default="100,300", help="optimizer-step budgets")
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3", help="the plain loop's constant learning rates")
+    p.add_argument("--block_size", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--val_percent", type=float, default=5.0)
+    p.add_argument("--pretrain_steps", type=int, default=300)
+    p.add_argument("--only", default="", help="comma list of row kinds to run: base,lit_lora,plain,trainer")
+    p.add_argument("--lit_lora_args", default="", help="extra `fit` options for the lit_lora row (tuning)")
+    p.add_argument("--train_text", default=os.path.join(SHARED, "sherlock-holmes", "adventures_of_sherlock_holmes.txt"))
+    p.add_argument("--pretrain_text", default=os.path.join(SHARED, "tinyshakespeare", "input.txt"))
+    p.add_argument("--cache_dir", default=os.path.join(os.path.expanduser("~"), ".cache", "lit_lora", "quality"))
+    p.add_argument("--jobs", type=int, default=2, help="processes, one per seed (1: all in this process)")
+    p.add_argument("--json", help="also write the results here")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.join(SHARED, "gpt2-tokenizer"))
+
+
+# -- bases ---------------------------------------------------------------------------------------------------
+
+
+def pretrained_base(size: str, args: argparse.Namespace) -> str:
+    """A GPT-2 of shape `size` pretrained from scratch on the pretraining text; cached by shape and steps."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    layers, width = (int(v) for v in size.split("x"))
+    out = os.path.join(args.cache_dir, f"gpt2-{size}-block{args.block_size}-{args.pretrain_steps}steps")
+    if os.path.exists(os.path.join(out, "pretraining.json")):
+        with open(os.path.join(out, "pretraining.json")) as f:
+            print(f"base {size}: cached in {out}: {json.load(f)['line']}", flush=True)
+        return out
+    tok = tokenizer()
+    with open(args.pretrain_text, encoding="utf-8") as f:
+        ids = torch.tensor(tok(f.read())["input_ids"])
+    block = args.block_size
+    blocks = ids[: len(ids) // block * block].view(-1, block)
+    n_val = max(1, len(blocks) // 20)
+    train, val = blocks[:-n_val], blocks[-n_val:]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, n_positions=block))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    steps, warm, gen = args.pretrain_steps, max(1, args.pretrain_steps // 20), torch.Generator().manual_seed(0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
+    start, losses = time.time(), []
+    model.train()
+    for _ in range(steps):
+        x = train[torch.randint(len(train), (PRETRAIN_BATCH,), generator=gen)]
+        loss = model(input_ids=x, labels=x, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        val_loss = statistics.fmean(model(input_ids=val[i : i + 8], labels=val[i : i + 8]).loss.item()
+                                    for i in range(0, len(val), 8))
+    line = (f"pretrained {steps} steps x {PRETRAIN_BATCH} x {block} tokens on {os.path.basename(os.path.dirname(args.pretrain_text))} "
+            f"in {time.time() - start:.0f} s: train loss {statistics.fmean(losses[:10]):.3f} (first 10 steps) -> "
+            f"{statistics.fmean(losses[-20:]):.3f} (last 20), held-out loss {val_loss:.3f}")
+    os.makedirs(out, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    with open(os.path.join(out, "pretraining.json"), "w") as f:
+        json.dump({"line": line}, f)
+    print(f"base {size}: {line}", flush=True)
+    return out
+
+
+def split_text(path: str, percent: float, out_dir: str) -> tuple[str, str]:
+    """The text's head as the training file and its last `percent` percent, from a paragraph start, as the
+    validation file."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    cut = text.find("\n\n", int(len(text) * (1 - percent / 100)))
+    files = os.path.join(out_dir, "train.txt"), os.path.join(out_dir, "val.txt")
+    for name, part in zip(files, (text[:cut], text[cut + 2 :])):
+        with open(name, "w", encoding="utf-8") as f:
+            f.write(part)
+    return files
+
+
+# -- the shared data and score ------------------------------------------------------------------------------
+
+
+def data_module(base: str, files: tuple[str, str], seed: int, args: argparse.Namespace, cache: str) -> Any:
+    from lit_lora.data.datamodule import LitLoraData
+
+    dm = LitLoraData(train_files=files[0], val_files=files[1], block_size=args.block_size,
+                     batch_size=args.batch_size, seed=seed, tokenizer_name_or_path=base, cache_dir=cache)
+    with contextlib.redirect_stdout(io.StringIO()):
+        dm.prepare_data()
+        dm.setup("fit")
+    return dm
+
+
+def train_batches(dm: Any, steps: int) -> list[dict[str, torch.Tensor]]:
+    """The first `steps` batches lit_lora's fit trains on: its loader, epoch after epoch."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        loader = dm.train_dataloader()
+    batches: list[dict[str, torch.Tensor]] = []
+    epoch = 0
+    while len(batches) < steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == steps:
+                break
+        epoch += 1
+    return batches[:steps]
+
+
+@torch.no_grad()
+def val_loss(model: Any, dm: Any) -> float:
+    from lit_lora.nll import model_nll
+
+    was_training = model.training
+    model.eval()
+    nll, n = 0.0, 0
+    for batch in dm.val_dataloader():
+        s, c = model_nll(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
+                         position_ids=batch.get("position_ids"))
+        nll, n = nll + float(s), n + int(c)
+    model.train(was_training)
+    return nll / n
+
+
+def peft_model(base: str, seed: int) -> Any:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True, **LORA))
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+
+
+# -- the rows ------------------------------------------------------------------------------------------------
+
+
+def run_base(base: str, dm: Any) -> float:
+    from transformers import AutoModelForCausalLM
+
+    return val_loss(AutoModelForCausalLM.from_pretrained(base), dm)
+
+
+def run_plain(base: str, dm: Any, budgets: list[int], lr: float, seed: int) -> dict[int, float]:
+    model = peft_model(base, seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    scores = {}
+    for step, batch in enumerate(train_batches(dm, max(budgets)), start=1):
+        model(**model_inputs(batch), use_cache=False).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step in budgets:
+            scores[step] = val_loss(model, dm)
+    return scores
+
+
+def run_trainer(base: str, dm: Any, steps: int, seed: int, work: str) -> float:
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer, TrainingArguments
+
+    class InOrder(Trainer):  # lit_lora's batches, in its order (each dataset item is one whole batch)
+        def _get_train_sampler(self, *args: Any, **kwargs: Any) -> Any:
+            return SequentialSampler(self.train_dataset)
+
+    model = peft_model(base, seed)
+    targs = TrainingArguments(output_dir=os.path.join(work, "trainer"), learning_rate=TRAINER_LR,
+                              weight_decay=TRAINER_WD, per_device_train_batch_size=1, max_steps=steps, seed=seed,
+                              save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True,
+                              logging_strategy="no", remove_unused_columns=False)
+    batches = [model_inputs(b) for b in train_batches(dm, steps)]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        InOrder(model=model, args=targs, train_dataset=batches, data_collator=lambda items: items[0]).train()
+    return val_loss(model, dm)
+
+
+def run_lit_lora(base: str, files: tuple[str, str], dm: Any, steps: int, seed: int, work: str,
+                 extra: list[str]) -> float:
+    from lit_lora.cli.trainer_cli import LitLoraCLI
+
+    args = ["fit", "--config", os.path.join(REPO, "conf", "gpt2.yaml"),
+            "--model.model_name_or_path", base,
+            "--data.train_files", files[0], "--data.val_files", files[1],
+            "--data.block_size", str(dm.hparams.block_size), "--data.batch_size", str(dm.hparams.batch_size),
+            "--data.seed", str(seed), "--seed_everything", str(seed), "--data.num_workers", "0",
+            "--data.cache_dir", dm.hparams.cache_dir,
+            "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", os.path.join(work, "logs"),
+            "--early_stopping.patience", "1000000", "--model.gradient_checkpointing", "false", *extra]
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        cli = LitLoraCLI(args=args)
+    assert cli.trainer.global_step == steps, f"lit_lora ran {cli.trainer.global_step} steps, not {steps}:\n{log.getvalue()}"
+    return val_loss(cli.model.model, dm)
+
+
+# -- the table -----------------------------------------------------------------------------------------------
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def table(results: dict[tuple[str, int], dict[str, list[float]]], lrs: list[float]) -> list[str]:
+    cols = ["base", "lit_lora"] + [f"plain {lr:g}" for lr in lrs] + ["Trainer"]
+    lines = ["| base | steps | " + " | ".join(cols) + " | lit_lora - best plain | target met |",
+             "|---" * (len(cols) + 4) + "|"]
+    for (size, steps), row in results.items():
+        mean = {c: statistics.fmean(row[c]) for c in cols if row.get(c)}
+        plain = [mean[c] for c in cols if c.startswith("plain") and c in mean]
+        gap = mean["lit_lora"] - min(plain) if plain and "lit_lora" in mean else None
+        met = "" if gap is None or "Trainer" not in mean else (
+            "yes" if gap <= 0.01 and mean["lit_lora"] < mean["Trainer"] else "NO")
+        lines.append(f"| {size} | {steps} | " + " | ".join(cell(row.get(c, [])) for c in cols)
+                     + f" | {'' if gap is None else f'{gap:+.3f}'} | {met} |")
+    return lines
+
+
+def measure(args: argparse.Namespace, sizes: list[str], budgets: list[int], seeds: list[int]) -> dict:
+    """{(size, budget): {row kind: [final validation loss per seed]}} for the runs of this process."""
+    lrs = [float(v) for v in args.lrs.split(",")]
+    kinds = set(args.only.split(",")) if args.only else {"base", "lit_lora", "plain", "trainer"}
+    extra = args.lit_lora_args.split()
+    results: dict[tuple[str, int], dict[str, list[float]]] = {(s, b): {} for s in sizes for b in budgets}
+    seconds: dict[str, float] = {}
+
+    def timed(kind: str, fn: Any, *fn_args: Any) -> Any:
+        t0 = time.time()
+        out = fn(*fn_args)
+        seconds[kind] = seconds.get(kind, 0.0) + time.time() - t0
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="lit_lora_quality_") as work:
+        files = split_text(args.train_text, args.val_percent, work)
+        cache = os.path.join(work, "hf-cache")
+        for size in sizes:
+            base = pretrained_base(size, args)
+            row = lambda b: results[(size, b)]  # noqa: E731
+            for seed in seeds:
+                t0 = time.time()
+                dm = timed("data", data_module, base, files, seed, args, cache)
+                if "base" in kinds:
+                    loss = timed("base", run_base, base, dm)
+                    for b in budgets:
+                        row(b)["base"] = [loss]
+                for b in budgets:
+                    if "lit_lora" in kinds:
+                        row(b).setdefault("lit_lora", []).append(
+                            timed("lit_lora", run_lit_lora, base, files, dm, b, seed, work, extra))
+                    if "trainer" in kinds:
+                        row(b).setdefault("Trainer", []).append(timed("Trainer", run_trainer, base, dm, b, seed, work))
+                if "plain" in kinds:
+                    for lr in lrs:
+                        for b, loss in timed("plain", run_plain, base, dm, budgets, lr, seed).items():
+                            row(b).setdefault(f"plain {lr:g}", []).append(loss)
+                print(f"{size} seed {seed}: {time.time() - t0:.0f} s; " + "; ".join(
+                    f"{b} steps: " + ", ".join(f"{c} {v[-1]:.3f}" for c, v in row(b).items()) for b in budgets),
+                    flush=True)
+    print("seconds per kind: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), flush=True)
+    return results
+
+
+def in_parallel(args: argparse.Namespace, seeds: list[int]) -> dict:
+    """One process per seed, the cores shared out (each process's threads scale poorly at these sizes)."""
+    import subprocess
+
+    threads = max(1, (os.cpu_count() or 1) // len(seeds))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    results: dict[tuple[str, int], dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="lit_lora_quality_jobs_") as tmp:
+        argv = sys.argv[1:]
+        procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--seeds", str(seed),
+                                   "--jobs", "1", "--child", "--json", os.path.join(tmp, f"{seed}.json")], env=env)
+                 for seed in seeds]
+        if any(p.wait() for p in procs):
+            sys.exit("a seed's process failed (its output is above)")
+        for seed in seeds:
+            with open(os.path.join(tmp, f"{seed}.json")) as f:
+                for key, row in json.load(f).items():
+                    size, steps = key.split()
+                    merged = results.setdefault((size, int(steps)), {})
+                    for col, values in row.items():
+                        merged.setdefault(col, []).extend(values)
+    for row in results.values():  # the base alone does not depend on the seed
+        if "base" in row:
+            row["base"] = row["base"][:1]
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric"):  # "GPU available: False", tips
+        logging.getLogger(name).setLevel(logging.ERROR)
+    sizes, budgets = args.sizes.split(","), sorted(int(s) for s in args.steps.split(","))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.time()
+    if args.jobs > 1 and len(seeds) > 1:
+        for size in sizes:  # pretrained (or read from the cache) once, before the seeds' processes start
+            pretrained_base(size, args)
+        results = in_parallel(args, seeds)
+    else:
+        results = measure(args, sizes, budgets, seeds)
+    if args.child:  # a seed's process: the parent prints the table
+        with open(args.json, "w") as f:
+            json.dump({f"{s} {b}": row for (s, b), row in results.items()}, f)
+        return
+    print(f"\nblock {args.block_size} x batch {args.batch_size}, seeds {args.seeds}, lit_lora extra options: "
+          f"{args.lit_lora_args or 'none'}; mean ± half the spread over seeds; {time.time() - start:.0f} s in all\n")
+    print("\n".join(table(results, [float(v) for v in args.lrs.split(",")])))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{s} {b}": row for (s, b), row in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
