@@ -55,13 +55,13 @@ PRETRAIN_BATCH = 8
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="4x128,4x256", help="bases as LAYERSxWIDTH (4 heads each)")
-    p.add_argument("--steps", default="100,300", help="optimizer-step budgets")
+    p.add_argument("--sizes", default="4x64,4x128", help="bases as LAYERSxWIDTH (4 heads each)")
+    p.add_argument("--steps", default="30,90", help="optimizer-step budgets")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3", help="the plain loop's constant learning rates")
     p.add_argument("--block_size", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--val_percent", type=float, default=5.0)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--val_percent", type=float, default=3.0)
     p.add_argument("--pretrain_steps", type=int, default=300)
     p.add_argument("--only", default="", help="comma list of row kinds to run: base,lit_lora,plain,trainer")
     p.add_argument("--lit_lora_args", default="", help="extra `fit` options for the lit_lora row (tuning)")

@@ -43,7 +43,7 @@ class LitLora(pl.LightningModule):
         lora: LoraSettings = LoraSettings(),  # noqa: B008  (dataclass default: jsonargparse expands its fields)
         adapter_path: Optional[str] = None,
         gradient_checkpointing: bool = True,
-        learning_rate: float = 2e-4,
+        learning_rate: float = 7e-3,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: Optional[int] = None,
@@ -68,7 +68,8 @@ class LitLora(pl.LightningModule):
             lora: LoRA settings (PEFT's LoraConfig names).
             adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
-            learning_rate: Peak AdamW learning rate.
+            learning_rate: Peak AdamW learning rate (README: Learning-rate defaults; lower it for long runs and
+                models wider than GPT-2 small).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
             warmup_steps: Linear warm-up steps before the cosine decay (instead of warmup_ratio).
