@@ -39,6 +39,7 @@ CASES = [
     ("--samples.top_k", "-1", "samples.top_k must be an integer >= 0, got -1"),
     ("samples.temperature", "inf", "samples.temperature must be a finite number >= 0, got inf"),
     ("--throughput.log_every_n_steps", "0", "throughput.log_every_n_steps must be an integer >= 1, got 0"),
+    ("--loss_trend.intervals", "-1", "loss_trend.intervals must be an integer >= 0, got -1"),
     ("--model.generation.top_p", "0", "top_p must be a finite number > 0 and <= 1, got 0.0"),
 ]
 

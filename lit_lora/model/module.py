@@ -68,8 +68,8 @@ class LitLora(pl.LightningModule):
             lora: LoRA settings (PEFT's LoraConfig names).
             adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
-            learning_rate: Peak AdamW learning rate (README: Learning-rate defaults; lower it for long runs and
-                models wider than GPT-2 small).
+            learning_rate: Peak AdamW learning rate. The default was measured on small models: for GPT-2 small
+                and wider ones start lower (README: Learning-rate defaults).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
             warmup_steps: Linear warm-up steps before the cosine decay (instead of warmup_ratio).

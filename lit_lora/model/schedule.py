@@ -11,7 +11,7 @@ from lit_lora.errors import LitLoraError
 from lit_lora.settings import check_number
 
 # The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a
-# 100-step run does not spend its budget warming up (benchmarks/quality.py chose it; README: Defaults).
+# 100-step run does not spend its budget warming up (benchmarks/quality.py; README: Learning-rate defaults).
 DEFAULT_WARMUP_RATIO = 0.05
 
 

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_lora.settings import check_number
+
 # A rise smaller than this fraction of the first interval's mean is noise, not a learning rate too high.
 RISE = 0.01
 
@@ -23,6 +25,7 @@ class LossTrend(Callback):
     """
 
     def __init__(self, intervals: int = 3) -> None:
+        check_number("loss_trend.intervals", intervals, at_least=0, integer=True)
         self.intervals = intervals
         self._means: list[float] = []
         self._sum: Optional[torch.Tensor] = None
