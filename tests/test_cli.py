@@ -71,7 +71,7 @@ def test_fit_end_to_end_on_local_model(in_tmp, tiny_model_dir, shakespeare, caps
     assert (run_dir / "config.yaml").is_file()
     val = scalars(str(run_dir), "val_loss")
     ppl = scalars(str(run_dir), "val_ppl")
-    assert len(val) == 2 and val[1][1] < val[0][1]
+    assert [s for s, _ in val] == [0, 5, 11] and val[2][1] < val[1][1] < val[0][1]  # step 0: the base
     assert ppl[-1][1] == pytest.approx(2.718281828 ** val[-1][1], rel=1e-4)
     assert len(scalars(str(run_dir), "train_loss")) == 12
     assert scalars(str(run_dir), "lr-AdamW")
