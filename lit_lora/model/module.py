@@ -115,6 +115,8 @@ class LitLora(pl.LightningModule):
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self.finite_loss = FiniteLossGuard()
+        self.finite_loss.rate = lambda: (self._trainer.optimizers[0].param_groups[0]["lr"]
+                                         if self._trainer is not None and self._trainer.optimizers else None)
         self._step_nll: Optional[torch.Tensor] = None  # the step's NLL and target count so far
         self._step_n: Optional[torch.Tensor] = None
         self._total_steps: Optional[int] = None

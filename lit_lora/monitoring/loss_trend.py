@@ -1,5 +1,5 @@
 """An early look at the learning rate: one line if the training loss rises over the first logging
-intervals. A warning, not a stop (a non-finite loss already stops the run: training.faults)."""
+intervals. A warning, not a stop (a non-finite loss stops the run, with the rate in use: training.faults)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -29,13 +29,15 @@ class FiniteLossGuard:
         self.defer: Optional[bool] = None
         self._first_bad: Optional[torch.Tensor] = None  # step index of the first bad loss, -1 while none
         self._bad_value: Optional[torch.Tensor] = None
+        # The learning rate in use, named in the error (set by the module that owns the optimizer).
+        self.rate: Callable[[], Optional[float]] = lambda: None
 
     def observe(self, loss: torch.Tensor, step: int) -> None:
         loss = loss.detach()
         defer = self.defer if self.defer is not None else loss.device.type != "cpu"
         if not defer:
             if not bool(torch.isfinite(loss)):
-                raise _non_finite(float(loss), step, "stopped before updating weights")
+                raise _non_finite(float(loss), step, "stopped before updating weights", self.rate())
             return
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
@@ -51,7 +53,7 @@ class FiniteLossGuard:
         first = int(self._first_bad)
         if first >= 0:
             when = f"noticed after step {steps_done} and stopped before saving a checkpoint"
-            raise _non_finite(float(self._bad_value), first, when)
+            raise _non_finite(float(self._bad_value), first, when, self.rate())
 
     def check_everywhere(self, strategy: Any, steps_done: int) -> None:
         """`check` in every process together: one whose loss was non-finite tells the others (one collective),
@@ -70,9 +72,10 @@ class FiniteLossGuard:
             raise error
 
 
-def _non_finite(value: float, step: int, when: str) -> LitLoraError:
+def _non_finite(value: float, step: int, when: str, lr: Optional[float]) -> LitLoraError:
+    rate = f" (learning rate {lr:.3g})" if lr is not None else ""
     return LitLoraError(
-        f"non-finite training loss ({value}) at step {step + 1}; {when}. "
+        f"non-finite training loss ({value}) at step {step + 1}{rate}; {when}. "
         "The last checkpoint written before it is intact; lower --model.learning_rate or check the data"
     )
 
