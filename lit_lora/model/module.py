@@ -26,7 +26,7 @@ from lit_lora.model.build import build_peft_model
 from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section
 from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import check_warmup, kept_length, optimizer_and_schedule
+from lit_lora.model.schedule import check_warmup, current_lr, kept_length, optimizer_and_schedule
 from lit_lora.training.contracts import TrainingData
 from lit_lora.training.distributed import is_fsdp, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
@@ -115,8 +115,7 @@ class LitLora(pl.LightningModule):
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self.finite_loss = FiniteLossGuard()
-        self.finite_loss.rate = lambda: (self._trainer.optimizers[0].param_groups[0]["lr"]
-                                         if self._trainer is not None and self._trainer.optimizers else None)
+        self.finite_loss.rate = lambda: current_lr(self._trainer)
         self._step_nll: Optional[torch.Tensor] = None  # the step's NLL and target count so far
         self._step_n: Optional[torch.Tensor] = None
         self._total_steps: Optional[int] = None

@@ -58,6 +58,12 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: Optional[int], min_
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def current_lr(trainer: Any) -> Optional[float]:
+    """The learning rate the trainer's (first) optimizer is using now, or None before it has one."""
+    optimizers = getattr(trainer, "optimizers", None) if trainer is not None else None
+    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
+
+
 def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_steps: Callable[[], Optional[int]]) -> dict:
     """AdamW over `params` with the module's settings `hp`, stepped every optimizer step by the schedule.
     `total_steps()` is read when the schedule runs: the run's length is known only once training starts."""

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_lora.model.schedule import current_lr
 from lit_lora.settings import check_number
 
 # A rise smaller than this fraction of the first interval's mean is noise, not a learning rate too high.
@@ -31,15 +32,16 @@ class LossTrend(Callback):
         self._sum: Optional[torch.Tensor] = None
         self._count = 0
         self._last_step = 0
+        self._watching = False
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._last_step = trainer.global_step
-        if trainer.global_step > 0:  # a resumed run: its first intervals were checked when it started
-            self._means = [float("nan")] * self.intervals
+        # Not a resumed run (its first intervals were checked when it started), rank zero only.
+        self._watching = self.intervals > 0 and trainer.global_step == 0 and trainer.is_global_zero
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if len(self._means) >= self.intervals or not trainer.is_global_zero or trainer.global_step == self._last_step:
-            return  # done, not rank zero, or a micro-batch inside an accumulated step
+        if not self._watching or trainer.global_step == self._last_step:
+            return  # done, or a micro-batch inside an accumulated step
         self._last_step = trainer.global_step
         loss = trainer.callback_metrics.get("train_loss")
         if loss is None:
@@ -51,7 +53,9 @@ class LossTrend(Callback):
         self._means.append(float(self._sum) / self._count)
         self._sum, self._count = None, 0
         if len(self._means) == self.intervals:
-            note = rising_note(self._means, trainer.global_step, _current_lr(trainer), pl_module.hparams.get("learning_rate"))
+            self._watching = False
+            peak = pl_module.hparams.get("learning_rate")
+            note = rising_note(self._means, trainer.global_step, current_lr(trainer), peak)
             if note:
                 print(note, flush=True)
 
@@ -67,7 +71,3 @@ def rising_note(means: list[float], step: int, lr: Optional[float], peak: Option
     return (f"lit_lora: the training loss rose over the first {step} steps ({first:.4f} -> {last:.4f}, first "
             f"and last of {len(means)} logging intervals) at {rate}; if it keeps rising, lower --model.learning_rate")
 
-
-def _current_lr(trainer: Any) -> Optional[float]:
-    optimizers = getattr(trainer, "optimizers", None)
-    return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
