@@ -5,7 +5,8 @@ one listed after it (tests/test_layout.py checks this and that no import goes in
 
     errors, settings, constants, outputs, jsonl, nll   one-line errors, settings coercion, shared values,
                  safe output paths, JSON Lines reading, the next-token loss
-    hub          loading base models of any family and tokenizers (hub id or local folder)
+    hub, quantization   loading base models of any family (QLoRA: quantized by bitsandbytes) and
+                 tokenizers (hub id or local folder)
     lora/        LoRA in PEFT's terms: settings, default targets per family, wrapping, export and merge
     measure/     numbers about a model or process: parameter counts, a dry run on fake tensors for FLOPs
                  and the memory estimate, host memory

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
+from lit_lora.quantization import is_quantized_weight
 
 _OFFLINE_HINT = (
     "the Hugging Face hub is unreachable from here (offline or HF_HUB_OFFLINE=1); "
@@ -80,11 +82,14 @@ def load_base_model(
     attn_implementation: Optional[str] = None,
     trust_remote_code: bool = False,
     weights: bool = True,
+    quantization: Any = None,
 ) -> Any:
     """Load the causal LM to adapt: `from_pretrained(name_or_path)`, or a randomly initialised model of the
     shape `model_config` when that is given (config fields, with `model_type` naming the family; GPT-2
     without it), which needs no download. `attn_implementation` None: SDPA where the family has it.
-    `weights=False`: the same model on the meta device, from its config alone (`summary`: shapes, no data)."""
+    `weights=False`: the same model on the meta device, from its config alone (`summary`: shapes, no data).
+    `quantization`: a `BitsAndBytesConfig` (lit_lora.quantization); its layers are quantized on the CPU as
+    they load, and Lightning moves them to the GPU."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -103,13 +108,25 @@ def load_base_model(
         if model_config is not None or not weights:
             with contextlib.nullcontext() if weights else torch.device("meta"):
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code, **kwargs)
-            return model.to(torch_dtype) if torch_dtype is not None else model
+            model = model.to(torch_dtype) if torch_dtype is not None else model
+            if quantization is None:
+                return model
+            if not weights:  # the quantized layers' shapes, on the meta device (`summary`)
+                return _quantized_layout(model, quantization, torch_dtype)
+            # bitsandbytes quantizes as from_pretrained loads: a random-init base is saved and loaded back.
+            with tempfile.TemporaryDirectory(prefix="lit_lora-base-") as tmp, no_loading_bar():
+                model.save_pretrained(tmp)
+                return _load_quantized(tmp, config, quantization, torch_dtype, trust_remote_code, kwargs)
+        if quantization is not None:
+            return _load_quantized(name_or_path, config, quantization, torch_dtype, trust_remote_code, kwargs)
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         with no_loading_bar(Path(name_or_path).expanduser().is_dir()):
             return AutoModelForCausalLM.from_pretrained(
                 name_or_path, config=config, trust_remote_code=trust_remote_code, **kwargs
             )
+    except LitLoraError:
+        raise
     except (OSError, ValueError, RuntimeError) as err:
         first = first_sentence(err)
         if "attn_implementation" in str(err) or "attention implementation" in str(err):
@@ -118,6 +135,38 @@ def load_base_model(
         if model_config is not None:
             raise LitLoraError(f"model.model_config does not build a {model_class.__name__}: {first}") from err
         raise _not_found("model.model_name_or_path", name_or_path, err) from err
+
+
+def _load_quantized(source: str, config: Any, quantization: Any, dtype: Any, trust_remote_code: bool,
+                    kwargs: dict[str, Any]) -> Any:
+    """`from_pretrained` with bitsandbytes quantizing the linear layers, on the CPU; one line if none was."""
+    from transformers import AutoModelForCausalLM
+
+    with no_loading_bar(Path(source).expanduser().is_dir()):
+        model = AutoModelForCausalLM.from_pretrained(
+            source, config=config, trust_remote_code=trust_remote_code, quantization_config=quantization,
+            device_map="cpu", **({"dtype": dtype} if dtype is not None else {}), **kwargs,
+        )
+    if not any(is_quantized_weight(p) for p in model.parameters()):
+        method = "int8" if quantization.load_in_8bit else quantization.bnb_4bit_quant_type
+        raise LitLoraError(f"model.quantization={method!r}: bitsandbytes quantized no layer of "
+                           f"{type(model).__name__} (it quantizes torch.nn.Linear and GPT-2's Conv1D layers); "
+                           "drop model.quantization for this model")
+    return model
+
+
+def _quantized_layout(model: Any, quantization: Any, dtype: Any) -> Any:
+    """`model` (on the meta device) with the bitsandbytes layers `from_pretrained` would put in: the
+    quantizer's own module swap, so `summary` counts the same layers training holds."""
+    from transformers.quantizers import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(quantization, pre_quantized=False)
+    quantizer.preprocess_model(model, dtype=dtype, device_map={"": "cpu"})
+    for module in model.modules():  # the new layers' biases, in the dtype from_pretrained loads them in
+        bias = module._parameters.get("bias")
+        if bias is not None and dtype is not None:
+            module._parameters["bias"].data = bias.data.to(dtype)
+    return model
 
 
 def build_config(model_config: dict[str, Any]) -> Any:

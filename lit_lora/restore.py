@@ -18,6 +18,7 @@ from lit_lora.lora.export import export_adapter
 from lit_lora.lora.layers import frozen_weights_fingerprint
 from lit_lora.lora.wrap import check_adapter_dir, load_adapter_for_training
 from lit_lora.model.module import LitLora
+from lit_lora.quantization import bnb_config, quantization_line
 from lit_lora.training.checkpoint_io import load_checkpoint_file
 from lit_lora.training.devices import resolve_device
 from lit_lora.training.distributed import is_fsdp
@@ -33,13 +34,16 @@ class Restored:
 
 
 def module_from_checkpoint(
-    ckpt_path: str, model_name_or_path: Optional[str] = None, base_dtype: Optional[str] = None
+    ckpt_path: str, model_name_or_path: Optional[str] = None, base_dtype: Optional[str] = None,
+    dequantized: bool = False,
 ) -> Restored:
     """A `LitLora` with the checkpoint's LoRA weights on a freshly loaded base model (eval mode, CPU), and
     the checkpoint.
 
     The base comes from the checkpoint's `model_name_or_path` unless `model_name_or_path` overrides it;
-    its weights must match the fingerprint recorded at training time.
+    its weights must match the fingerprint recorded at training time. It is quantized as in training,
+    unless `dequantized`: then a run trained quantized gets the full-precision base (what `merge` merges
+    into; only its unquantized weights can be checked against the fingerprint).
     """
     ckpt = load_checkpoint_file(ckpt_path)
     hparams = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
@@ -52,8 +56,11 @@ def module_from_checkpoint(
     seed = ckpt["lit_lora"].get("seed")
     if hparams.get("model_config") is not None and seed is not None:
         torch.manual_seed(int(seed))  # a randomly initialised base is rebuilt from the run's seed
+    dequantized = dequantized and bool(hparams.get("quantization"))
+    if dequantized:
+        hparams["quantization"] = hparams["quantization_options"] = None
     module = LitLora(**hparams)
-    module.on_load_checkpoint(ckpt)  # checks keys and the base fingerprint
+    module.check_checkpoint(ckpt, dequantized)  # keys, base fingerprint and quantization
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return Restored(module.eval(), ckpt)
 
@@ -113,8 +120,12 @@ def load_generation_model(
     tokenizer = load_tokenizer(source, trust_remote_code=trust)
     if template:  # what the checkpoint's conversations were rendered with
         tokenizer.chat_template = template
+    quantized = quantization_line(model)
+    if quantized and dtype != "float32":
+        raise LitLoraError(f"--dtype {dtype} converts every weight, but this model's base is quantized"
+                           f"{quantized.split(';', 1)[1]}; drop --dtype (its layers compute in their compute dtype)")
     # The whole model, LoRA weights included, in one dtype: bf16 on CPU works this way without autocast.
-    model = model.to(device=target, dtype=getattr(torch, dtype))
+    model = model.to(device=target) if quantized else model.to(device=target, dtype=getattr(torch, dtype))
     return model.eval(), tokenizer
 
 
@@ -144,15 +155,19 @@ def _load_adapter(
         )
     if model_config is not None and info.get("seed") is not None:
         torch.manual_seed(int(info["seed"]))  # the same random base the adapter was trained on
-    model = load_adapter_for_training(
-        load_base_model(base, model_config, trust_remote_code=trust), adapter_path, "--adapter_path"
-    )
+    # The base as it was trained: quantized if it was (lit_lora.json says how).
+    method, options = info.get("quantization"), info.get("quantization_options")
+    quantization = bnb_config(method, options, info.get("base_dtype")) if method else None
+    base_model = load_base_model(base, model_config, info.get("base_dtype") if method else None,
+                                 trust_remote_code=trust, quantization=quantization)
+    model = load_adapter_for_training(base_model, adapter_path, "--adapter_path")
     expected = info.get("base_fingerprint")
     # The fingerprint covers frozen weights only, so it is taken while the LoRA weights are still trainable.
-    if expected and frozen_weights_fingerprint(model) != expected:
+    found = frozen_weights_fingerprint(model, linear_weights=not method)
+    if expected and found != expected:
         raise LitLoraError(
             f"the base model's weights differ from those the adapter was trained on (fingerprint "
-            f"{frozen_weights_fingerprint(model)} != {expected}); check --model.model_name_or_path"
+            f"{found} != {expected}); check --model.model_name_or_path"
         )
     model.requires_grad_(False)
     return model, tokenizer, trust

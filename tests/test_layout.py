@@ -20,7 +20,7 @@ PACKAGE = REPO / "lit_lora"
 # Lowest first. A module may import its own layer and those before it, never one after it.
 LAYERS = [
     ("errors", "settings", "constants", "outputs", "jsonl", "nll"),
-    ("hub",),
+    ("hub", "quantization"),
     ("lora",),
     ("measure",),
     ("generation",),

@@ -17,7 +17,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_lora.restore import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
-    restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
+    # Into the full-precision weights: merging into 4-bit ones would round the LoRA update away.
+    restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path, dequantized=True)
     out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
-    print(f"lit_lora: merged model written to {shown(out)}")
+    trained_on = restored.checkpoint["lit_lora"].get("quantization")
+    print(f"lit_lora: merged model written to {shown(out)}"
+          + (f" (LoRA merged into the full-precision base; training's base was {trained_on})" if trained_on else ""))
     return 0

@@ -70,6 +70,9 @@ def merge_checkpoint_hparams(
             merged[key] = _merge_lora(dict(value or {}), dict(default or {}), dict(saved_value or {}))
         elif value == default:
             merged[key] = saved_value
+        elif key == "quantization" and value != saved_value:  # another base: the fingerprint would not say
+            raise LitLoraError(f"--model.quantization is {value!r} but the checkpoint was trained with "
+                               f"{saved_value!r}; drop the flag to resume, or start a new run without --ckpt_path")
         elif key == "model_config" and value != saved_value:
             raise LitLoraError(f"--model.model_config is {value!r} but the checkpoint was trained with {saved_value!r}")
     return merged

@@ -64,6 +64,7 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
         f"- Final val_loss: {val:.4f}" if isinstance(val, float) else "- Final val_loss: n/a",
         *(["- Chat template: in the tokenizer files (`apply_chat_template` renders prompts as training did)"]
           if meta.get("chat_template") else []),
+        *_quantization_lines(meta.get("quantization") or hp.get("quantization"), kind),
         "",
         "Load with:",
         "",
@@ -78,6 +79,18 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
     else:
         lines += ["from transformers import AutoModelForCausalLM", "model = AutoModelForCausalLM.from_pretrained(DIR)"]
     return "\n".join(lines + ["```", ""])
+
+
+def _quantization_lines(quantization: Optional[str], kind: str) -> list[str]:
+    """What a card says of a base quantized in training (README: QLoRA has the measured differences)."""
+    if not quantization:
+        return []
+    if kind == "adapter":
+        return [f"- Trained on the base quantized with bitsandbytes ({quantization}): load the base the same way "
+                "(`BitsAndBytesConfig`, as lit_lora.json records) for the training model's outputs; on the "
+                "full-precision base the outputs differ by the quantization error"]
+    return [f"- Trained on the base quantized with bitsandbytes ({quantization}); LoRA is merged into the "
+            "full-precision base weights, so outputs differ from the training model's by the quantization error"]
 
 
 def _tokenizer_with_template(module: AdapterSource, checkpoint: Optional[dict[str, Any]], always: bool) -> Any:
@@ -122,7 +135,11 @@ def export_adapter(
                 "seed": (checkpoint or {}).get("lit_lora", {}).get("seed"),
                 # `generate --adapter_path` needs it when the base is random-init (no tokenizer beside it).
                 "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path"),
-                "trust_remote_code": bool(module.hparams.get("trust_remote_code"))}
+                "trust_remote_code": bool(module.hparams.get("trust_remote_code")),
+                # A QLoRA adapter's base, quantized as in training (lit_lora.quantization).
+                "quantization": module.hparams.get("quantization"),
+                "quantization_options": module.hparams.get("quantization_options"),
+                "base_dtype": module.hparams.get("base_dtype")}
         (tmp / "lit_lora.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         if tokenizer is not None:  # a chat model: its template travels with the adapter
             tokenizer.save_pretrained(str(tmp))

@@ -41,11 +41,17 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(names)
 
 
-def frozen_weights_fingerprint(model: Any) -> str:
+def frozen_weights_fingerprint(model: Any, linear_weights: bool = True) -> str:
     """A cheap fingerprint of the frozen base weights (first values and sums of a few tensors) of a PEFT
-    model whose LoRA weights are trainable. Checkpoints and exported adapters record it."""
+    model whose LoRA weights are trainable. Checkpoints and exported adapters record it.
+
+    `linear_weights=False` leaves out the weights of linear layers (an embedding tied to the head stays in):
+    the fingerprint of a quantized base, which its full-precision original has too (merge reloads it)."""
     h = hashlib.sha256()
     frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    if not linear_weights:
+        skipped = _linear_weights(model)
+        frozen = [(n, p) for n, p in frozen if id(p) not in skipped]
     if any(p.is_meta for _, p in frozen):
         return "meta"  # a model built without weights (`model.build.without_weights`) has nothing to hash
     for n, p in frozen[:4] + frozen[-4:]:
@@ -54,3 +60,16 @@ def frozen_weights_fingerprint(model: Any) -> str:
         h.update(repr([round(float(x), 6) for x in flat[:16]]).encode())
         h.update(repr(round(float(flat.double().sum()), 3)).encode())
     return h.hexdigest()[:16]
+
+
+def _linear_weights(model: Any) -> set[int]:
+    """ids of the weights of Linear/Conv1D layers (bitsandbytes' layers are Linear), less those another
+    module owns too (GPT-2's head is its token embedding)."""
+    import torch
+
+    linear, other = set(), set()
+    for module in model.modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+        for name, p in module.named_parameters(recurse=False):
+            (linear if is_linear and name == "weight" else other).add(id(p))
+    return linear - other

@@ -28,7 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lit_lora.lora.layers import base_model
+from lit_lora.lora.layers import base_model, uses_conv1d
 from lit_lora.lora.wrap import enable_checkpointing
 from lit_lora.nll import model_nll
 
@@ -41,6 +41,7 @@ class StepCount:
     """What one forward + backward of a batch holds and computes."""
 
     peak_bytes: int  # live tensor bytes at the peak: weights, gradients, saved activations, temporaries
+    weight_bytes: int  # of them, the copy's parameters and buffers (full precision for a quantized model)
     forward: tuple[int, int]  # FLOPs (linear in the sequence length, attention)
     backward: tuple[int, int]  # the same, for the backward pass (recomputed forwards included)
 
@@ -100,7 +101,7 @@ def _extrapolate(short: StepCount, longer: StepCount, more: int) -> StepCount:
     def line(a: Any, b: Any) -> Any:
         return a + (b - a) * more
 
-    return StepCount(line(short.peak_bytes, longer.peak_bytes),
+    return StepCount(line(short.peak_bytes, longer.peak_bytes), line(short.weight_bytes, longer.weight_bytes),
                      tuple(map(line, short.forward, longer.forward)),  # type: ignore[arg-type]
                      tuple(map(line, short.backward, longer.backward)))  # type: ignore[arg-type]
 
@@ -131,14 +132,16 @@ def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpoin
     with mode, attention:
         ids = torch.zeros((batch, block), dtype=torch.long, device=device)
         mask = torch.ones_like(ids)
-        watch.track(ids, mask, *shell.parameters(), *shell.buffers())
+        watch.track(*shell.parameters(), *shell.buffers())
+        weights = watch.live
+        watch.track(ids, mask)
         with watch:
             with autocast:  # as LitLora._nll
                 nll, n = model_nll(shell, ids, mask, ids, chunked=chunked_loss, fused=False)
             forward = tuple(watch.flops)
             (nll / n).backward()
     backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
-    return StepCount(watch.peak, forward, backward)
+    return StepCount(watch.peak, weights, forward, backward)
 
 
 @contextlib.contextmanager
@@ -174,6 +177,8 @@ def _meta_copy(model: Any, config: Any, gradient_checkpointing: bool, convert_to
         )
         peft_config = copy.deepcopy(model.peft_config["default"])
         peft_config.inference_mode = False
+        # A quantized GPT-2 has Linear layers where this full-precision copy has Conv1D.
+        peft_config.fan_in_fan_out = uses_conv1d(shell)
         shell = get_peft_model(shell, peft_config)
     for p in shell.parameters():
         if p.requires_grad:

@@ -22,6 +22,7 @@ import torch
 
 from lit_lora.constants import MB
 from lit_lora.measure.dry_run import CONVERTED, fake_step
+from lit_lora.quantization import dequantized_bytes, is_quantized_weight, quantized_weight_bytes
 
 
 @dataclass(frozen=True)
@@ -69,10 +70,12 @@ def _bytes(t: torch.Tensor, precision: str) -> int:
 
 
 def static_bytes(model: Any, precision: str = "32-true") -> tuple[int, int, int]:
-    """(weights, gradients, optimizer state) in bytes, exactly as training with AdamW will hold them."""
+    """(weights, gradients, optimizer state) in bytes, exactly as training with AdamW will hold them; a
+    quantized weight counts its packed values and quantization state."""
     params = _unique(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    weights = sum(_bytes(t, precision) for t in params + _unique(model.buffers()))
+    weights = sum(quantized_weight_bytes(t) if is_quantized_weight(t) else _bytes(t, precision)
+                  for t in params + _unique(model.buffers()))
     grads = sum(_bytes(p, precision) for p in trainable)
     # AdamW: exp_avg and exp_avg_sq like the parameter, and a scalar `step` (float64 only if that is the default).
     step = 8 if torch.get_default_dtype() == torch.float64 else 4
@@ -91,8 +94,10 @@ def estimate_training_memory(
     """Estimate peak memory of one training step of `model` (the PEFT-wrapped model, as LitLora builds it)."""
     precision = str(precision)
     weights, grads, optimizer = static_bytes(model, precision)
-    peak = fake_step(model, batch_size, block_size, precision, gradient_checkpointing, device_type).peak_bytes
-    activations = max(0, peak - weights - grads)
+    step = fake_step(model, batch_size, block_size, precision, gradient_checkpointing, device_type)
+    # A quantized model's copy is full precision: its activations are the same, and each quantized layer
+    # holds its weight dequantized while it multiplies (one layer at a time).
+    activations = max(0, step.peak_bytes - step.weight_bytes - grads) + dequantized_bytes(model)
     return MemoryEstimate(
         weights, grads, optimizer, activations, batch_size, block_size, precision, gradient_checkpointing
     )

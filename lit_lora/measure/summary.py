@@ -10,6 +10,7 @@ from lit_lora.lora.layers import base_model, is_lora_layer
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.measure.dry_run import dry_run_failure
 from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.quantization import is_quantized_weight, logical_numel, quantization_line
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,12 @@ def count_parameters(model: Any) -> ParamCounts:
     """Counts of a PEFT-wrapped model; `parameters()` yields a tied tensor once, as GPT-2's lm_head is."""
     total = trainable = adapter = 0
     for name, p in model.named_parameters():
-        total += p.numel()
+        numel = logical_numel(p)  # a 4-bit weight's packed tensor holds two values a byte
+        total += numel
         if p.requires_grad:
-            trainable += p.numel()
+            trainable += numel
         if "lora_" in name or "modules_to_save" in name:
-            adapter += p.numel()
+            adapter += numel
     return ParamCounts(base=total - adapter, trainable=trainable, total=total)
 
 
@@ -59,7 +61,8 @@ def summary_lines(
     class, dtype, device, LoRA settings, and the peak-memory estimate for this batch, block and precision."""
     counts = count_parameters(model)
     base = base_model(model)
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if not p.requires_grad})
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
+                     if not p.requires_grad and not is_quantized_weight(p)})
     lora_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     adapted = sum(1 for m in model.modules() if is_lora_layer(m))
@@ -67,7 +70,7 @@ def summary_lines(
         format_counts(counts),
         f"model {type(model).__name__}({type(base).__name__}), {counts.frozen:,} frozen parameters; "
         f"weights {'/'.join(dtypes) or '-'} (LoRA {'/'.join(lora_dtypes) or '-'}), "
-        f"precision {precision}, device {device}",
+        f"precision {precision}, device {device}" + quantization_line(model),
         f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {targets} ({adapted} modules)"
         + (", rsLoRA" if lora.use_rslora else "") + (", DoRA" if lora.use_dora else "")
         + (f", also training {', '.join(lora.modules_to_save)}" if lora.modules_to_save else ""),

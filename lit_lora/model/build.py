@@ -17,6 +17,7 @@ from lit_lora.lora.targets import resolve_targets
 from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
 from lit_lora.measure.host import host_memory_mb
 from lit_lora.nll import output_head
+from lit_lora.quantization import bnb_config
 
 
 _WITHOUT_WEIGHTS: ContextVar[bool] = ContextVar("lit_lora_without_weights", default=False)
@@ -40,9 +41,11 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
     `hp` holds `LitLora`'s hyperparameters. With `adapter_path` the adapter's own settings replace `lora`.
     """
     weights = not _WITHOUT_WEIGHTS.get()
+    method = hp.get("quantization")
     base = load_base_model(
         hp["model_name_or_path"], hp["model_config"], hp["base_dtype"], hp["attn_implementation"],
         hp["trust_remote_code"], weights=weights,
+        quantization=bnb_config(method, hp.get("quantization_options"), hp["base_dtype"]) if method else None,
     )
     memory_marks = {"after_model_load": host_memory_mb()[0]}
     if hp["adapter_path"] and not weights:  # its settings, not its weights: the same shapes
@@ -56,7 +59,12 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
         if note and rank_zero_only.rank == 0:
             print(note)
         model = apply_lora(base, lora)
-    # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16.
+    # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16. A quantized base
+    # needs nothing more: this is PEFT's prepare_model_for_kbit_training but for its upcast of every
+    # unquantized weight to float32 (with base_dtype bfloat16, GPT-2 XL's embeddings would take 164 MB more
+    # and its residual stream twice the activations). Those layers are frozen and their sums run in float32
+    # anyway (autocast's layer_norm, RMSNorm's own upcast, lit_lora.nll's log-softmax); get_peft_model
+    # froze the base, and checkpointing is ours (non-reentrant, enable_checkpointing).
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch
 from torchmetrics import SumMetric
 
 from lit_lora.errors import LitLoraError
-from lit_lora.settings import check_number
 from lit_lora.generation.decode import generate_ids
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.lora.layers import context_length, frozen_weights_fingerprint
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.measure.summary import global_batch_line, summary_lines
 from lit_lora.model.build import build_peft_model
-from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section
+from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section, keep_lora_only
 from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import check_warmup, current_lr, kept_length, optimizer_and_schedule
+from lit_lora.model.schedule import check_optimizer_settings, current_lr, kept_length, optimizer_and_schedule
+from lit_lora.quantization import check_device, check_quantization, quantization_key
 from lit_lora.training.contracts import TrainingData
-from lit_lora.training.distributed import is_fsdp, unwrapped_name
+from lit_lora.training.distributed import clip_gradients, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
 from lit_lora.training.speed import check_compile_options, compile_in_place, compile_target, enable_tf32, is_compiled
 from lit_lora.training.steps import planned_steps
@@ -51,6 +51,8 @@ class LitLora(pl.LightningModule):
         min_lr_ratio: float = 0.1,
         block_size: int = 512,
         base_dtype: Optional[str] = None,
+        quantization: Optional[Literal["nf4", "fp4", "int8"]] = None,
+        quantization_options: Optional[dict[str, Any]] = None,
         attn_implementation: Optional[str] = None,
         tf32: bool = True,
         compile: bool = False,
@@ -79,6 +81,10 @@ class LitLora(pl.LightningModule):
             block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
+            quantization: QLoRA: bitsandbytes quantizes the base's linear layers as they load, "nf4" or "fp4"
+                (4-bit) or "int8"; the other layers keep base_dtype (README: QLoRA; needs the qlora extra).
+            quantization_options: BitsAndBytesConfig fields: bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
+                (default: base_dtype), bnb_4bit_quant_storage, llm_int8_skip_modules, llm_int8_threshold.
             attn_implementation: Attention kernel ("sdpa", "eager", ...); default SDPA, else eager (said).
             tf32: On CUDA GPUs with TensorFloat-32 (Ampere and newer), let float32 matmuls use it
                 (`torch.set_float32_matmul_precision("high")`). No effect on CPUs.
@@ -97,12 +103,8 @@ class LitLora(pl.LightningModule):
         if model_config is not None and not tokenizer_name_or_path:
             raise LitLoraError("model.model_config builds a model without downloading it, so model.tokenizer_"
                                "name_or_path must name a local tokenizer directory too (nothing falls back to the hub)")
-        check_number("model.learning_rate", learning_rate, above=0)
-        check_number("model.weight_decay", weight_decay, at_least=0)
-        for beta in betas:
-            check_number("model.betas", beta, at_least=0, below=1)
-        check_warmup(warmup_steps, warmup_ratio)
-        check_number("model.min_lr_ratio", min_lr_ratio, at_least=0, at_most=1)
+        check_optimizer_settings(self.hparams)
+        check_quantization(quantization, quantization_options)
         if compile:
             check_compile_options(compile_options)
         self.model, lora_settings, self.memory_marks = build_peft_model(self.hparams)
@@ -124,7 +126,7 @@ class LitLora(pl.LightningModule):
         # Checkpoints hold only the LoRA weights (the base is rebuilt): loading must not demand the base's keys.
         self.strict_loading = False
         # Taken now, before a strategy wraps or shards the weights (FSDP leaves each rank a slice of them).
-        self._fingerprint = frozen_weights_fingerprint(self.model)
+        self._fingerprint = frozen_weights_fingerprint(self.model, linear_weights=quantization is None)
 
     # Settings are read from self.hparams; these name the ones other objects read (training.contracts).
     @property
@@ -245,14 +247,15 @@ class LitLora(pl.LightningModule):
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None
     ) -> None:
-        # Lightning's FSDP refuses norm clipping (torch.nn.utils.clip_grad_norm_ would see only this rank's
-        # shards); the root FSDP module's clip_grad_norm_ reduces the norm across ranks.
-        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and is_fsdp(self.trainer.model):
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
-            return
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    @property
+    def quantization_key(self) -> Optional[str]:
+        """What the quantized base's weights depend on (None: not quantized); checkpoints record it."""
+        return quantization_key(self.hparams.quantization, self.hparams.quantization_options)
 
     def setup(self, stage: str) -> None:
+        check_device(self.hparams.quantization, self.trainer.strategy.root_device.type)
         if self.hparams.tf32:
             enable_tf32(self.trainer.strategy.root_device)
         target = compile_target(self.model)
@@ -277,19 +280,18 @@ class LitLora(pl.LightningModule):
         if self._trainer is not None and self._trainer.training:
             # Never save weights a non-finite loss has updated.
             self.finite_loss.check_everywhere(self.trainer.strategy, self.global_step)
-        names = self.trainable_keys()
-        # Filter the strategy's state dict (under FSDP, the full one gathered on rank 0) rather than calling
-        # self.state_dict() again.
-        state = checkpoint["state_dict"] if "state_dict" in checkpoint else self.state_dict()
-        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in names}
-        trainer = self._trainer
-        val_loss = trainer.callback_metrics.get("val_loss") if trainer is not None else None
-        run_id = getattr(trainer.logger, "run_id", None) if trainer is not None and trainer.logger else None
-        template = self._data().chat_template if trainer is not None and self._data() is not None else None
-        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), None if val_loss is None else float(val_loss),
-                                                    run_id, template, self._total_steps)
+        keep_lora_only(checkpoint, self.trainable_keys(), self.state_dict)
+        template = self._data().chat_template if self._trainer is not None and self._data() is not None else None
+        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), self._trainer, template, self._total_steps,
+                                                    self.quantization_key)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
-        meta = check_checkpoint(checkpoint, shapes, self.base_fingerprint())
+        meta = self.check_checkpoint(checkpoint)
         self._rng_to_restore, self._started_total = meta.get("rng"), meta.get("schedule_steps")
+
+    def check_checkpoint(self, checkpoint: dict[str, Any], dequantized: bool = False) -> dict[str, Any]:
+        """The checkpoint's `lit_lora` section once it fits this model (`checkpoint_meta.check_checkpoint`).
+        `dequantized`: this model is the full-precision base of a run trained quantized (`merge`)."""
+        shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
+        fingerprint = frozen_weights_fingerprint(self.model, linear_weights=False) if dequantized else self._fingerprint
+        return check_checkpoint(checkpoint, shapes, fingerprint, self.quantization_key, dequantized)

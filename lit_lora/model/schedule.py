@@ -15,6 +15,16 @@ from lit_lora.settings import check_number
 DEFAULT_WARMUP_RATIO = 0.05
 
 
+def check_optimizer_settings(hp: Any) -> None:
+    """One line for a learning rate, weight decay, beta, warm-up or floor out of range (`hp`: LitLora's)."""
+    check_number("model.learning_rate", hp["learning_rate"], above=0)
+    check_number("model.weight_decay", hp["weight_decay"], at_least=0)
+    for beta in hp["betas"]:
+        check_number("model.betas", beta, at_least=0, below=1)
+    check_warmup(hp["warmup_steps"], hp["warmup_ratio"])
+    check_number("model.min_lr_ratio", hp["min_lr_ratio"], at_least=0, at_most=1)
+
+
 def check_warmup(warmup_steps: Optional[int], warmup_ratio: Optional[float]) -> None:
     if warmup_steps is not None:
         check_number("model.warmup_steps", warmup_steps, at_least=0, integer=True)

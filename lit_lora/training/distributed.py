@@ -55,3 +55,13 @@ def decoder_layer_names(root: Any) -> set[str]:
             "trainer.strategy.init_args.auto_wrap_policy as a list of its layer classes"
         )
     return names
+
+
+def clip_gradients(module: Any, optimizer: Any, value: Optional[float], algorithm: Optional[str]) -> None:
+    """`configure_gradient_clipping` of a LightningModule. Lightning's FSDP refuses norm clipping
+    (torch.nn.utils.clip_grad_norm_ would see only this rank's shards); the root FSDP module's
+    clip_grad_norm_ reduces the norm across ranks."""
+    if value and algorithm in (None, "norm") and is_fsdp(module.trainer.model):
+        module.trainer.model.clip_grad_norm_(value)
+        return
+    module.clip_gradients(optimizer, value, algorithm)
