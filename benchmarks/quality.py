@@ -20,7 +20,8 @@ data, steps and batch shape are set, plus no early stopping and no gradient chec
 which steps run and how fast, not what a step computes); a plain PEFT loop (torch AdamW at its defaults and
 a constant learning rate, no warm-up, no clipping); `transformers.Trainer` with the TrainingArguments of
 PEFT's quicktour for LoRA (learning_rate=1e-3, weight_decay=0.01, and the Trainer's defaults: linear decay to
-0, no warm-up, clipping at 1.0). A constant-rate run is scored at each step budget on the way (the first
+0, no warm-up, clipping at 1.0); and lit_lora's run again on the base quantized to 4 bits (`--model.quantization
+nf4`: QLoRA's cost in quality on the same budget). A constant-rate run is scored at each step budget on the way (the first
 steps of a longer run are the shorter run).
 """
 
@@ -63,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--val_percent", type=float, default=3.0)
     p.add_argument("--pretrain_steps", type=int, default=300)
-    p.add_argument("--only", default="", help="comma list of row kinds to run: base,lit_lora,plain,trainer")
+    p.add_argument("--only", default="", help="comma list of row kinds to run: base,lit_lora,qlora,plain,trainer")
     p.add_argument("--lit_lora_args", default="", help="extra `fit` options for the lit_lora row (tuning)")
     p.add_argument("--train_text", default=os.path.join(SHARED, "sherlock-holmes", "adventures_of_sherlock_holmes.txt"))
     p.add_argument("--pretrain_text", default=os.path.join(SHARED, "tinyshakespeare", "input.txt"))
@@ -243,6 +244,9 @@ def run_trainer(base: str, dm: Any, steps: int, seed: int, work: str) -> float:
     return val_loss(model, dm)
 
 
+QLORA_ARGS = ["--model.quantization", "nf4"]  # the QLoRA row: lit_lora's defaults on a 4-bit base
+
+
 def run_lit_lora(base: str, files: tuple[str, str], dm: Any, steps: int, seed: int, work: str,
                  extra: list[str]) -> float:
     from lit_lora.cli.trainer_cli import LitLoraCLI
@@ -274,24 +278,25 @@ def cell(values: list[float]) -> str:
 
 
 def table(results: dict[tuple[str, int], dict[str, list[float]]], lrs: list[float]) -> list[str]:
-    cols = ["base", "lit_lora"] + [f"plain {lr:g}" for lr in lrs] + ["Trainer"]
-    lines = ["| base | steps | " + " | ".join(cols) + " | lit_lora - best plain | target met |",
-             "|---" * (len(cols) + 4) + "|"]
+    cols = ["base", "lit_lora"] + [f"plain {lr:g}" for lr in lrs] + ["Trainer", "QLoRA nf4"]
+    lines = ["| base | steps | " + " | ".join(cols) + " | lit_lora - best plain | target met | QLoRA - lit_lora |",
+             "|---" * (len(cols) + 5) + "|"]
     for (size, steps), row in results.items():
         mean = {c: statistics.fmean(row[c]) for c in cols if row.get(c)}
         plain = [mean[c] for c in cols if c.startswith("plain") and c in mean]
         gap = mean["lit_lora"] - min(plain) if plain and "lit_lora" in mean else None
         met = "" if gap is None or "Trainer" not in mean else (
             "yes" if gap <= 0.01 and mean["lit_lora"] < mean["Trainer"] else "NO")
+        qlora = mean["QLoRA nf4"] - mean["lit_lora"] if "QLoRA nf4" in mean and "lit_lora" in mean else None
         lines.append(f"| {size} | {steps} | " + " | ".join(cell(row.get(c, [])) for c in cols)
-                     + f" | {'' if gap is None else f'{gap:+.3f}'} | {met} |")
+                     + f" | {'' if gap is None else f'{gap:+.3f}'} | {met} | {'' if qlora is None else f'{qlora:+.3f}'} |")
     return lines
 
 
 def measure(args: argparse.Namespace, sizes: list[str], budgets: list[int], seeds: list[int]) -> dict:
     """{(size, budget): {row kind: [final validation loss per seed]}} for the runs of this process."""
     lrs = [float(v) for v in args.lrs.split(",")]
-    kinds = set(args.only.split(",")) if args.only else {"base", "lit_lora", "plain", "trainer"}
+    kinds = set(args.only.split(",")) if args.only else {"base", "lit_lora", "qlora", "plain", "trainer"}
     extra = args.lit_lora_args.split()
     results: dict[tuple[str, int], dict[str, list[float]]] = {(s, b): {} for s in sizes for b in budgets}
     seconds: dict[str, float] = {}
@@ -319,6 +324,9 @@ def measure(args: argparse.Namespace, sizes: list[str], budgets: list[int], seed
                     if "lit_lora" in kinds:
                         row(b).setdefault("lit_lora", []).append(
                             timed("lit_lora", run_lit_lora, base, files, dm, b, seed, work, extra))
+                    if "qlora" in kinds:  # the same run on the base quantized to 4 bits (README: QLoRA)
+                        row(b).setdefault("QLoRA nf4", []).append(timed(
+                            "qlora", run_lit_lora, base, files, dm, b, seed, work, extra + QLORA_ARGS))
                     if "trainer" in kinds:
                         row(b).setdefault("Trainer", []).append(timed("Trainer", run_trainer, base, dm, b, seed, work))
                 if "plain" in kinds:

@@ -365,3 +365,25 @@ def test_lora_keys_ignore_fsdp_wrapper_names(tiny_model_dir):
     assert module.trainable_keys() == keys
     assert keys < set(full) and all("lora_" in k for k in keys)
     assert len(keys) == sum(p.requires_grad for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_a_4bit_base_trains_on_two_processes_the_one_process_adapter(workdir):
+    """QLoRA under DDP: each process loads the base quantized by bitsandbytes' CPU library, and the two
+    train the adapter one process trains on the same global batch (one epoch)."""
+    pytest.importorskip("bitsandbytes")
+    flags = ("--config", str(workdir / "cfg.yaml"), "--model.quantization", "nf4", "--trainer.max_epochs", "1")
+    ddp = _start_ddp(workdir / "qlora-ddp", *flags, "--data.batch_size", str(BATCH),
+                     "--data.cache_dir", str(workdir / "cache-qlora-ddp"))
+    try:
+        code, _, err = _single(workdir / "qlora-single", *flags, "--data.batch_size", str(2 * BATCH),
+                               "--data.cache_dir", str(workdir / "cache-qlora-single"))
+        assert code == 0, err[-3000:]
+        out = _finish(ddp)
+    finally:
+        if ddp.poll() is None:
+            os.killpg(ddp.pid, signal.SIGKILL)
+            ddp.communicate()
+    assert "linear layers nf4 (bitsandbytes" in out
+    name = f"step{STEPS_PER_EPOCH:06d}.ckpt"
+    assert _max_diff(_lora(_ckpt(workdir / "qlora-ddp", name)), _lora(_ckpt(workdir / "qlora-single", name))) <= TOL

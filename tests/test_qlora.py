@@ -1,0 +1,326 @@
+"""QLoRA on the CPU (bitsandbytes >= 0.50 has a CPU library): a tiny GPT-2 and a tiny Llama, saved with
+`save_pretrained` and loaded back through `from_pretrained` with `--model.quantization nf4`, as a user's
+folder would be.
+
+One fit per family (6 steps, a checkpoint every 3), resumed from step 3, merged and exported, shared by
+the checks: 4-bit layers under float32 LoRA, true counts, exact resume, LoRA-only checkpoints, the adapter
+on the 4-bit and on the full-precision base, the merge into the full-precision weights, validate, generate
+and predict from the checkpoint, the exact static bytes of `summary`, and one line for every bad input.
+DDP with a quantized base is in test_ddp.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from lit_lora.cli import main
+from tests.conftest import QUICKSTART
+from tests.helpers import scalars
+
+pytest.importorskip("bitsandbytes")  # in the dev extras; a checkout without them skips, saying so
+
+FAMILIES = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128},
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
+}
+VOCAB, STEPS, SAVE_EVERY, BLOCK, BATCH = 512, 6, 3, 32, 2
+PROMPT = "ROMEO:"
+
+
+def _cli(cwd, *args, code=0):
+    out, err = io.StringIO(), io.StringIO()
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            got = main(list(args))
+    finally:
+        mp.undo()
+    assert got == code, (args, err.getvalue()[-3000:])
+    return out.getvalue() if code == 0 else err.getvalue()
+
+
+def _ckpts(run):
+    return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
+
+
+def _save(folder, model_type, fields, seed=0):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=tokenizer.eos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, **fields)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _nf4():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs(family): that family's fit, resume and merge, done once for the module."""
+    done = {}
+
+    def run(family):
+        if family not in done:
+            done[family] = _fit_resume_merge(family, tmp_path_factory)
+        return done[family]
+
+    return run
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def qlora(request, runs):
+    return runs(request.param)
+
+
+@pytest.fixture
+def qlora_gpt2(runs):
+    """The GPT-2 run, for the checks that do not depend on the family."""
+    return runs("gpt2")
+
+
+def _fit_resume_merge(family, tmp_path_factory):
+    fields = dict(FAMILIES[family])
+    model_type = fields.pop("model_type")
+    root = tmp_path_factory.mktemp(f"qlora-{model_type}")
+    model_dir = _save(root / "model", model_type, fields)
+    (root / "train.txt").write_text((QUICKSTART / "train.txt").read_text()[:6_000])
+    (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
+    flags = ["--model.model_name_or_path", str(model_dir), "--model.quantization", "nf4",
+             "--data.train_files", str(root / "train.txt"), "--data.val_files", str(root / "val.txt"),
+             "--data.block_size", str(BLOCK), "--data.batch_size", str(BATCH), "--data.cache_dir", str(root / "cache"),
+             "--model.learning_rate", "1e-2", "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS),
+             "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+             "--checkpoint.every_n_train_steps", str(SAVE_EVERY), "--checkpoint.save_top_k", "-1",
+             "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
+    (root / "full").mkdir()
+    fit_out = _cli(root / "full", "fit", *flags)
+    (root / "resumed").mkdir()
+    _ckpts(root / "resumed").mkdir(parents=True)
+    shutil.copy(_ckpts(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", _ckpts(root / "resumed") / "last.ckpt")
+    # No --model.quantization: a resumed run takes the checkpoint's.
+    _cli(root / "resumed", "fit", *[f for f in flags if f not in ("--model.quantization", "nf4")], "--ckpt_path", "last")
+    last = _ckpts(root / "full") / f"step{STEPS:03d}.ckpt"
+    merge_out = _cli(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
+    return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, last=last, flags=flags,
+                merged=root / "merged", merge_out=merge_out,
+                adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
+
+
+def _ours(qlora):
+    from lit_lora.restore import module_from_checkpoint
+
+    return module_from_checkpoint(str(qlora["last"])).module
+
+
+def _batch():
+    return torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(1))
+
+
+def test_the_base_is_4bit_under_float32_lora_and_the_counts_are_the_full_precision_ones(qlora):
+    from lit_lora.measure.flops import training_flops_per_token
+    from lit_lora.measure.summary import count_parameters
+    from lit_lora.model import LitLora
+    from lit_lora.quantization import quantized_layers
+
+    module = _ours(qlora)
+    quantized = quantized_layers(module.model)
+    assert len(quantized) == (8 if qlora["type"] == "gpt2" else 14)  # every linear layer of the blocks
+    assert {m.weight.quant_type for m in quantized} == {"nf4"} and all(m.weight.dtype == torch.uint8 for m in quantized)
+    trainable = {n: p for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and p.dtype == torch.float32 for n, p in trainable.items())
+    full = LitLora(model_name_or_path=str(qlora["model_dir"]), block_size=BLOCK)
+    counts = count_parameters(full.model)
+    assert count_parameters(module.model) == counts
+    assert f"lit_lora: {counts.base:,} base, {counts.trainable:,} trainable, {counts.total:,} total" in qlora["fit_out"]
+    assert "linear layers nf4 (bitsandbytes, compute float32)" in qlora["fit_out"]
+    # The FLOP count is the full-precision model's: the matmuls are the same size.
+    assert training_flops_per_token(module.model, BLOCK) == training_flops_per_token(full.model, BLOCK)
+    # LoRA-only checkpoints: the 4-bit base is rebuilt from model_name_or_path.
+    ckpt = torch.load(qlora["last"], weights_only=True)
+    assert set(ckpt["state_dict"]) == {f"model.{n}" for n in trainable}
+    assert ckpt["lit_lora"]["quantization"] == "nf4"
+    losses = dict(scalars(str(qlora["root"] / "full" / "lightning_logs"), "train_loss"))
+    assert losses[STEPS - 1] < losses[0]
+
+
+def test_a_resumed_run_repeats_the_same_losses_on_the_4bit_base(qlora):
+    full = dict(scalars(str(qlora["root"] / "full" / "lightning_logs"), "train_loss"))
+    resumed = dict(scalars(str(qlora["root"] / "resumed" / "lightning_logs"), "train_loss"))
+    after = [s for s in sorted(full) if s >= SAVE_EVERY]
+    assert after and all(s in resumed for s in after)
+    assert max(abs(full[s] - resumed[s]) for s in after) <= 1e-6
+    a = torch.load(qlora["last"], weights_only=True)["state_dict"]
+    b = torch.load(_ckpts(qlora["root"] / "resumed") / f"step{STEPS:03d}.ckpt", weights_only=True)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_the_adapter_gives_our_logits_on_the_4bit_base_and_merge_uses_the_full_precision_one(qlora):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = _batch()
+    with torch.no_grad():
+        ours = _ours(qlora).model.eval()(input_ids=ids).logits
+        four_bit = AutoModelForCausalLM.from_pretrained(str(qlora["model_dir"]), quantization_config=_nf4(),
+                                                        device_map="cpu")
+        peft = PeftModel.from_pretrained(four_bit, str(qlora["adapter"])).eval()
+        assert (peft(input_ids=ids).logits - ours).abs().max().item() <= 1e-5
+        full = AutoModelForCausalLM.from_pretrained(str(qlora["model_dir"]))
+        untrained = full(input_ids=ids).logits
+        on_full = PeftModel.from_pretrained(full, str(qlora["adapter"])).eval()(input_ids=ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(qlora["merged"])).eval()(input_ids=ids).logits
+    assert (merged - on_full).abs().max().item() <= 1e-4  # merged into the full-precision weights
+    quantization_error = (on_full - ours).abs().max().item()
+    assert 1e-4 < quantization_error < (ours - untrained).abs().max().item() * 10
+    assert "LoRA merged into the full-precision base; training's base was nf4" in qlora["merge_out"]
+    info = json.loads((qlora["adapter"] / "lit_lora.json").read_text())
+    assert info["quantization"] == "nf4"
+    assert "quantized with bitsandbytes (nf4)" in (qlora["adapter"] / "README.md").read_text()
+
+
+def test_generate_from_checkpoint_and_adapter_agree_and_validate_gives_the_recorded_loss(qlora_gpt2, tmp_path):
+    texts = [_cli(qlora_gpt2["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
+                  "--temperature", "0")
+             for source, path in (("--ckpt_path", qlora_gpt2["last"]), ("--adapter_path", qlora_gpt2["adapter"]))]
+    assert texts[0] == texts[1] and texts[0].strip()
+    flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
+    out = _cli(tmp_path, "validate", *flags, "--ckpt_path", str(qlora_gpt2["last"]))
+    val = dict(scalars(str(qlora_gpt2["root"] / "full" / "lightning_logs"), "val_loss"))
+    shown = float(re.search(r"val_loss\s*│\s*([\d.]+)", out).group(1))
+    assert shown == pytest.approx(val[max(val)], abs=1e-5)  # the loss training logged after its last step
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\n")
+    _cli(tmp_path, "predict", "--ckpt_path", str(qlora_gpt2["last"]), "--data.predict_file", str(prompts),
+         "--data.block_size", str(BLOCK), "--model.generation.temperature", "0",
+         "--model.generation.max_new_tokens", "6", "--predict_writer.output_file", str(tmp_path / "p.jsonl"),
+         "--trainer.enable_progress_bar", "false")
+    (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert texts[0].strip() == (PROMPT + record["completion"]).strip()
+
+
+@pytest.mark.parametrize("options", [None, {"bnb_4bit_use_double_quant": True}, "int8"])
+def test_summary_counts_the_quantized_weights_bytes_exactly(qlora, options):
+    """`summary` (the meta device) and `fit` (real tensors) count the same bytes, and those are every
+    tensor a quantized weight holds: its packed values and each tensor of its quantization state."""
+    from lit_lora.measure.memory import static_bytes
+    from lit_lora.model import LitLora
+    from lit_lora.model.build import without_weights
+
+    method, opts = ("int8", None) if options == "int8" else ("nf4", options)
+    kwargs = dict(model_name_or_path=str(qlora["model_dir"]), block_size=BLOCK, quantization=method,
+                  quantization_options=opts)
+    real = LitLora(**kwargs).model
+    with without_weights():
+        meta = LitLora(**kwargs).model
+    assert static_bytes(real)[0] == static_bytes(meta)[0] == _bytes_held(real)
+
+
+def _bytes_held(model):
+    """Bytes of every storage the model's parameters and buffers hold, with the tensors bitsandbytes hangs
+    on its weights (int8's row scales, each tensor of a 4-bit quant state, nested ones too)."""
+    found = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        tensors, states = [t, getattr(t, "SCB", None)], [getattr(t, "quant_state", None)]
+        while states:
+            state = states.pop()
+            for value in vars(state).values() if state is not None else ():
+                if isinstance(value, torch.Tensor):
+                    tensors.append(value)
+                elif type(value).__name__ == "QuantState":
+                    states.append(value)
+        for x in tensors:
+            if x is not None:
+                found[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+    return sum(found.values())
+
+
+# -- bad input: one line, exit 2 ---------------------------------------------------------------------------------
+
+
+OPTION_CASES = [
+    (["--model.quantization", "nf8"], "model.quantization"),
+    (["--model.quantization", "nf4", "--model.quantization_options", '{"bnb_4bit_quant_type": "fp4"}'],
+     "model.quantization_options has 'bnb_4bit_quant_type', which nf4 does not take; expected "
+     "bnb_4bit_compute_dtype, bnb_4bit_quant_storage, bnb_4bit_use_double_quant, llm_int8_skip_modules"),
+    (["--model.quantization", "int8", "--model.quantization_options", '{"bnb_4bit_use_double_quant": true}'],
+     "model.quantization_options has 'bnb_4bit_use_double_quant', which int8 does not take"),
+    (["--model.quantization", "nf4", "--model.quantization_options", '{"bnb_4bit_compute_dtype": "float64"}'],
+     "model.quantization_options bnb_4bit_compute_dtype='float64' is not valid; expected float32 or bfloat16 or"),
+    (["--model.quantization_options", '{"bnb_4bit_use_double_quant": true}'],
+     "model.quantization_options {'bnb_4bit_use_double_quant': True} are set but model.quantization is null"),
+    (["--model.quantization", "nf4", "--model.quantization_options",
+      '{"llm_int8_skip_modules": ["c_attn", "c_proj", "c_fc", "lm_head"]}'],
+     "model.quantization='nf4': bitsandbytes quantized no layer of GPT2LMHeadModel"),
+]
+
+
+@pytest.mark.parametrize("flags, text", OPTION_CASES, ids=[str(i) for i in range(len(OPTION_CASES))])
+def test_bad_quantization_options_are_one_line(in_tmp, tiny_model_dir, shakespeare, capsys, flags, text):
+    from tests.helpers import fit_args
+
+    assert main(fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "1", *flags)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("lit_lora: error: ") and text in err[0], err
+
+
+def test_without_bitsandbytes_the_error_names_the_install_command(monkeypatch):
+    import sys
+
+    from lit_lora.errors import LitLoraError
+    from lit_lora.quantization import bnb_config, check_device
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(LitLoraError, match=r"needs bitsandbytes, which is not installed: pip install -e "
+                                           r"\"\.\[qlora\]\""):
+        bnb_config("nf4", None, None)
+    with pytest.raises(LitLoraError, match="model.quantization='int8' runs on cpu, cuda, xpu devices with "
+                                           "bitsandbytes, not on 'mps'"):
+        check_device("int8", "mps")
+
+
+def test_a_checkpoint_resumes_only_with_the_quantization_it_was_trained_with(qlora_gpt2, trained_run, tmp_path):
+    from lit_lora.errors import LitLoraError
+    from lit_lora.model import LitLora
+
+    flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
+    err = _cli(tmp_path, "fit", *flags, "--model.quantization", "fp4", "--ckpt_path", str(qlora_gpt2["last"]), code=2)
+    assert "--model.quantization is 'fp4' but the checkpoint was trained with 'nf4'" in err
+    err = _cli(tmp_path, "fit", *flags, "--model.quantization_options", '{"bnb_4bit_use_double_quant": true}',
+               "--ckpt_path", str(qlora_gpt2["last"]), code=2)
+    assert ("the checkpoint was trained with model.quantization 'nf4', this run has "
+            "'nf4, bnb_4bit_use_double_quant=True'") in err
+    err = _cli(tmp_path, "fit", *flags[2:], "--model.model_name_or_path", str(trained_run.base),
+               "--model.quantization", "nf4", "--ckpt_path", str(trained_run.ckpt), code=2)
+    assert "--model.quantization is 'nf4' but the checkpoint was trained with None" in err
+    # Through the Python API the base is what the caller built: a full-precision one is refused too.
+    module = LitLora(model_name_or_path=str(qlora_gpt2["model_dir"]), block_size=BLOCK)
+    with pytest.raises(LitLoraError, match=r"trained with model.quantization 'nf4', this run has null"):
+        module.on_load_checkpoint(torch.load(qlora_gpt2["last"], weights_only=True))
+    err = _cli(tmp_path, "generate", "--ckpt_path", str(qlora_gpt2["last"]), "--prompt", "x", "--dtype", "bfloat16", code=2)
+    assert re.search(r"--dtype bfloat16 converts every weight, but this model's base is quantized", err)
+
+
+def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_gpt2, tmp_path):
+    fields = dict(FAMILIES["gpt2"])
+    other = _save(tmp_path / "other", fields.pop("model_type"), fields, seed=1)
+    err = _cli(tmp_path, "merge", "--ckpt_path", str(qlora_gpt2["last"]), "--model.model_name_or_path", str(other),
+               "--output_dir", str(tmp_path / "m"), code=2)
+    assert "the base model's weights differ from those the checkpoint was trained on" in err
+    assert not (tmp_path / "m").exists()
