@@ -7,15 +7,17 @@ throughput with MFU, in one table. Under 5 minutes on one H100/H200.
 
 A machine without a package registry first installs the wheels `benchmarks/gpu_wheels.sh` downloaded on one
 that has it (the GPU image holds torch, lightning, transformers, peft and tensorboard, but not datasets,
-jsonargparse or liger-kernel):
+jsonargparse, liger-kernel or bitsandbytes):
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 
 Rows, in this order (a run cut short still leaves the rows it finished in `--out`):
   memory  GPT-2 small and XL shapes (random init, bf16 base, bf16-mixed, gradient checkpointing) at
-          8 x 512: `summary`'s estimate against `torch.cuda.max_memory_allocated` of a second training step
+          8 x 512, and XL on an nf4 base (QLoRA): `summary`'s estimate against
+          `torch.cuda.max_memory_allocated` of a second training step
   test    each `gpu`-marked test (tests/test_gpu.py): bf16-mixed fit and exact resume, fused AdamW, CUDA
-          memory and MFU tags, `--model.compile true`, FSDP on one GPU, Liger's loss against the chunked one
+          memory and MFU tags, `--model.compile true`, FSDP on one GPU, Liger's loss against the chunked one,
+          QLoRA (nf4 base moved to the GPU, paged AdamW) with exact resume
   speed   benchmarks/throughput.py --device cuda at GPT-2 small, block 1024, bf16: tokens/s and MFU of
           lit_lora, the plain loop and the Trainer
 """
@@ -31,7 +33,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPES = {"gpt2 (small)": {}, "gpt2-xl": {"n_embd": 1600, "n_layer": 48, "n_head": 25}}
+XL = {"n_embd": 1600, "n_layer": 48, "n_head": 25}
+# name: (shape, extra LitLora settings). The QLoRA row is the README's 8 GB-card case (target <= 2,500 MB).
+SHAPES = {"gpt2 (small)": ({}, {}), "gpt2-xl": (XL, {}), "gpt2-xl QLoRA nf4": (XL, {"quantization": "nf4"})}
 
 
 class Table:
@@ -63,17 +67,17 @@ def memory_rows(table: Table, dry_run: bool) -> None:
     from lit_lora.model.build import without_weights
 
     settings = dict(tokenizer_name_or_path="unused", base_dtype="bfloat16", gradient_checkpointing=True, block_size=512)
-    for name, shape in SHAPES.items():
+    for name, (shape, extra) in SHAPES.items():
         start = time.perf_counter()
         with without_weights():
-            estimate = estimate_training_memory(LitLora(model_config=shape, **settings).model, 8, 512, "bf16-mixed",
-                                                True, "cuda")
+            estimate = estimate_training_memory(LitLora(model_config=shape, **settings, **extra).model, 8, 512,
+                                                "bf16-mixed", True, "cuda")
         if dry_run:
             table.row("memory", f"{name} 8 x 512", "estimated", f"{estimate.total / MB:,.1f} MB (no GPU: not "
                       "measured)", time.perf_counter() - start)
             continue
         try:
-            measured = _measured_peak(LitLora, shape, settings)
+            measured = _measured_peak(LitLora, shape, {**settings, **extra})
         except Exception as err:  # one row per failure: the table goes on
             table.row("memory", f"{name} 8 x 512", "FAILED", f"{type(err).__name__}: {err}"[:200],
                       time.perf_counter() - start)
@@ -93,7 +97,7 @@ def _measured_peak(module_class: type, shape: dict, settings: dict) -> int:
     torch.manual_seed(0)
     with torch.device("cuda"):
         module = module_class(model_config=shape, **settings)
-    model = module.model.train()
+    model = module.model.cuda().train()  # a quantized base loads on the CPU and moves, as Lightning moves it
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], fused=True)
     ids = torch.randint(0, 50_000, (8, 512), device="cuda")
     for step in range(2):

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Downloads, on a machine with a package registry, the wheels benchmarks/gpu_check.py needs on a GPU machine
 # that has none: what lit_lora needs beyond that image (torch, lightning, transformers, peft, tensorboard,
-# pyarrow, pandas, xxhash are there) and liger-kernel. Versions from constraints.txt; Python 3.12, x86-64.
+# pyarrow, pandas, xxhash are there), liger-kernel and bitsandbytes (QLoRA; 43 MB). Versions from constraints.txt; Python 3.12, x86-64.
 #   bash benchmarks/gpu_wheels.sh [DIR]     # default .whl (git-ignored: echo /.whl/ >> .git/info/exclude)
 # Then, there:  python3 -m pip install -q --no-index --no-deps --target /tmp/site DIR/*.whl && export PYTHONPATH=/tmp/site
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-.whl}"
 pins=()
-for name in datasets dill multiprocess jsonargparse docstring_parser typeshed_client; do
+for name in datasets dill multiprocess jsonargparse docstring_parser typeshed_client bitsandbytes; do
   pin=$(grep -i "^${name}==" constraints.txt || true)
   pins+=("${pin:-$name}")
 done

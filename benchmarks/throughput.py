@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                        # GPT-2 small shape on CPU: ~4 minutes on 2 quiet cores
     python benchmarks/throughput.py --repeats 30           # longer interleaving, steadier medians (~8 minutes)
     python benchmarks/throughput.py --kinds ab             # lit_lora vs the plain loop only
+    python benchmarks/throughput.py --kinds aq             # QLoRA (nf4 base) vs lit_lora: its cost in speed
     python benchmarks/throughput.py --device cuda --batch_size 8 --block_size 512 --steps 10 --repeats 10
 
 CPU defaults: GPT-2 small's shape (12 x 768, random init), LoRA r=8/alpha=16/dropout=0.05 on c_attn and
@@ -55,7 +56,7 @@ from typing import Any, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-KINDS = {"a": "lit_lora", "b": "plain", "c": "trainer"}
+KINDS = {"a": "lit_lora", "b": "plain", "c": "trainer", "q": "QLoRA"}  # q: run a on the base quantized to nf4
 SEED = 1234
 LR, BETAS, WARMUP_LR_STEPS = 2e-4, (0.9, 0.999), 100  # lit_lora's defaults, used by all three runs
 
@@ -103,9 +104,12 @@ def describe_model(model: Any) -> dict[str, str]:
     if ckpt is None:
         ckpt = getattr(inner, "is_gradient_checkpointing", False)
     lora_dropout = model.peft_config["default"].lora_dropout if hasattr(model, "peft_config") else "-"
-    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if not p.requires_grad})
+    from lit_lora.quantization import is_quantized_weight, logical_numel, quantization_line
+
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
+                     if not p.requires_grad and not is_quantized_weight(p)})
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(logical_numel(p) for p in model.parameters())
     return {
         "model": f"GPT-2 {cfg.n_layer}x{cfg.n_embd}, {total / 1e6:.1f}M params, {trainable:,} trainable",
         "frozen base dtype": ",".join(dtypes),
@@ -113,6 +117,7 @@ def describe_model(model: Any) -> dict[str, str]:
         "dropout": f"model {cfg.resid_pdrop}/{cfg.embd_pdrop}/{cfg.attn_pdrop}, LoRA {lora_dropout}, "
                    f"{'train' if model.training else 'EVAL'} mode",
         "attention": str(getattr(cfg, "_attn_implementation", "?")),
+        "quantized": quantization_line(model).lstrip("; ") or "no",
     }
 
 
@@ -183,7 +188,7 @@ def _common(args: argparse.Namespace) -> dict[str, str]:
 
 # -- a: lit_lora ----------------------------------------------------------------------------------------
 
-def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
+def run_lit_lora(args: argparse.Namespace, gate: Gate, quantization: Optional[str] = None) -> None:
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
     from lit_lora.cli.trainer_cli import TRAINER_DEFAULTS, LitLoraCLI
@@ -238,6 +243,8 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate) -> None:
         cli_args += ["--model.base_dtype", args.base_dtype]
     if args.compile:
         cli_args += ["--model.compile", "true"]
+    if quantization:
+        cli_args += ["--model.quantization", quantization]
     LitLoraCLI(args=cli_args, trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [GateCallback()]})
 
 
@@ -369,7 +376,8 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
     trainer.train()
 
 
-RUNNERS = {"a": run_lit_lora, "b": run_plain, "c": run_trainer}
+RUNNERS = {"a": run_lit_lora, "b": run_plain, "c": run_trainer,
+           "q": lambda args, gate: run_lit_lora(args, gate, quantization="nf4")}
 
 
 def worker(kind: str, args: argparse.Namespace, conn: Any) -> None:
@@ -456,7 +464,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--num_workers", type=int, default=0, help="dataloader workers of runs a and c")
     p.add_argument("--log_every", type=int, default=10, help="log the train loss every N steps (a and c)")
     p.add_argument("--progress_bar", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--kinds", default="abc", help="which runs, e.g. 'ab'")
+    p.add_argument("--kinds", default="abc", help="which runs, e.g. 'ab' ('q': lit_lora on an nf4 base)")
     p.add_argument("--order", choices=["rotate", "fixed"], default="rotate",
                    help="rotate: a b c, b c a, c a b, ...; fixed: a b c, a b c, ...")
     p.add_argument("--corpus", default=str(SHARED_DATA / "tinyshakespeare" / "input.txt"))
@@ -467,7 +475,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args.corpus, args.tokenizer = str(Path(args.corpus).resolve()), str(Path(args.tokenizer).resolve())
     args.workdir = str(Path(args.workdir or tempfile.mkdtemp(prefix="lit_lora_throughput-")).resolve())
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    kinds = [k for k in "abc" if k in args.kinds]
+    kinds = [k for k in "abcq" if k in args.kinds]
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(var, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -551,6 +559,11 @@ def main(argv: Optional[list[str]] = None) -> None:
                     ratios = [x / y for x, y in zip(cpu_rates["a"], cpu_rates[other])]
                     print(f"      by CPU time (tokens per CPU-second of the worker): median "
                           f"{statistics.median(ratios):.3f} (rounds: {min(ratios):.3f} .. {max(ratios):.3f})")
+    if "a" in kinds and "q" in kinds:  # what the 4-bit base costs in speed, round by round
+        for label, series in (("wall time", rates), ("CPU time", cpu_rates)):
+            ratios = [x / y for x, y in zip(series["q"], series["a"])]
+            print(f"  q/a (QLoRA / lit_lora) by {label}: median {statistics.median(ratios):.3f} "
+                  f"(rounds: {min(ratios):.3f} .. {max(ratios):.3f})")
     if args.device == "cuda" and n_params and not peak:
         print("  MFU: unknown device peak; pass --peak_tflops")
 

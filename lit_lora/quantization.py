@@ -31,16 +31,15 @@ def _kind(method: str) -> str:
     return "int8" if method == "int8" else "4bit"
 
 
-def require_bitsandbytes(method: str) -> None:
+def require_bitsandbytes(value: str, option: str = "model.quantization") -> None:
     """bitsandbytes, new enough for this machine; else one line naming the install command."""
     try:
         import bitsandbytes
     except ImportError:
-        raise LitLoraError(f"model.quantization={method!r} needs bitsandbytes, which is not installed: "
-                           f"{INSTALL}") from None
+        raise LitLoraError(f"{option}={value!r} needs bitsandbytes, which is not installed: {INSTALL}") from None
     version = tuple(int(p) for p in bitsandbytes.__version__.split(".")[:2] if p.isdigit())
     if version < MIN_BITSANDBYTES:
-        raise LitLoraError(f"model.quantization={method!r} needs bitsandbytes >= 0.50 (it has a CPU library), "
+        raise LitLoraError(f"{option}={value!r} needs bitsandbytes >= 0.50 (it has a CPU library), "
                            f"found {bitsandbytes.__version__}: {INSTALL}")
 
 
@@ -102,12 +101,16 @@ def quantization_key(method: Optional[str], options: Optional[dict[str, Any]]) -
     return method + "".join(f", {k}={v}" for k, v in kept.items())
 
 
-def check_device(method: Optional[str], device_type: str) -> None:
-    """One line where bitsandbytes has no kernels for this run's device."""
+def check_device(method: Optional[str], device_type: str, sharded: bool = False) -> None:
+    """One line where bitsandbytes has no kernels for this run's device, or the strategy shards the base
+    (FSDP would flatten the packed 4-bit weights without their quantization state)."""
     if method is not None and device_type not in DEVICES:
         raise LitLoraError(f"model.quantization={method!r} runs on {', '.join(DEVICES)} devices "
                            f"with bitsandbytes, not on {device_type!r}; drop model.quantization or change "
                            "trainer.accelerator")
+    if method is not None and sharded:
+        raise LitLoraError(f"model.quantization={method!r} does not work with FSDP here; use "
+                           "--trainer.strategy ddp (each process holds the whole 4-bit base, a quarter of its size)")
 
 
 def is_quantized_weight(param: Any) -> bool:

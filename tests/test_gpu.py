@@ -1,9 +1,11 @@
 """On a CUDA GPU (skipped without one; benchmarks/gpu_check.py runs them): a bf16-mixed fit with fused
 AdamW writes LoRA-only float32 checkpoints and resumes exactly, CUDA memory and MFU tags, `--model.compile`,
-FSDP on one GPU, Liger's fused loss against the chunked one, and the peak allocated against the estimate."""
+FSDP on one GPU, Liger's fused loss against the chunked one, QLoRA with paged AdamW, and the peak allocated
+against the estimate."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,6 @@ def _gpu_run(cwd, tiny_model_dir, shakespeare, *extra):
 
 
 def test_exact_resume_on_gpu_repeats_the_same_losses(in_tmp, tiny_model_dir, shakespeare):
-    import shutil
-
     from tests.helpers import scalars
 
     saving = ("--checkpoint.every_n_train_steps", "3", "--checkpoint.save_top_k", "-1", "--checkpoint.monitor",
@@ -52,6 +52,28 @@ def test_exact_resume_on_gpu_repeats_the_same_losses(in_tmp, tiny_model_dir, sha
     a = dict(scalars(str(in_tmp / "full" / "lightning_logs"), "train_loss"))
     b = dict(scalars(str(in_tmp / "resumed" / "lightning_logs"), "train_loss"))
     assert all(abs(a[s] - b[s]) <= 1e-5 for s in (3, 4, 5))
+
+
+def test_qlora_on_gpu_moves_the_4bit_base_trains_with_paged_adamw_and_resumes(in_tmp, tiny_model_dir, shakespeare):
+    """The 4-bit base is quantized on the CPU as it loads and moved by Lightning; paged AdamW steps it."""
+    pytest.importorskip("bitsandbytes")
+    from tests.helpers import scalars
+
+    qlora = ("--model.quantization", "nf4", "--model.quantization_options", '{"bnb_4bit_compute_dtype": "bfloat16"}',
+             "--model.optimizer", "paged_adamw", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k",
+             "-1", "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}",
+             "--trainer.log_every_n_steps", "1", "--trainer.max_steps", "4")
+    full = _gpu_run(in_tmp / "full", tiny_model_dir, shakespeare, *qlora)
+    layers = [m for m in full.model.model.modules() if type(m).__name__ == "Linear4bit"]
+    assert layers and all(m.weight.device.type == "cuda" and m.weight.quant_state.absmax.is_cuda for m in layers)
+    assert type(full.trainer.optimizers[0]).__name__ == "PagedAdamW"
+    checkpoints = Path("lightning_logs") / "lit_lora" / "version_0" / "checkpoints"
+    (in_tmp / "resumed" / checkpoints).mkdir(parents=True)
+    shutil.copy(in_tmp / "full" / checkpoints / "step002.ckpt", in_tmp / "resumed" / checkpoints / "last.ckpt")
+    _gpu_run(in_tmp / "resumed", tiny_model_dir, shakespeare, *qlora, "--ckpt_path", "last")
+    a = dict(scalars(str(in_tmp / "full" / "lightning_logs"), "train_loss"))
+    b = dict(scalars(str(in_tmp / "resumed" / "lightning_logs"), "train_loss"))
+    assert all(abs(a[s] - b[s]) <= 1e-5 for s in (2, 3))
 
 
 def test_cuda_memory_and_mfu_tags_are_logged(in_tmp, tiny_model_dir, shakespeare):

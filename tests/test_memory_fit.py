@@ -1,5 +1,5 @@
 """Memory (issue 15): the estimate with the chunked loss against MemTracker at GPT-2 small's widths, the
-targets `summary` prints for GPT-2 small and XL without building their weights, `--data.batch_size auto`
+targets `summary` prints for GPT-2 small and XL (and XL's QLoRA) without building their weights, `--data.batch_size auto`
 on a faked device size (fresh and resumed), and `summary --memory_gb`."""
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def test_summary_builds_no_weights_and_meets_the_targets_for_gpt2_small_and_xl(c
     assert "lit_lora: 1,557,611,200 base, 6,758,400 trainable, 1,564,369,600 total" in out
     assert _estimate_mb(out) <= 4_500  # trains on a 6 GB card
     assert all(t.is_meta for t in built[1].parameters())
+    pytest.importorskip("bitsandbytes")
+    out = _summary(capsys, monkeypatch, gpt2_tokenizer_dir, *GPU_SUMMARY, "--model.model_config", xl,
+                   "--model.quantization", "nf4")  # QLoRA: the same counts, a quarter of the weights
+    assert "lit_lora: 1,557,611,200 base, 6,758,400 trainable, 1,564,369,600 total" in out
+    assert "192 linear layers nf4 (bitsandbytes, compute bfloat16)" in out
+    assert _estimate_mb(out) <= 2_500
 
 
 # -- choosing the batch --------------------------------------------------------------------------------------

@@ -268,6 +268,8 @@ OPTION_CASES = [
     (["--model.quantization", "nf4", "--model.quantization_options",
       '{"llm_int8_skip_modules": ["c_attn", "c_proj", "c_fc", "lm_head"]}'],
      "model.quantization='nf4': bitsandbytes quantized no layer of GPT2LMHeadModel"),
+    (["--model.optimizer", "paged_adamw"], "model.optimizer='paged_adamw' pages optimizer state between a CUDA "
+                                           "GPU and host memory; this run is on 'cpu': use model.optimizer adamw"),
 ]
 
 
@@ -293,6 +295,9 @@ def test_without_bitsandbytes_the_error_names_the_install_command(monkeypatch):
     with pytest.raises(LitLoraError, match="model.quantization='int8' runs on cpu, cuda, xpu devices with "
                                            "bitsandbytes, not on 'mps'"):
         check_device("int8", "mps")
+    with pytest.raises(LitLoraError, match="model.quantization='nf4' does not work with FSDP here; use "
+                                           "--trainer.strategy ddp"):
+        check_device("nf4", "cuda", sharded=True)
 
 
 def test_a_checkpoint_resumes_only_with_the_quantization_it_was_trained_with(qlora_gpt2, trained_run, tmp_path):

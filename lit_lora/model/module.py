@@ -25,7 +25,8 @@ from lit_lora.model.build import build_peft_model
 from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section, keep_lora_only
 from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import check_optimizer_settings, current_lr, kept_length, optimizer_and_schedule
+from lit_lora.model.schedule import (check_optimizer_device, check_optimizer_settings, current_lr, kept_length,
+                                     optimizer_and_schedule)
 from lit_lora.quantization import check_device, check_quantization, quantization_key
 from lit_lora.training.contracts import TrainingData
 from lit_lora.training.distributed import clip_gradients, unwrapped_name
@@ -46,6 +47,7 @@ class LitLora(pl.LightningModule):
         learning_rate: float = 7e-3,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
+        optimizer: Literal["adamw", "paged_adamw"] = "adamw",
         warmup_steps: Optional[int] = None,
         warmup_ratio: Optional[float] = None,
         min_lr_ratio: float = 0.1,
@@ -74,6 +76,8 @@ class LitLora(pl.LightningModule):
                 and wider ones start lower (README: Learning-rate defaults).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
+            optimizer: "adamw" (torch's fused AdamW) or "paged_adamw" (bitsandbytes' paged AdamW, CUDA only: its
+                state moves to host memory when the GPU runs short, as in QLoRA).
             warmup_steps: Linear warm-up steps before the cosine decay (instead of warmup_ratio).
             warmup_ratio: Warm-up as a fraction of the run's optimizer steps (Hugging Face's name). Neither
                 set: 0.05. A resumed run keeps the step count its schedule started with.
@@ -127,6 +131,7 @@ class LitLora(pl.LightningModule):
         self.strict_loading = False
         # Taken now, before a strategy wraps or shards the weights (FSDP leaves each rank a slice of them).
         self._fingerprint = frozen_weights_fingerprint(self.model, linear_weights=quantization is None)
+        self._quantization = quantization_key(quantization, quantization_options)  # checkpoints record it
 
     # Settings are read from self.hparams; these name the ones other objects read (training.contracts).
     @property
@@ -249,13 +254,10 @@ class LitLora(pl.LightningModule):
     ) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
-    @property
-    def quantization_key(self) -> Optional[str]:
-        """What the quantized base's weights depend on (None: not quantized); checkpoints record it."""
-        return quantization_key(self.hparams.quantization, self.hparams.quantization_options)
-
     def setup(self, stage: str) -> None:
-        check_device(self.hparams.quantization, self.trainer.strategy.root_device.type)
+        check_device(self.hparams.quantization, self.trainer.strategy.root_device.type,
+                     sharded=type(self.trainer.strategy).__name__ == "FSDPStrategy")
+        check_optimizer_device(self.hparams.optimizer, self.trainer.strategy.root_device.type)
         if self.hparams.tf32:
             enable_tf32(self.trainer.strategy.root_device)
         target = compile_target(self.model)
@@ -283,7 +285,7 @@ class LitLora(pl.LightningModule):
         keep_lora_only(checkpoint, self.trainable_keys(), self.state_dict)
         template = self._data().chat_template if self._trainer is not None and self._data() is not None else None
         checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), self._trainer, template, self._total_steps,
-                                                    self.quantization_key)
+                                                    self._quantization)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = self.check_checkpoint(checkpoint)
@@ -294,4 +296,4 @@ class LitLora(pl.LightningModule):
         `dequantized`: this model is the full-precision base of a run trained quantized (`merge`)."""
         shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
         fingerprint = frozen_weights_fingerprint(self.model, linear_weights=False) if dequantized else self._fingerprint
-        return check_checkpoint(checkpoint, shapes, fingerprint, self.quantization_key, dequantized)
+        return check_checkpoint(checkpoint, shapes, fingerprint, self._quantization, dequantized)

@@ -8,6 +8,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.quantization import require_bitsandbytes
 from lit_lora.settings import check_number
 
 # The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a
@@ -23,6 +24,15 @@ def check_optimizer_settings(hp: Any) -> None:
         check_number("model.betas", beta, at_least=0, below=1)
     check_warmup(hp["warmup_steps"], hp["warmup_ratio"])
     check_number("model.min_lr_ratio", hp["min_lr_ratio"], at_least=0, at_most=1)
+
+
+def check_optimizer_device(name: str, device_type: str) -> None:
+    """Paged AdamW pages its state between a CUDA GPU and host memory: one line anywhere else."""
+    if name == "paged_adamw" and device_type != "cuda":
+        raise LitLoraError(f"model.optimizer='paged_adamw' pages optimizer state between a CUDA GPU and host "
+                           f"memory; this run is on {device_type!r}: use model.optimizer adamw")
+    if name == "paged_adamw":
+        require_bitsandbytes("paged_adamw", "model.optimizer")
 
 
 def check_warmup(warmup_steps: Optional[int], warmup_ratio: Optional[float]) -> None:
@@ -82,8 +92,14 @@ def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_step
     # 10.3 ms -> 1.6 ms per step.
     fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
     try:
-        optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
-                                      betas=tuple(hp.betas), fused=fused or None)
+        if hp.get("optimizer") == "paged_adamw":  # QLoRA's: state pages to host memory when the GPU is short
+            import bitsandbytes
+
+            optimizer = bitsandbytes.optim.PagedAdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                                      betas=tuple(hp.betas))
+        else:
+            optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
+                                          betas=tuple(hp.betas), fused=fused or None)
     except (ValueError, TypeError) as err:  # our checks come first; this names what torch still refuses
         raise LitLoraError(f"model.learning_rate/weight_decay/betas rejected by torch.optim.AdamW: {err}") from err
 
