@@ -195,7 +195,7 @@ def test_the_adapter_gives_our_logits_on_the_4bit_base_and_merge_uses_the_full_p
     assert "quantized with bitsandbytes (nf4)" in (qlora["adapter"] / "README.md").read_text()
 
 
-def test_generate_from_checkpoint_and_adapter_agree_and_validate_gives_the_recorded_loss(qlora_gpt2, tmp_path):
+def test_generate_predict_validate_and_test_run_on_the_quantized_checkpoint(qlora_gpt2, tmp_path):
     texts = [_cli(qlora_gpt2["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
                   "--temperature", "0")
              for source, path in (("--ckpt_path", qlora_gpt2["last"]), ("--adapter_path", qlora_gpt2["adapter"]))]
@@ -205,6 +205,9 @@ def test_generate_from_checkpoint_and_adapter_agree_and_validate_gives_the_recor
     val = dict(scalars(str(qlora_gpt2["root"] / "full" / "lightning_logs"), "val_loss"))
     shown = float(re.search(r"val_loss\s*│\s*([\d.]+)", out).group(1))
     assert shown == pytest.approx(val[max(val)], abs=1e-5)  # the loss training logged after its last step
+    val_file = qlora_gpt2["root"] / "val.txt"
+    out = _cli(tmp_path, "test", *flags, "--data.test_files", str(val_file), "--ckpt_path", str(qlora_gpt2["last"]))
+    assert float(re.search(r"test_loss\s*│\s*([\d.]+)", out).group(1)) == pytest.approx(shown, abs=1e-6)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{PROMPT}\n")
     _cli(tmp_path, "predict", "--ckpt_path", str(qlora_gpt2["last"]), "--data.predict_file", str(prompts),
