@@ -162,10 +162,10 @@ def _quantized_layout(model: Any, quantization: Any, dtype: Any) -> Any:
 
     quantizer = AutoHfQuantizer.from_config(quantization, pre_quantized=False)
     quantizer.preprocess_model(model, dtype=dtype, device_map={"": "cpu"})
-    for module in model.modules():  # the new layers' biases, in the dtype from_pretrained loads them in
-        bias = module._parameters.get("bias")
-        if bias is not None and dtype is not None:
-            module._parameters["bias"].data = bias.data.to(dtype)
+    biases = [m._parameters.get("bias") for m in model.modules()] if dtype is not None else []
+    for bias in biases:  # the new layers' biases, in the dtype from_pretrained loads them in
+        if bias is not None:
+            bias.data = bias.data.to(dtype)
     return model
 
 
