@@ -61,6 +61,22 @@ def test_unknown_subcommand_is_one_line(capsys):
     assert err.startswith("lit_lora: error: unknown subcommand 'fitt'") and "\n" not in err
 
 
+def test_a_closed_stdout_pipe_stops_quietly(monkeypatch, capsys):
+    """`python -m lit_lora.cli ... | head -1`: the reader goes away; exit 141 (as SIGPIPE), no traceback."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["summary", "--help"]) == 141  # its usage line is a print()
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_fit_end_to_end_on_local_model(in_tmp, tiny_model_dir, shakespeare, capsys):
     run_cli(fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "12",
                      "--trainer.val_check_interval", "6", "--model.learning_rate", "3e-3"))

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import importlib
+import io
+import os
 import sys
 import traceback
 from typing import Any, Optional
@@ -72,6 +74,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BaseException as err:
         if _is_sigterm_stop(err):
             return 0  # GracefulStop already saved last.ckpt and said so
+        if isinstance(err, BrokenPipeError):  # stdout's reader went away (`generate ... | head`): stop quietly
+            _silence_stdout()
+            return 141  # as a tool killed by SIGPIPE
         if not _is_user_error(err):
             raise
         if verbose:
@@ -81,6 +86,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
         print(f"lit_lora: error: {message}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not fail on the closed pipe again
+    (Python's documented recipe for SIGPIPE)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will flush into a pipe
 
 
 def _is_sigterm_stop(err: BaseException) -> bool:
