@@ -117,7 +117,7 @@ def describe_model(model: Any) -> dict[str, str]:
         "dropout": f"model {cfg.resid_pdrop}/{cfg.embd_pdrop}/{cfg.attn_pdrop}, LoRA {lora_dropout}, "
                    f"{'train' if model.training else 'EVAL'} mode",
         "attention": str(getattr(cfg, "_attn_implementation", "?")),
-        "quantized": quantization_line(model).lstrip("; ") or "no",
+        "quantized": quantization_line(model) or "no",
     }
 
 

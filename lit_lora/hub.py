@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
-from lit_lora.quantization import is_quantized_weight
+from lit_lora.quantization import quantized_layers
 
 _OFFLINE_HINT = (
     "the Hugging Face hub is unreachable from here (offline or HF_HUB_OFFLINE=1); "
@@ -147,7 +147,7 @@ def _load_quantized(source: str, config: Any, quantization: Any, dtype: Any, tru
             source, config=config, trust_remote_code=trust_remote_code, quantization_config=quantization,
             device_map="cpu", **({"dtype": dtype} if dtype is not None else {}), **kwargs,
         )
-    if not any(is_quantized_weight(p) for p in model.parameters()):
+    if not quantized_layers(model):
         method = "int8" if quantization.load_in_8bit else quantization.bnb_4bit_quant_type
         raise LitLoraError(f"model.quantization={method!r}: bitsandbytes quantized no layer of "
                            f"{type(model).__name__} (it quantizes torch.nn.Linear and GPT-2's Conv1D layers); "

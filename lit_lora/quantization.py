@@ -104,11 +104,13 @@ def quantization_key(method: Optional[str], options: Optional[dict[str, Any]]) -
 def check_device(method: Optional[str], device_type: str, sharded: bool = False) -> None:
     """One line where bitsandbytes has no kernels for this run's device, or the strategy shards the base
     (FSDP would flatten the packed 4-bit weights without their quantization state)."""
-    if method is not None and device_type not in DEVICES:
+    if method is None:
+        return
+    if device_type not in DEVICES:
         raise LitLoraError(f"model.quantization={method!r} runs on {', '.join(DEVICES)} devices "
                            f"with bitsandbytes, not on {device_type!r}; drop model.quantization or change "
                            "trainer.accelerator")
-    if method is not None and sharded:
+    if sharded:
         raise LitLoraError(f"model.quantization={method!r} does not work with FSDP here; use "
                            "--trainer.strategy ddp (each process holds the whole 4-bit base, a quarter of its size)")
 
@@ -157,23 +159,22 @@ def _state_tensors(param: Any) -> list[Any]:
     return found
 
 
-
 def quantized_layers(model: Any) -> list[Any]:
     """The bitsandbytes layers (not PEFT's LoRA layers around them, which show their `weight` too)."""
     return [m for m in model.modules() if is_quantized_weight(m._parameters.get("weight"))]
 
 
 def quantization_line(model: Any) -> str:
-    """"; 12 linear layers nf4 (bitsandbytes, compute float32)" for the summary; "" unquantized."""
+    """"12 linear layers nf4 (bitsandbytes, compute float32)"; "" for a model without quantized layers."""
     layers = quantized_layers(model)
     if not layers:
         return ""
     weight = layers[0].weight
     if type(weight).__name__ == "Int8Params":
-        return f"; {len(layers)} linear layers int8 (bitsandbytes)"
+        return f"{len(layers)} linear layers int8 (bitsandbytes)"
     compute = str(layers[0].compute_dtype or "float32").replace("torch.", "")
     double = ", double quantization" if weight.compress_statistics else ""
-    return f"; {len(layers)} linear layers {weight.quant_type} (bitsandbytes{double}, compute {compute})"
+    return f"{len(layers)} linear layers {weight.quant_type} (bitsandbytes{double}, compute {compute})"
 
 
 def dequantized_bytes(model: Any) -> int:

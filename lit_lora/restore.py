@@ -18,7 +18,7 @@ from lit_lora.lora.export import export_adapter
 from lit_lora.lora.layers import frozen_weights_fingerprint
 from lit_lora.lora.wrap import check_adapter_dir, load_adapter_for_training
 from lit_lora.model.module import LitLora
-from lit_lora.quantization import bnb_config, quantization_line
+from lit_lora.quantization import bnb_config, quantization_line, quantized_layers
 from lit_lora.training.checkpoint_io import load_checkpoint_file
 from lit_lora.training.devices import resolve_device
 from lit_lora.training.distributed import is_fsdp
@@ -120,10 +120,10 @@ def load_generation_model(
     tokenizer = load_tokenizer(source, trust_remote_code=trust)
     if template:  # what the checkpoint's conversations were rendered with
         tokenizer.chat_template = template
-    quantized = quantization_line(model)
+    quantized = bool(quantized_layers(model))
     if quantized and dtype != "float32":
-        raise LitLoraError(f"--dtype {dtype} converts every weight, but this model's base is quantized"
-                           f"{quantized.split(';', 1)[1]}; drop --dtype (its layers compute in their compute dtype)")
+        raise LitLoraError(f"--dtype {dtype} converts every weight, but this model's base is quantized "
+                           f"({quantization_line(model)}); drop --dtype (its layers compute in their compute dtype)")
     # The whole model, LoRA weights included, in one dtype: bf16 on CPU works this way without autocast.
     model = model.to(device=target) if quantized else model.to(device=target, dtype=getattr(torch, dtype))
     return model.eval(), tokenizer

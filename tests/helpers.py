@@ -73,6 +73,44 @@ def run_cli(args: list[str], cwd: Any = None) -> Any:
         os.chdir(previous)
 
 
+def cli_output(cwd: Any, *args: str, code: int = 0) -> str:
+    """`python -m lit_lora.cli ARGS` in this process, run from `cwd`: asserts its exit code and returns its
+    stdout (its stderr when `code` is not 0, where the one-line error is)."""
+    import contextlib
+    import io
+
+    from lit_lora.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            got = main(list(args))
+    finally:
+        os.chdir(previous)
+    assert got == code, (args, err.getvalue()[-3000:])
+    return out.getvalue() if code == 0 else err.getvalue()
+
+
+def checkpoints_dir(run: Any) -> Any:
+    """Where a run started in folder `run` writes its checkpoints (the default logger's first version)."""
+    return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
+
+
+def assert_resume_repeats(full: Any, resumed: Any, from_step: int, last: str) -> None:
+    """The run in `resumed`, started from `full`'s checkpoint at `from_step`, logged the same train_loss as
+    `full` from there on and ended with the same LoRA weights (checkpoint `last` of each), to 1e-6."""
+    full_loss = dict(scalars(str(full / "lightning_logs"), "train_loss"))
+    resumed_loss = dict(scalars(str(resumed / "lightning_logs"), "train_loss"))
+    after = [s for s in sorted(full_loss) if s >= from_step]
+    assert after and all(s in resumed_loss for s in after)
+    assert max(abs(full_loss[s] - resumed_loss[s]) for s in after) <= 1e-6
+    a = torch.load(checkpoints_dir(full) / last, weights_only=True)["state_dict"]
+    b = torch.load(checkpoints_dir(resumed) / last, weights_only=True)["state_dict"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
 def scalars(log_dir: str, tag: str) -> list[tuple[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

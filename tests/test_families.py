@@ -9,8 +9,6 @@ checkpointing, and the FSDP unit. The real kill -9 resume test is GPT-2's (test_
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -21,7 +19,7 @@ import torch
 from lit_lora.cli import main
 from lit_lora.lora.targets import DEFAULT_TARGETS
 from tests.conftest import QUICKSTART
-from tests.helpers import memtracker_activations, scalars
+from tests.helpers import assert_resume_repeats, checkpoints_dir, cli_output, memtracker_activations
 
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=128)
@@ -62,23 +60,6 @@ def _bos_tokenizer(folder):
     return folder
 
 
-def _cli(cwd, *args):
-    out, err = io.StringIO(), io.StringIO()
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        mp.undo()
-    assert code == 0, (args, err.getvalue()[-3000:])
-    return out.getvalue()
-
-
-def _ckpts(run):
-    return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, tmp_path_factory):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -105,13 +86,14 @@ def family(request, tmp_path_factory):
              "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null",
              "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
     (root / "full").mkdir()
-    fit_out = _cli(root / "full", "fit", *flags)
+    fit_out = cli_output(root / "full", "fit", *flags)
     (root / "resumed").mkdir()
-    _ckpts(root / "resumed").mkdir(parents=True)
-    shutil.copy(_ckpts(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", _ckpts(root / "resumed") / "last.ckpt")
-    _cli(root / "resumed", "fit", *flags, "--ckpt_path", "last")
-    last = _ckpts(root / "full") / f"step{STEPS:03d}.ckpt"
-    _cli(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
+    resumed = checkpoints_dir(root / "resumed")
+    resumed.mkdir(parents=True)
+    shutil.copy(checkpoints_dir(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", resumed / "last.ckpt")
+    cli_output(root / "resumed", "fit", *flags, "--ckpt_path", "last")
+    last = checkpoints_dir(root / "full") / f"step{STEPS:03d}.ckpt"
+    cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
     return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, tokenizer=tokenizer_kind,
                 last=last, merged=root / "merged",
                 adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
@@ -149,14 +131,7 @@ def test_fit_adapts_the_familys_default_targets_and_prints_true_counts(family):
 
 
 def test_resume_from_a_mid_epoch_checkpoint_repeats_the_same_losses(family):
-    full = dict(scalars(str(family["root"] / "full" / "lightning_logs"), "train_loss"))
-    resumed = dict(scalars(str(family["root"] / "resumed" / "lightning_logs"), "train_loss"))
-    after = [s for s in sorted(full) if s >= SAVE_EVERY]
-    assert after and all(s in resumed for s in after)
-    assert max(abs(full[s] - resumed[s]) for s in after) <= 1e-6
-    a = torch.load(family["last"], weights_only=True)["state_dict"]
-    b = torch.load(_ckpts(family["root"] / "resumed") / f"step{STEPS:03d}.ckpt", weights_only=True)["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert_resume_repeats(family["root"] / "full", family["root"] / "resumed", SAVE_EVERY, f"step{STEPS:03d}.ckpt")
 
 
 def test_exported_adapter_and_merged_model_give_our_logits(family):
@@ -188,8 +163,8 @@ def test_greedy_text_is_the_same_from_checkpoint_adapter_and_merged_model(family
             top2 = module.model.eval()(input_ids=ids).logits[0, -1].topk(2).values
             assert (top2[0] - top2[1]).item() > 1e-4
             ids = torch.cat([ids, module.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
-    texts = [_cli(family["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
-                  "--temperature", "0")
+    texts = [cli_output(family["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
+                        "--temperature", "0")
              for source, path in (("--ckpt_path", family["last"]), ("--adapter_path", family["adapter"]),
                                   ("--model_dir", family["merged"]))]
     assert texts[0] == texts[1] == texts[2] and texts[0].strip()

@@ -11,8 +11,6 @@ DDP with a quantized base is in test_ddp.py.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -22,7 +20,7 @@ import torch
 
 from lit_lora.cli import main
 from tests.conftest import QUICKSTART
-from tests.helpers import scalars
+from tests.helpers import assert_resume_repeats, checkpoints_dir, cli_output, scalars
 
 pytest.importorskip("bitsandbytes")  # in the dev extras; a checkout without them skips, saying so
 
@@ -33,23 +31,6 @@ FAMILIES = {
 }
 VOCAB, STEPS, SAVE_EVERY, BLOCK, BATCH = 512, 6, 3, 32, 2
 PROMPT = "ROMEO:"
-
-
-def _cli(cwd, *args, code=0):
-    out, err = io.StringIO(), io.StringIO()
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            got = main(list(args))
-    finally:
-        mp.undo()
-    assert got == code, (args, err.getvalue()[-3000:])
-    return out.getvalue() if code == 0 else err.getvalue()
-
-
-def _ckpts(run):
-    return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
 
 
 def _save(folder, model_type, fields, seed=0):
@@ -110,14 +91,16 @@ def _fit_resume_merge(family, tmp_path_factory):
              "--checkpoint.every_n_train_steps", str(SAVE_EVERY), "--checkpoint.save_top_k", "-1",
              "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
     (root / "full").mkdir()
-    fit_out = _cli(root / "full", "fit", *flags)
+    fit_out = cli_output(root / "full", "fit", *flags)
     (root / "resumed").mkdir()
-    _ckpts(root / "resumed").mkdir(parents=True)
-    shutil.copy(_ckpts(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", _ckpts(root / "resumed") / "last.ckpt")
+    resumed = checkpoints_dir(root / "resumed")
+    resumed.mkdir(parents=True)
+    shutil.copy(checkpoints_dir(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", resumed / "last.ckpt")
     # No --model.quantization: a resumed run takes the checkpoint's.
-    _cli(root / "resumed", "fit", *[f for f in flags if f not in ("--model.quantization", "nf4")], "--ckpt_path", "last")
-    last = _ckpts(root / "full") / f"step{STEPS:03d}.ckpt"
-    merge_out = _cli(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
+    cli_output(root / "resumed", "fit", *[f for f in flags if f not in ("--model.quantization", "nf4")],
+               "--ckpt_path", "last")
+    last = checkpoints_dir(root / "full") / f"step{STEPS:03d}.ckpt"
+    merge_out = cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
     return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, last=last, flags=flags,
                 merged=root / "merged", merge_out=merge_out,
                 adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
@@ -161,14 +144,7 @@ def test_the_base_is_4bit_under_float32_lora_and_the_counts_are_the_full_precisi
 
 
 def test_a_resumed_run_repeats_the_same_losses_on_the_4bit_base(qlora):
-    full = dict(scalars(str(qlora["root"] / "full" / "lightning_logs"), "train_loss"))
-    resumed = dict(scalars(str(qlora["root"] / "resumed" / "lightning_logs"), "train_loss"))
-    after = [s for s in sorted(full) if s >= SAVE_EVERY]
-    assert after and all(s in resumed for s in after)
-    assert max(abs(full[s] - resumed[s]) for s in after) <= 1e-6
-    a = torch.load(qlora["last"], weights_only=True)["state_dict"]
-    b = torch.load(_ckpts(qlora["root"] / "resumed") / f"step{STEPS:03d}.ckpt", weights_only=True)["state_dict"]
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert_resume_repeats(qlora["root"] / "full", qlora["root"] / "resumed", SAVE_EVERY, f"step{STEPS:03d}.ckpt")
 
 
 def test_the_adapter_gives_our_logits_on_the_4bit_base_and_merge_uses_the_full_precision_one(qlora):
@@ -196,24 +172,25 @@ def test_the_adapter_gives_our_logits_on_the_4bit_base_and_merge_uses_the_full_p
 
 
 def test_generate_predict_validate_and_test_run_on_the_quantized_checkpoint(qlora_gpt2, tmp_path):
-    texts = [_cli(qlora_gpt2["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
-                  "--temperature", "0")
+    texts = [cli_output(qlora_gpt2["root"], "generate", source, str(path), "--prompt", PROMPT, "--max_new_tokens", "6",
+                        "--temperature", "0")
              for source, path in (("--ckpt_path", qlora_gpt2["last"]), ("--adapter_path", qlora_gpt2["adapter"]))]
     assert texts[0] == texts[1] and texts[0].strip()
     flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
-    out = _cli(tmp_path, "validate", *flags, "--ckpt_path", str(qlora_gpt2["last"]))
+    out = cli_output(tmp_path, "validate", *flags, "--ckpt_path", str(qlora_gpt2["last"]))
     val = dict(scalars(str(qlora_gpt2["root"] / "full" / "lightning_logs"), "val_loss"))
     shown = float(re.search(r"val_loss\s*│\s*([\d.]+)", out).group(1))
     assert shown == pytest.approx(val[max(val)], abs=1e-5)  # the loss training logged after its last step
     val_file = qlora_gpt2["root"] / "val.txt"
-    out = _cli(tmp_path, "test", *flags, "--data.test_files", str(val_file), "--ckpt_path", str(qlora_gpt2["last"]))
+    out = cli_output(tmp_path, "test", *flags, "--data.test_files", str(val_file),
+                     "--ckpt_path", str(qlora_gpt2["last"]))
     assert float(re.search(r"test_loss\s*│\s*([\d.]+)", out).group(1)) == pytest.approx(shown, abs=1e-6)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{PROMPT}\n")
-    _cli(tmp_path, "predict", "--ckpt_path", str(qlora_gpt2["last"]), "--data.predict_file", str(prompts),
-         "--data.block_size", str(BLOCK), "--model.generation.temperature", "0",
-         "--model.generation.max_new_tokens", "6", "--predict_writer.output_file", str(tmp_path / "p.jsonl"),
-         "--trainer.enable_progress_bar", "false")
+    cli_output(tmp_path, "predict", "--ckpt_path", str(qlora_gpt2["last"]), "--data.predict_file", str(prompts),
+               "--data.block_size", str(BLOCK), "--model.generation.temperature", "0",
+               "--model.generation.max_new_tokens", "6", "--predict_writer.output_file", str(tmp_path / "p.jsonl"),
+               "--trainer.enable_progress_bar", "false")
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert texts[0].strip() == (PROMPT + record["completion"]).strip()
 
@@ -308,27 +285,29 @@ def test_a_checkpoint_resumes_only_with_the_quantization_it_was_trained_with(qlo
     from lit_lora.model import LitLora
 
     flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
-    err = _cli(tmp_path, "fit", *flags, "--model.quantization", "fp4", "--ckpt_path", str(qlora_gpt2["last"]), code=2)
+    err = cli_output(tmp_path, "fit", *flags, "--model.quantization", "fp4", "--ckpt_path", str(qlora_gpt2["last"]),
+                     code=2)
     assert "--model.quantization is 'fp4' but the checkpoint was trained with 'nf4'" in err
-    err = _cli(tmp_path, "fit", *flags, "--model.quantization_options", '{"bnb_4bit_use_double_quant": true}',
-               "--ckpt_path", str(qlora_gpt2["last"]), code=2)
+    err = cli_output(tmp_path, "fit", *flags, "--model.quantization_options", '{"bnb_4bit_use_double_quant": true}',
+                     "--ckpt_path", str(qlora_gpt2["last"]), code=2)
     assert ("the checkpoint was trained with model.quantization 'nf4', this run has "
             "'nf4, bnb_4bit_use_double_quant=True'") in err
-    err = _cli(tmp_path, "fit", *flags[2:], "--model.model_name_or_path", str(trained_run.base),
-               "--model.quantization", "nf4", "--ckpt_path", str(trained_run.ckpt), code=2)
+    err = cli_output(tmp_path, "fit", *flags[2:], "--model.model_name_or_path", str(trained_run.base),
+                     "--model.quantization", "nf4", "--ckpt_path", str(trained_run.ckpt), code=2)
     assert "--model.quantization is 'nf4' but the checkpoint was trained with None" in err
     # Through the Python API the base is what the caller built: a full-precision one is refused too.
     module = LitLora(model_name_or_path=str(qlora_gpt2["model_dir"]), block_size=BLOCK)
     with pytest.raises(LitLoraError, match=r"trained with model.quantization 'nf4', this run has null"):
         module.on_load_checkpoint(torch.load(qlora_gpt2["last"], weights_only=True))
-    err = _cli(tmp_path, "generate", "--ckpt_path", str(qlora_gpt2["last"]), "--prompt", "x", "--dtype", "bfloat16", code=2)
+    err = cli_output(tmp_path, "generate", "--ckpt_path", str(qlora_gpt2["last"]), "--prompt", "x",
+                     "--dtype", "bfloat16", code=2)
     assert re.search(r"--dtype bfloat16 converts every weight, but this model's base is quantized", err)
 
 
 def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_gpt2, tmp_path):
     fields = dict(FAMILIES["gpt2"])
     other = _save(tmp_path / "other", fields.pop("model_type"), fields, seed=1)
-    err = _cli(tmp_path, "merge", "--ckpt_path", str(qlora_gpt2["last"]), "--model.model_name_or_path", str(other),
-               "--output_dir", str(tmp_path / "m"), code=2)
+    err = cli_output(tmp_path, "merge", "--ckpt_path", str(qlora_gpt2["last"]),
+                     "--model.model_name_or_path", str(other), "--output_dir", str(tmp_path / "m"), code=2)
     assert "the base model's weights differ from those the checkpoint was trained on" in err
     assert not (tmp_path / "m").exists()

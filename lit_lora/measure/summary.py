@@ -66,11 +66,12 @@ def summary_lines(
     lora_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.requires_grad})
     targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
     adapted = sum(1 for m in model.modules() if is_lora_layer(m))
+    quantized = quantization_line(model)
     lines = [
         format_counts(counts),
         f"model {type(model).__name__}({type(base).__name__}), {counts.frozen:,} frozen parameters; "
         f"weights {'/'.join(dtypes) or '-'} (LoRA {'/'.join(lora_dtypes) or '-'}), "
-        f"precision {precision}, device {device}" + quantization_line(model),
+        f"precision {precision}, device {device}" + (f"; {quantized}" if quantized else ""),
         f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {targets} ({adapted} modules)"
         + (", rsLoRA" if lora.use_rslora else "") + (", DoRA" if lora.use_dora else "")
         + (f", also training {', '.join(lora.modules_to_save)}" if lora.modules_to_save else ""),

@@ -28,11 +28,12 @@ def check_optimizer_settings(hp: Any) -> None:
 
 def check_optimizer_device(name: str, device_type: str) -> None:
     """Paged AdamW pages its state between a CUDA GPU and host memory: one line anywhere else."""
-    if name == "paged_adamw" and device_type != "cuda":
+    if name != "paged_adamw":
+        return
+    if device_type != "cuda":
         raise LitLoraError(f"model.optimizer='paged_adamw' pages optimizer state between a CUDA GPU and host "
                            f"memory; this run is on {device_type!r}: use model.optimizer adamw")
-    if name == "paged_adamw":
-        require_bitsandbytes("paged_adamw", "model.optimizer")
+    require_bitsandbytes("paged_adamw", "model.optimizer")
 
 
 def check_warmup(warmup_steps: Optional[int], warmup_ratio: Optional[float]) -> None:
