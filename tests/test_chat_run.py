@@ -13,7 +13,7 @@ import pytest
 
 from lit_lora.generation.chat import PLAIN
 from tests.conftest import QUICKSTART
-from tests.test_families import _cli
+from tests.helpers import cli_output
 
 ROOT = QUICKSTART.parent.parent
 QUESTION = [{"role": "user", "content": "What does Fern sell?"}]
@@ -39,10 +39,10 @@ def chat_run(tmp_path_factory):
              str(QUICKSTART / "tokenizer"), "--data.train_files", str(tmp / "chats.jsonl"),
              "--data.cache_dir", str(tmp / "cache"), "--data.batch_size", "8", "--trainer.max_steps", "6",
              "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"]
-    out = _cli(tmp, "fit", *flags)
+    out = cli_output(tmp, "fit", *flags)
     version = tmp / "lightning_logs" / "lit_lora" / "version_0"
     ckpt = version / "checkpoints" / "last.ckpt"
-    _cli(tmp, "merge", "--ckpt_path", str(ckpt), "--output_dir", str(tmp / "merged"))
+    cli_output(tmp, "merge", "--ckpt_path", str(ckpt), "--output_dir", str(tmp / "merged"))
     return dict(tmp=tmp, flags=flags, out=out, ckpt=ckpt, adapter=version / "adapter", merged=tmp / "merged")
 
 
@@ -83,8 +83,8 @@ def test_generate_chat_prints_the_same_reply_alone_from_each_source(chat_run):
     replies = set()
     for source in (["--ckpt_path", str(chat_run["ckpt"])], ["--adapter_path", str(chat_run["adapter"])],
                    ["--model_dir", str(chat_run["merged"])]):
-        out = _cli(chat_run["tmp"], "generate", *source, "--chat", "--prompt", QUESTION[0]["content"],
-                   "--temperature", "0", "--max_new_tokens", "12")
+        out = cli_output(chat_run["tmp"], "generate", *source, "--chat", "--prompt", QUESTION[0]["content"],
+                         "--temperature", "0", "--max_new_tokens", "12")
         assert "User:" not in out and "Assistant:" not in out and "<|endoftext|>" not in out
         assert not out.startswith(" "), "the reply is printed as the records hold it"
         replies.add(out.strip())
@@ -100,8 +100,8 @@ def test_samples_logged_at_validation_are_replies_as_generate_chat_gives_them(ch
     tokenizer = load_tokenizer(str(QUICKSTART / "tokenizer"))
     sample = SampleGenerator(prompts=[QUESTION[0]["content"]], max_new_tokens=12, temperature=0)
     reply = sample.complete(module.model, tokenizer, QUESTION[0]["content"], PLAIN)
-    out = _cli(chat_run["tmp"], "generate", "--ckpt_path", str(chat_run["ckpt"]), "--chat", "--prompt",
-               QUESTION[0]["content"], "--temperature", "0", "--max_new_tokens", "12")
+    out = cli_output(chat_run["tmp"], "generate", "--ckpt_path", str(chat_run["ckpt"]), "--chat", "--prompt",
+                     QUESTION[0]["content"], "--temperature", "0", "--max_new_tokens", "12")
     assert reply.strip() == out.strip() and "User:" not in reply
 
 
@@ -110,11 +110,11 @@ def test_messages_files_go_through_generate_and_predict(chat_run):
     # A bare message list may come first: it is a conversation, not a whole-file JSON array.
     (tmp / "ask.jsonl").write_text(json.dumps(QUESTION) + "\n" + json.dumps({"messages": QUESTION}) + "\n")
     with _no_warnings():
-        _cli(tmp, "generate", "--ckpt_path", str(chat_run["ckpt"]), "--messages_file", str(tmp / "ask.jsonl"),
-             "--temperature", "0", "--max_new_tokens", "12", "--output", str(tmp / "gen.jsonl"))
-        _cli(tmp, "predict", *chat_run["flags"], "--ckpt_path", str(chat_run["ckpt"]), "--data.predict_file",
-             str(tmp / "ask.jsonl"), "--model.generation.temperature", "0", "--model.generation.max_new_tokens",
-             "12", "--predict_writer.output_file", str(tmp / "pred.jsonl"))
+        cli_output(tmp, "generate", "--ckpt_path", str(chat_run["ckpt"]), "--messages_file", str(tmp / "ask.jsonl"),
+                   "--temperature", "0", "--max_new_tokens", "12", "--output", str(tmp / "gen.jsonl"))
+        cli_output(tmp, "predict", *chat_run["flags"], "--ckpt_path", str(chat_run["ckpt"]), "--data.predict_file",
+                   str(tmp / "ask.jsonl"), "--model.generation.temperature", "0", "--model.generation.max_new_tokens",
+                   "12", "--predict_writer.output_file", str(tmp / "pred.jsonl"))
     generated = [json.loads(line) for line in (tmp / "gen.jsonl").read_text().splitlines()]
     predicted = [json.loads(line) for line in (tmp / "pred.jsonl").read_text().splitlines()][:1]
     assert [r["prompt"] for r in generated] == [QUESTION, QUESTION]
@@ -125,10 +125,10 @@ def test_messages_files_go_through_generate_and_predict(chat_run):
 
 def test_preview_shows_the_trained_spans_and_its_json_is_what_trains(chat_run, capsys):
     tmp = chat_run["tmp"]
-    out = _cli(tmp, "preview", *chat_run["flags"], "--num_examples", "2")
+    out = cli_output(tmp, "preview", *chat_run["flags"], "--num_examples", "2")
     assert out.count("=== training sequence") == 2
     assert "Assistant:[[ " in out and "<|endoftext|>]]" in out and "[[User" not in out
-    lines = _cli(tmp, "preview", *chat_run["flags"], "--num_examples", "3", "--json").splitlines()
+    lines = cli_output(tmp, "preview", *chat_run["flags"], "--num_examples", "3", "--json").splitlines()
     records = [json.loads(line) for line in lines]
     from lit_lora.generation.chat import render
     from lit_lora.hub import load_tokenizer
@@ -169,13 +169,13 @@ def test_a_template_file_is_recorded_and_validate_renders_with_it(chat_run, tmp_
     template = tmp_path / "arrows.jinja"
     template.write_text(ARROWS)
     flags = [*chat_run["flags"], "--data.cache_dir", str(tmp_path / "cache"), "--trainer.max_steps", "3"]
-    _cli(tmp_path, "fit", *flags, "--data.chat_template", str(template))
+    cli_output(tmp_path, "fit", *flags, "--data.chat_template", str(template))
     ckpt = tmp_path / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["lit_lora"]
     assert saved["chat_template"] == ARROWS
 
     with _no_warnings():
-        out = _cli(tmp_path, "validate", *flags, "--ckpt_path", str(ckpt))
+        out = cli_output(tmp_path, "validate", *flags, "--ckpt_path", str(ckpt))
     # Without --data.chat_template, validate renders as the checkpoint's run did: its val_loss comes back
     # (measured once with `--data.chat_template plain` instead: 6.2287, not 6.1952).
     assert float(re.search(r"val_loss\s*│\s*([0-9.]+)", out).group(1)) == pytest.approx(saved["val_loss"], abs=1e-6)
