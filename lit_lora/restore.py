@@ -47,6 +47,7 @@ def module_from_checkpoint(
     """
     ckpt = load_checkpoint_file(ckpt_path)
     hparams = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    _check_hparam_types(hparams, ckpt_path)
     if model_name_or_path:
         hparams["model_name_or_path"] = model_name_or_path
     if base_dtype:
@@ -63,6 +64,19 @@ def module_from_checkpoint(
     module.check_checkpoint(ckpt, dequantized)  # keys, base fingerprint and quantization
     module.load_state_dict(ckpt["state_dict"], strict=False)
     return Restored(module.eval(), ckpt)
+
+
+def _check_hparam_types(hparams: dict[str, Any], ckpt_path: str) -> None:
+    """The checkpoint's hyperparameters have the types `LitLora` declares, checked as the CLI checks a config:
+    a damaged value is one line here, not a wrong adapter file or a TypeError later."""
+    from jsonargparse import ArgumentError, ArgumentParser  # start-up: only the commands that read a checkpoint
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(LitLora, "hyper_parameters")
+    try:
+        parser.parse_object({"hyper_parameters": hparams})
+    except ArgumentError as err:  # it names the key and the type expected
+        raise LitLoraError(f"checkpoint {ckpt_path!r} is malformed: {' '.join(str(err).split())}") from None
 
 
 def load_generation_model(

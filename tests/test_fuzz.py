@@ -1,27 +1,32 @@
 """Seeded fuzzing of what users hand us: randomly corrupted data files, configs and checkpoints go through
-`fit`, `export` and `generate` in-process; the only outcomes allowed are exit 0, or exit 2 with one
-`lit_lora: error:` line. A traceback (any other exception) fails the test and names the case."""
+`fit`, `export` and `generate` in-process. Each case is judged by an oracle written here, independently of
+lit_lora: valid input must exit 0, invalid input must exit 2 with one `lit_lora: error:` line. A traceback
+(any other exception), or corrupted input that trains silently, fails the test and names the case."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import random
+from typing import Any
 
 import pytest
 import torch
 import yaml
 
 from lit_lora.cli import main
+from lit_lora.model.module import LitLora
 from tests.helpers import fit_args
 from tests.test_compat import LEGACY, TOKENIZER
 
 SEED = 20261201
 
 
-def _outcome(capsys, args: list[str]) -> None:
+def _outcome(capsys, args: list[str], valid: bool) -> None:
     code = main(args)
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_lora: error:")]
-    assert code == 0 or (code == 2 and len(err) == 1), (code, err, args)
+    assert (code, len(err)) == ((0, 0) if valid else (2, 1)), (valid, code, err, args)
 
 
 def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:
@@ -46,6 +51,32 @@ def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:
     return bytes(data)
 
 
+def _valid_text(data: bytes) -> bool:
+    """A text file lit_lora must train on: UTF-8 (a byte-order mark allowed), no NUL byte, some text."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "\0" not in text and bool(text.strip())
+
+
+def _valid_pairs(data: bytes) -> bool:
+    """A prompt/completion JSONL file lit_lora must train on: every non-blank line a JSON object with string
+    `prompt` and `completion`, and enough of them for the run's validation split."""
+    count = 0
+    for line in data.removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        try:
+            record = json.loads(line.decode("utf-8")) if line.strip() else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        if record is not None:
+            if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("prompt", "completion"))):
+                return False
+            count += 1
+    return count >= 5
+
+
 def test_corrupted_data_files(in_tmp, tiny_model_dir, shakespeare, capsys):
     rng = random.Random(SEED)
     text = shakespeare.read_bytes()[:6000]
@@ -54,8 +85,9 @@ def test_corrupted_data_files(in_tmp, tiny_model_dir, shakespeare, capsys):
         name, source = ("d.txt", text) if case % 2 else ("d.jsonl", jsonl)
         path = in_tmp / f"{case}-{name}"
         path.write_bytes(_mutate_bytes(rng, source))
+        valid = (_valid_text if name == "d.txt" else _valid_pairs)(path.read_bytes())
         _outcome(capsys, fit_args(tiny_model_dir, path, in_tmp, "--trainer.max_steps", "1", "--data.block_size", "8",
-                                  "--data.val_fraction", "0.2"))
+                                  "--data.val_fraction", "0.2"), valid)
 
 
 OPTIONS = ["model.learning_rate", "model.weight_decay", "model.warmup_steps", "model.min_lr_ratio", "model.betas",
@@ -66,26 +98,68 @@ OPTIONS = ["model.learning_rate", "model.weight_decay", "model.warmup_steps", "m
 VALUES = [-1, 0, 0.5, 1e30, float("nan"), float("inf"), "abc", [], {}, [1.5, 2], None, True, "", {"n_layer": -1}]
 
 
+def _number(low: float = -math.inf, high: float = math.inf, *, integer: bool = False, above: bool = False,
+            below: bool = False, none: bool = False) -> Any:
+    """A predicate: a finite number (an int if `integer`) in [low, high] (open at an end if `above`/`below`)."""
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+        if integer and not isinstance(v, int):
+            return False
+        return (v > low if above else v >= low) and (v < high if below else v <= high)
+    return ok
+
+
+# What each option accepts in this run, from its documentation: the tiny model holds 128 positions, the data makes
+# about 100 batches, and a few ranges stop where a larger value would only make the run long.
+VALID: dict[str, Any] = {
+    "model.learning_rate": _number(0, above=True), "model.weight_decay": _number(0),
+    "model.warmup_steps": _number(0, integer=True, none=True), "model.min_lr_ratio": _number(0, 1),
+    "model.betas": lambda v: isinstance(v, list) and len(v) == 2 and all(_number(0, 1, below=True)(b) for b in v),
+    "model.lora.r": _number(1, integer=True), "model.lora.alpha": _number(0, above=True),
+    "model.lora.dropout": _number(0, 1, below=True), "model.lora.target_modules": lambda v: v is None,
+    "data.block_size": _number(2, 128, integer=True), "data.batch_size": _number(1, 64, integer=True),
+    "data.val_fraction": _number(0, 1, below=True), "data.num_workers": _number(0, 2, integer=True),
+    "trainer.max_steps": _number(0, 2, integer=True), "trainer.accumulate_grad_batches": _number(1, 4, integer=True),
+    "trainer.gradient_clip_val": _number(0, none=True), "trainer.val_check_interval": _number(0, 1, above=True),
+    "checkpoint.every_n_train_steps": _number(0, integer=True, none=True),
+    "samples.max_new_tokens": _number(1, 64, integer=True), "samples.temperature": _number(0, 100),
+    "model.model_config": lambda v: v is None,
+}
+
+
 def test_corrupted_configs(in_tmp, tiny_model_dir, shakespeare, capsys):
     rng = random.Random(SEED + 1)
     for case in range(16):
         config: dict = {}
-        for option in rng.sample(OPTIONS, rng.randint(1, 2)):
+        chosen = [(option, rng.choice(VALUES)) for option in rng.sample(OPTIONS, rng.randint(1, 2))]
+        for option, value in chosen:
             *groups, name = option.split(".")
             inner = config
             for group in groups:
                 inner = inner.setdefault(group, {})
-            inner[name] = rng.choice(VALUES)
+            inner[name] = value
         path = in_tmp / f"config-{case}.yaml"
         path.write_text(yaml.safe_dump(config))
+        valid = all(VALID[option](value) for option, value in chosen)
         _outcome(capsys, fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "1",
-                                  "--config", str(path)))
+                                  "--config", str(path)), valid)
 
 
-def _mutate_checkpoint(rng: random.Random, ckpt: dict) -> dict:
+# What export and generate read of a checkpoint; losing any other section leaves a file they can use.
+READ_SECTIONS = ("lit_lora", "hyper_parameters", "state_dict")
+
+
+def _mutate_checkpoint(rng: random.Random, ckpt: dict) -> tuple[dict, bool]:
+    """The damaged checkpoint, and whether export and generate must still take it."""
     kind = rng.choice(["drop-section", "wrong-type", "tensor-shape", "tensor-dtype", "nan", "hparam"])
+    valid = False
     if kind == "drop-section":
-        ckpt.pop(rng.choice(sorted(ckpt)))
+        section = rng.choice(sorted(ckpt))
+        ckpt.pop(section)
+        valid = section not in READ_SECTIONS
     elif kind == "wrong-type":
         ckpt[rng.choice(["lit_lora", "hyper_parameters", "state_dict"])] = rng.choice([1, "x", [1], None])
     elif kind in ("tensor-shape", "tensor-dtype", "nan"):
@@ -95,8 +169,10 @@ def _mutate_checkpoint(rng: random.Random, ckpt: dict) -> dict:
                                    "tensor-dtype": old.to(torch.int64), "nan": old * float("nan")}[kind]
     else:
         key = rng.choice(sorted(ckpt["hyper_parameters"]))
-        ckpt["hyper_parameters"][key] = rng.choice([-1, "x", None, [], {"r": -3}])
-    return ckpt
+        ckpt["hyper_parameters"][key] = value = rng.choice([-1, "x", None, [], {"r": -3}])
+        # Only None for an option whose documented default is None leaves a checkpoint that means anything.
+        valid = value is None and inspect.signature(LitLora.__init__).parameters[key].default is None
+    return ckpt, valid
 
 
 @pytest.mark.parametrize("command", ["export", "generate"])
@@ -108,10 +184,12 @@ def test_corrupted_checkpoints(tmp_path, capsys, monkeypatch, command):
     for case in range(10):
         path = tmp_path / f"{case}.ckpt"
         if case % 3 == 0:
-            path.write_bytes(_mutate_bytes(rng, LEGACY.read_bytes()))
+            path.write_bytes(_mutate_bytes(rng, LEGACY.read_bytes()))  # a damaged archive: never valid
+            valid = False
         else:
-            torch.save(_mutate_checkpoint(rng, torch.load(LEGACY, weights_only=True)), path)
+            ckpt, valid = _mutate_checkpoint(rng, torch.load(LEGACY, weights_only=True))
+            torch.save(ckpt, path)
         args = {"export": ["export", "--ckpt_path", str(path), "--output_dir", str(tmp_path / f"out{case}")],
                 "generate": ["generate", "--ckpt_path", str(path), "--prompt", "A", "--max_new_tokens", "2",
                              "--model.tokenizer_name_or_path", TOKENIZER]}[command]
-        _outcome(capsys, args)
+        _outcome(capsys, args, valid)

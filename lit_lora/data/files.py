@@ -78,13 +78,19 @@ def file_fingerprint(files: list[str]) -> list[tuple[str, int, int]]:
 def _decode(data: bytes, path: str, offset: int, line: int) -> str:
     """`data` (which starts at byte `offset`, on line `line` of the file) as text."""
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         at = line + data.count(b"\n", 0, err.start)
         raise LitLoraError(
             f"{path}:{at}: not UTF-8: invalid byte 0x{data[err.start]:02x} at byte offset {offset + err.start}; "
             "save the file as UTF-8"
         ) from None
+    nul = data.find(b"\0")
+    if nul >= 0:  # valid UTF-8, but no text file holds it: a binary file, or UTF-16 (every other byte is 0)
+        at = line + data.count(b"\n", 0, nul)
+        raise LitLoraError(f"{path}:{at}: a NUL byte at byte offset {offset + nul}; a text file holds none (is it "
+                           "binary, or UTF-16?): save it as UTF-8 text")
+    return text
 
 
 def read_text_rows(files: list[tuple[str, int, int]], tokenizer: Optional[Any] = None) -> Iterator[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,6 +49,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise LitLoraError(f"checkpoint {path!r} does not exist")
     try:
+        _check_crc(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError... for bad files
         raise LitLoraError(
@@ -66,6 +68,15 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def _check_crc(path: str) -> None:
+    """torch.save writes a zip archive with a CRC-32 of every record, but torch.load does not check them: a
+    flipped byte inside a tensor would load as a silently different weight. zipfile checks them."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"record {bad} fails its CRC check")
+
+
 def _check_structure(ckpt: dict[str, Any], path: str) -> None:
     """The sections we read have the types we read them as: one line instead of a TypeError later."""
     expected = {"lit_lora": dict, "hyper_parameters": dict, "state_dict": dict}
@@ -78,6 +89,11 @@ def _check_structure(ckpt: dict[str, Any], path: str) -> None:
     bad = [k for k, v in ckpt.get("state_dict", {}).items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise LitLoraError(f"checkpoint {path!r} is malformed: state_dict entry {bad[0]!r} is not a tensor")
+    # Loading casts to the parameter's dtype, so integer weights would load without a word.
+    bad = [(k, v.dtype) for k, v in ckpt.get("state_dict", {}).items() if not v.is_floating_point()]
+    if bad:
+        raise LitLoraError(f"checkpoint {path!r} is malformed: state_dict entry {bad[0][0]!r} holds "
+                           f"{str(bad[0][1]).removeprefix('torch.')}, expected floating-point weights")
 
 
 def check_resumable(ckpt: dict[str, Any], path: str) -> None:
