@@ -152,6 +152,19 @@ def test_auto_batch_takes_the_largest_power_of_two_that_fits_and_keeps_the_globa
             "accumulation 2; estimated peak") in capsys.readouterr().out
 
 
+def test_summary_caps_an_auto_batch_on_the_training_data_as_fit_does(capsys, monkeypatch, tmp_path):
+    # The quickstart's 1,186 training rows with a validation every 25 steps: fit takes at most 47 a batch.
+    out = _summary(capsys, monkeypatch, "examples/quickstart/tokenizer", "--config", "conf/quickstart.yaml",
+                   "--data.batch_size", "auto", "--data.cache_dir", str(tmp_path))
+    assert re.search(r"^lit_lora: data.batch_size auto: 32 \(the largest power of two that fits [\d,]+ MB usable of "
+                     r"[\d,]+ MB free on cpu, 10% \+ 512 MB kept free; at most 47, as the training data allows\)$",
+                     out, re.M), out
+    monkeypatch.setattr("lit_lora.cli.will_it_fit.free_bytes", lambda device: 600 * MB)  # a short search
+    out = _summary(capsys, monkeypatch, "examples/quickstart/tokenizer", "--config", "conf/quickstart.yaml",
+                   "--data.batch_size", "auto", "--data.train_files", str(tmp_path / "absent.txt"))
+    assert "; the training files were not read, so fit may choose less for a small data set)" in out
+
+
 def test_auto_batch_when_nothing_fits_is_one_line(in_tmp, tiny_model_dir, shakespeare, fake_free, capsys):
     fake_free(0)
     with pytest.raises(LitLoraError, match=r"^data.batch_size auto: even batch 1 needs an estimated [\d,]+ MB, more "
@@ -186,10 +199,13 @@ def test_summary_says_which_gpt2_sizes_fit_and_the_largest_batch(capsys, monkeyp
                    str(sizes["gpt2-tiny"]), "--data.batch_size", "auto", "--data.block_size", "64",
                    "--memory_gb", str(memory_gb))
     assert (f"lit_lora: data.batch_size auto: 8 (the largest power of two that fits {usable / MB:,.0f} MB usable "
-            f"of {memory_gb:g} GB of device memory, 10% + 512 MB kept free)") in out
+            f"of {memory_gb:g} GB of device memory, 10% + 512 MB kept free; the training files were not read, so fit "
+            "may choose less for a small data set)") in out
     assert f"lit_lora: will it fit on {memory_gb:g} GB of device memory ({usable / MB:,.0f} MB usable" in out
-    rows = dict(re.findall(r"lit_lora:   (gpt2-\w+) .*batch 8 needs .* MB, (fits|does not fit);", out))
-    assert rows == {"gpt2-tiny": "fits", "gpt2-wide": "does not fit"}
+    rows = dict(re.findall(r"lit_lora:   (this model|gpt2-\w+) .*batch 8 needs .* MB, (fits|does not fit);", out))
+    assert rows == {"this model": "fits", "gpt2-tiny": "fits", "gpt2-wide": "does not fit"}
+    assert re.search(r"this model .*; largest batch (\d+)", out).group(1) == re.search(
+        r"gpt2-tiny .*; largest batch (\d+)", out).group(1)  # the configured model is gpt2-tiny's shape
     largest = int(re.search(r"gpt2-tiny .*; largest batch (\d+)", out).group(1))
     assert peak("gpt2-tiny", largest) <= usable < peak("gpt2-tiny", largest + 1)
     wide = re.search(r"gpt2-wide .*; (largest batch (\d+)|not even batch 1)", out)

@@ -66,7 +66,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print("usage: python -m lit_lora.cli summary [--memory_gb GB] [options of fit]\n\nPrints what `fit` would "
               "train and its peak training memory estimate; builds the model on the meta device (no weights, no "
-              "data read). --memory_gb GB: will each GPT-2 size fit a card of GB (`gpu`: the visible GPU's free memory). "
+              "data read). --memory_gb GB: will this model (and, for a GPT-2, each GPT-2 size) fit a card of GB (`gpu`: the visible GPU's free memory). "
               "The options of `fit`:\n", flush=True)
     with warnings.catch_warnings():
         # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "summary".
@@ -89,29 +89,51 @@ def main(argv: Optional[list[str]] = None) -> int:
     batch_size = cfg.data.get("batch_size")
     budget = will_it_fit.memory_budget(device, memory_bytes) if memory_gb or batch_size == "auto" else None
     if batch_size == "auto":
-        batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget)
+        limit = _auto_batch_limit(cfg)
+        batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget, limit)
         print(f"lit_lora: {line}", flush=True)
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise LitLoraError(f"data.batch_size must be a positive integer or auto, got {batch_size!r}")
     lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc)
     if memory_gb and budget is not None:
-        build = _gpt2_builder(cfg, model.get_base_model().config.model_type)
-        lines += will_it_fit.gpt2_table(build, batch_size, block, precision, gc, device, budget)
+        models = [("this model", model)]
+        if model.get_base_model().config.model_type == "gpt2":  # the sizes a GPT-2 user can move between
+            build = _gpt2_builder(cfg)
+            models += [(name, build(shape)) for name, shape in will_it_fit.GPT2_SIZES.items()]
+        lines += will_it_fit.fit_table(models, batch_size, block, precision, gc, device, budget)
     for line in lines:
         print(f"lit_lora: {line}", flush=True)
     return 0
 
 
-def _gpt2_builder(cfg: Any, model_type: str) -> Any:
-    """Builds the LoRA model of a GPT-2 shape with this run's settings, on the meta device. The LoRA targets
-    are GPT-2's defaults unless the run adapts a GPT-2 itself."""
+def _auto_batch_limit(cfg: Any) -> Optional[int]:
+    """fit's cap on an `auto` batch, from the training rows (tokenized as fit does, into the same cache); None
+    when no training files are there (summary needs none; a dataset name is not fetched)."""
+    from lit_lora.cli.run_folder import check_data_files  # start-up: see _summary_cli_class
+    from lit_lora.data.auto_batch import batch_limit
+    from lit_lora.data.sources import build_training_splits
+    from lit_lora.hub import load_tokenizer
+
+    data = cfg.data.as_dict()
+    try:
+        check_data_files(cfg.data)
+    except LitLoraError:
+        return None
+    if not data["train_files"]:
+        return None
+    tokenizer = load_tokenizer(data["tokenizer_name_or_path"], trust_remote_code=data["trust_remote_code"])
+    train = build_training_splits(data, tokenizer)[0]
+    devices = cfg.trainer.get("devices")
+    return batch_limit(len(train), devices if isinstance(devices, int) else 1, cfg.trainer.get("val_check_interval"))
+
+
+def _gpt2_builder(cfg: Any) -> Any:
+    """Builds the LoRA model of a GPT-2 shape with this run's settings, on the meta device."""
     from lit_lora.model.build import without_weights  # start-up: see _summary_cli_class
     from lit_lora.model.module import LitLora
 
     settings = cfg.model.clone().as_dict()
     lora = dict(settings["lora"])
-    if model_type != "gpt2":
-        lora["target_modules"] = None
 
     def build(shape: dict[str, int]) -> Any:
         with without_weights():

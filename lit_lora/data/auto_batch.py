@@ -27,10 +27,15 @@ def batch_size_for(trainer: Any, rows: int, block_size: int, resume_checkpoint: 
     if trainer is None:
         raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
     saved = saved_data_state(resume_checkpoint, key) if trainer.state.fn == "fit" else None
-    # No batch larger than the data, nor so large that an epoch is shorter than an integer val_check_interval.
-    interval = trainer.val_check_interval if isinstance(trainer.val_check_interval, int) else 1
-    per_rank = max(1, rows // trainer.world_size // max(1, interval))
-    return choose_batch_size(trainer, block_size, saved, per_rank)
+    return choose_batch_size(trainer, block_size, saved, batch_limit(rows, trainer.world_size,
+                                                                     trainer.val_check_interval))
+
+
+def batch_limit(rows: int, world_size: int, val_check_interval: Any) -> int:
+    """The largest batch `auto` may choose for `rows` rows: no batch larger than a rank's share of the data,
+    nor so large that an epoch is shorter than an integer val_check_interval (`summary` applies it too)."""
+    interval = val_check_interval if isinstance(val_check_interval, int) else 1
+    return max(1, rows // world_size // max(1, interval))
 
 
 def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, int]], limit: int) -> int:
