@@ -3,8 +3,8 @@
 Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
 one listed after it (tests/test_layout.py checks this and that no import goes in a circle):
 
-    errors, settings, constants, outputs, jsonl, nll   one-line errors, settings coercion, shared values,
-                 safe output paths, JSON Lines reading, the next-token loss
+    errors, notes, settings, constants, outputs, jsonl, nll   one-line errors, notes on stderr, settings
+                 coercion, shared values, safe output paths, JSON Lines reading, the next-token loss
     hub, quantization   loading base models of any family (QLoRA: quantized by bitsandbytes) and
                  tokenizers (hub id or local folder)
     lora/        LoRA in PEFT's terms: settings, default targets per family, wrapping, export and merge

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
 from lit_lora.quantization import quantized_layers
+from lit_lora.notes import print_note
 
 _OFFLINE_HINT = (
     "the Hugging Face hub is unreachable from here (offline or HF_HUB_OFFLINE=1); "
@@ -52,8 +53,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         tokenizer.pad_token = tokenizer.eos_token
         if name_or_path not in _PAD_NOTED:
             _PAD_NOTED.add(name_or_path)
-            print(f"lit_lora: tokenizer {name_or_path} has no pad token; padding with its EOS token "
-                  f"{tokenizer.eos_token!r} (padding is masked out of attention and loss)")
+            print_note(f"tokenizer {name_or_path} has no pad token; padding with its EOS token "
+                       f"{tokenizer.eos_token!r} (padding is masked out of attention and loss)")
     return tokenizer
 
 
@@ -248,7 +249,7 @@ def _attention(model_class: Any, requested: Optional[str]) -> Optional[str]:
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(f"lit_lora: {model_class.__name__} has no SDPA attention in transformers; using eager attention")
+        print_note(f"{model_class.__name__} has no SDPA attention in transformers; using eager attention")
     return "eager"
 
 

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "lit_lora"
 # Lowest first. A module may import its own layer and those before it, never one after it.
 LAYERS = [
-    ("errors", "settings", "constants", "outputs", "jsonl", "nll"),
+    ("errors", "notes", "settings", "constants", "outputs", "jsonl", "nll"),
     ("hub", "quantization"),
     ("lora",),
     ("measure",),

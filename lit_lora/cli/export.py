@@ -7,6 +7,7 @@ from typing import Optional
 from jsonargparse import ArgumentParser
 
 from lit_lora.cli.tool_parser import tool_parser
+from lit_lora.notes import print_note
 
 
 def build_parser(prog: str, what: str) -> ArgumentParser:
@@ -34,5 +35,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
-    print(f"lit_lora: exported adapter to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
+    print_note(f"exported adapter to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
     return 0

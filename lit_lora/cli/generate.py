@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Literal, Optional
 
 from jsonargparse import ArgumentParser
@@ -16,6 +15,7 @@ from jsonargparse import ArgumentParser
 from lit_lora.cli.tool_parser import add_settings_options, settings_from_options, tool_parser
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.settings import GenerationSettings
+from lit_lora.notes import print_note
 
 
 def build_parser() -> ArgumentParser:
@@ -104,8 +104,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         # One sequence: print tokens as they come (a reply alone, a completion after its prompt).
         print("" if chat else prompts[0], end="", flush=True)
         streamer = _streamer(tokenizer, chat)
-        for _ in generate_records(model, tokenizer, prompts, settings, args.batch_size, streamer, template):
-            pass
+        try:
+            for _ in generate_records(model, tokenizer, prompts, settings, args.batch_size, streamer, template):
+                pass
+        except BaseException:  # Ctrl-C or an error mid-line: its message must not run on from the text
+            print(flush=True)
+            raise
         return 0
     # Several: each completion is printed when its batch is done.
     for record in generate_records(model, tokenizer, prompts, settings, args.batch_size, chat_template=template):
@@ -144,5 +148,5 @@ def _write_jsonl(
     with fh:
         count = write_records(fh, generate_records(model, tokenizer, prompts, settings, batch_size,
                                                    chat_template=template))
-    print(f"lit_lora: wrote {count} completion(s) to {path}", file=sys.stdout)
+    print_note(f"wrote {count} completion(s) to {path}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from lit_lora.cli.config_errors import is_configuration_error, option_message
 from lit_lora.cli.quiet import quiet_third_parties
 from lit_lora.errors import LitLoraError, one_line, verbose_requested
+from lit_lora.notes import print_note
 
 TRAINER_COMMANDS = {
     "fit": "Fine-tune: train LoRA adapters, validate, checkpoint, export the best adapter.",
@@ -84,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         message = option_message(err) if is_configuration_error(err) else one_line(err)
         if not isinstance(err, LitLoraError):  # a config/flag the parser or Lightning rejected
             message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
-        print(f"lit_lora: error: {message}", file=sys.stderr)
+        print_note(f"error: {message}")
         return 2
 
 

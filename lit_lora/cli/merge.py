@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from lit_lora.cli.export import build_parser
+from lit_lora.notes import print_note
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -21,6 +22,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path, dequantized=True)
     out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
     trained_on = restored.checkpoint["lit_lora"].get("quantization")
-    print(f"lit_lora: merged model written to {shown(out)}"
+    print_note(f"merged model written to {shown(out)}"
           + (f" (LoRA merged into the full-precision base; training's base was {trained_on})" if trained_on else ""))
     return 0

@@ -32,6 +32,7 @@ from lit_lora.training.checkpoint import RunCheckpoint
 from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file, run_version_of
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
+from lit_lora.notes import print_note
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -133,7 +134,7 @@ class LitLoraCLI(LightningCLI):
             return
         ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *logger_location(_plain(cfg.trainer.get("logger"))))
         if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
-            print(f"lit_lora: resuming from {ckpt_path}")
+            print_note(f"resuming from {ckpt_path}")
         ckpt = load_checkpoint_file(ckpt_path)
         if sub == "fit" and self.resumes_training:
             check_resumable(ckpt, ckpt_path)
@@ -199,7 +200,7 @@ class LitLoraCLI(LightningCLI):
         exported = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
         if exported is not None:
             best, out = exported
-            print(f"lit_lora: exported {os.path.basename(best)} as a PEFT adapter to {shown(out)}", flush=True)
+            print_note(f"exported {os.path.basename(best)} as a PEFT adapter to {shown(out)}")
 
     # -- trainer -------------------------------------------------------------------------------------------
 

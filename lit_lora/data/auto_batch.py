@@ -17,6 +17,7 @@ from lit_lora.constants import MB
 from lit_lora.errors import LitLoraError
 from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
 from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.notes import print_note
 
 AUTO = "auto"
 
@@ -66,8 +67,7 @@ def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, i
         why += f" with accumulation {trainer.accumulate_grad_batches}"
     if trainer.is_global_zero:
         peak = estimate_training_memory(module.model, batch, block_size, precision, gc, device.type).total
-        print(f"lit_lora: data.batch_size auto: {batch} ({why}; estimated peak {peak / MB:,.1f} MB of {where})",
-              flush=True)
+        print_note(f"data.batch_size auto: {batch} ({why}; estimated peak {peak / MB:,.1f} MB of {where})")
     return batch
 
 

@@ -31,6 +31,7 @@ from lit_lora.errors import LitLoraError
 from lit_lora.generation.chat import resolve_template
 from lit_lora.hub import bos_prefix
 from lit_lora.outputs import ensure_writable
+from lit_lora.notes import print_note
 
 # Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
 # which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.
@@ -242,9 +243,9 @@ def _read_rows(
 def _report_unchecked_cuts(rows: Any, files: list[str]) -> None:
     unchecked = len(rows) - sum(rows["cut_checked"])
     if unchecked:
-        print(f"lit_lora: {unchecked} chunk boundar{'y' if unchecked == 1 else 'ies'} in {files} could not be "
-              "placed where tokenizing in chunks equals tokenizing the whole text (no safe cut within "
-              f"{MAX_ROW_BYTES // 2**20} MB); a token or two may differ there", flush=True)
+        print_note(f"{unchecked} chunk boundar{'y' if unchecked == 1 else 'ies'} in {files} could not be "
+                   "placed where tokenizing in chunks equals tokenizing the whole text (no safe cut within "
+                   f"{MAX_ROW_BYTES // 2**20} MB); a token or two may differ there")
 
 
 def _from_generator(

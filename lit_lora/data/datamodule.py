@@ -25,6 +25,7 @@ from lit_lora.errors import LitLoraError
 from lit_lora.generation.chat import resolve_template
 from lit_lora.generation.prompts import read_prompts
 from lit_lora.hub import load_tokenizer
+from lit_lora.notes import print_note
 
 
 class LitLoraData(pl.LightningDataModule):
@@ -219,7 +220,7 @@ class LitLoraData(pl.LightningDataModule):
         rank, world = self._rank_world()
         if self._sampler is None and rank == 0:  # the first loader of fit: after the model's summary lines
             for line in self.data_lines(self.batch_size):
-                print(f"lit_lora: {line}", flush=True)
+                print_note(line)
         sampler = self._train_sampler(rank, world, self.batch_size)
         if self._reload_setting is not None:  # the loader after a resumed epoch: the user's setting is back
             self.trainer.reload_dataloaders_every_n_epochs, self._reload_setting = self._reload_setting, None
@@ -228,7 +229,7 @@ class LitLoraData(pl.LightningDataModule):
             progress = self.trainer.fit_loop.epoch_loop.batch_progress.current  # as restored
             note = continue_epoch(sampler, state, at_batch_end=progress.completed < progress.ready)
             if note and rank == 0:
-                print(note)
+                print_note(note)
             self._reload_setting = reload_after(self.trainer, sampler)
         self._sampler = sampler
         return self._loader(self.train_ds, sampler)
@@ -290,6 +291,6 @@ class LitLoraData(pl.LightningDataModule):
         if not state:
             return
         if state.get("seed") != self.hparams.seed:
-            print(f"lit_lora: data.seed changed from {state.get('seed')} to {self.hparams.seed}; the data order "
-                  "differs from the checkpointed run")
+            print_note(f"data.seed changed from {state.get('seed')} to {self.hparams.seed}; the data order "
+                       "differs from the checkpointed run")
         self._resume = dict(state)

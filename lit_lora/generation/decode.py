@@ -11,7 +11,6 @@ builds position_ids from it): greedy batched output equals one-prompt-at-a-time 
 from __future__ import annotations
 
 import inspect
-import sys
 from typing import Any, Optional, Union
 
 import torch
@@ -19,6 +18,7 @@ import torch
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.settings import GenerationSettings
 from lit_lora.lora.layers import base_model, context_length
+from lit_lora.notes import print_note
 
 
 def prompt_room(model: Any, max_new_tokens: int) -> Optional[int]:
@@ -54,8 +54,8 @@ def generate_ids(
     if keep is not None and input_ids.shape[1] > keep:
         # Left padding puts every prompt's end in the last column, so dropping columns on the left cuts
         # the oldest tokens of the long prompts only.
-        print(f"lit_lora: prompts longer than {keep} tokens keep their last {keep} "
-              f"(context {context_length(model)} - max_new_tokens {settings.max_new_tokens})", file=sys.stderr)
+        print_note(f"prompts longer than {keep} tokens keep their last {keep} "
+                   f"(context {context_length(model)} - max_new_tokens {settings.max_new_tokens})")
         input_ids, attention_mask = input_ids[:, -keep:], attention_mask[:, -keep:]
     if not settings.greedy and settings.seed is not None:
         # transformers samples from the global torch RNG; reset per batch so a batch's text does not depend

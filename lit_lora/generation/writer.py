@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.prompts import completion_records
 from lit_lora.outputs import check_output_file
+from lit_lora.notes import print_note
 
 
 def open_completions(path: str | Path, option: str, overwrite: bool) -> tuple[Path, IO[str]]:
@@ -70,4 +71,4 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-            print(f"lit_lora: wrote {self._count} completion(s) to {self.path}", flush=True)
+            print_note(f"wrote {self._count} completion(s) to {self.path}")

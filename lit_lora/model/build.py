@@ -18,6 +18,7 @@ from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_fo
 from lit_lora.measure.host import host_memory_mb
 from lit_lora.nll import output_head
 from lit_lora.quantization import bnb_config
+from lit_lora.notes import print_note
 
 
 _WITHOUT_WEIGHTS: ContextVar[bool] = ContextVar("lit_lora_without_weights", default=False)
@@ -57,7 +58,7 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
     else:
         lora, note = resolve_targets(LoraSettings.coerce(hp["lora"]), base)
         if note and rank_zero_only.rank == 0:
-            print(note)
+            print_note(note)
         model = apply_lora(base, lora)
     # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16. A quantized base
     # needs nothing more: this is PEFT's prepare_model_for_kbit_training but for its upcast of every
@@ -70,7 +71,7 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
             p.data = p.data.float()
     head_note = output_head(model)[1]
     if head_note and rank_zero_only.rank == 0:
-        print(head_note)
+        print_note(head_note)
     if hp["gradient_checkpointing"]:
         enable_checkpointing(model)
     memory_marks["after_lora"] = host_memory_mb()[0]

@@ -33,6 +33,7 @@ from lit_lora.training.distributed import clip_gradients, unwrapped_name
 from lit_lora.training.faults import FiniteLossGuard
 from lit_lora.training.speed import check_compile_options, compile_in_place, compile_target, enable_tf32, is_compiled
 from lit_lora.training.steps import planned_steps
+from lit_lora.notes import print_note
 
 
 class LitLora(pl.LightningModule):
@@ -178,9 +179,9 @@ class LitLora(pl.LightningModule):
         batch_size = self._data().batch_size if self._data() is not None else None
         for line in summary_lines(self.model, self.lora_settings, batch_size, self.block_size,
                                   str(self.trainer.precision), str(self.device), self.gradient_checkpointing):
-            print(f"lit_lora: {line}", flush=True)
+            print_note(line)
         if batch_size:
-            print(f"lit_lora: {global_batch_line(self.trainer, batch_size)}", flush=True)
+            print_note(global_batch_line(self.trainer, batch_size))
 
     # -- steps ---------------------------------------------------------------------------------------------
 
@@ -271,7 +272,7 @@ class LitLora(pl.LightningModule):
         total = planned_steps(self.trainer)
         self._total_steps, note = kept_length(int(total) if math.isfinite(total) else None, self._started_total)
         if note and self.trainer.is_global_zero:
-            print(note, flush=True)
+            print_note(note)
         # After the sanity check, so its draws do not shift the restored dropout masks.
         restore_rng(self._rng_to_restore)
         self._rng_to_restore = None

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_lora.model.schedule import current_lr
 from lit_lora.settings import check_number
+from lit_lora.notes import print_note
 
 # A rise smaller than this fraction of the first interval's mean is noise, not a learning rate too high.
 RISE = 0.01
@@ -57,7 +58,7 @@ class LossTrend(Callback):
             peak = pl_module.hparams.get("learning_rate")
             note = rising_note(self._means, trainer.global_step, current_lr(trainer), peak)
             if note:
-                print(note, flush=True)
+                print_note(note)
 
 
 def rising_note(means: list[float], step: int, lr: Optional[float], peak: Optional[float]) -> Optional[str]:

@@ -13,6 +13,7 @@ from lit_lora.measure.memory import estimate_training_memory
 from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
 from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule, TrainingData
+from lit_lora.notes import print_note
 
 
 class MemoryMonitor(Callback):
@@ -69,11 +70,8 @@ class MemoryMonitor(Callback):
         log_metrics(trainer, metrics, batch_step(trainer))
         if not self._compared and "memory/peak_allocated_mb" in metrics and self.estimate_mb and trainer.is_global_zero:
             self._compared = True
-            print(
-                f"lit_lora: peak GPU memory {metrics['memory/peak_allocated_mb']:,.0f} MB allocated "
-                f"(estimated {self.estimate_mb:,.0f} MB; reserved {metrics['memory/reserved_mb']:,.0f} MB)",
-                flush=True,
-            )
+            print_note(f"peak GPU memory {metrics['memory/peak_allocated_mb']:,.0f} MB allocated "
+                       f"(estimated {self.estimate_mb:,.0f} MB; reserved {metrics['memory/reserved_mb']:,.0f} MB)")
 
 
 def _estimate(trainer: Any, pl_module: Any) -> Any:

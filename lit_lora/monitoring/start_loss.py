@@ -4,6 +4,7 @@ starts at the base, so a fine-tune's gain over it can be read off the dashboard.
 from __future__ import annotations
 
 import math
+from lit_lora.notes import print_note
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
@@ -27,4 +28,4 @@ class StartValLoss(Callback):
         for logger in trainer.loggers:  # rank zero only (Lightning's loggers)
             logger.log_metrics(metrics, step=0)
         if trainer.is_global_zero:
-            print(f"lit_lora: val_loss {metrics['val_loss']:.4f} at step 0 (the model before any update)", flush=True)
+            print_note(f"val_loss {metrics['val_loss']:.4f} at step 0 (the model before any update)")

@@ -13,6 +13,7 @@ from lit_lora.measure.flops import peak_flops, training_flops_per_token
 from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
 from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule
+from lit_lora.notes import print_note
 
 
 class TokenThroughput(Callback):
@@ -63,7 +64,7 @@ class TokenThroughput(Callback):
                 self._flops_coeffs = (f0, f1 - f0)
             except Exception as err:  # custom code the dry run cannot trace: no MFU, training goes on
                 if trainer.is_global_zero:
-                    print(f"lit_lora: no MFU: counting FLOPs failed ({dry_run_failure(err)})")
+                    print_note(f"no MFU: counting FLOPs failed ({dry_run_failure(err)})")
         self._peak = peak_flops(pl_module.device, trainer.precision)
 
     def _pause(self) -> None:

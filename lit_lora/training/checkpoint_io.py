@@ -18,6 +18,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_lora.constants import CHECKPOINT_FORMAT
 from lit_lora.errors import LitLoraError
+from lit_lora.notes import print_note
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> int:
@@ -112,7 +113,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         size = atomic_torch_save(checkpoint, path)
         n_weights = sum(v.numel() for v in checkpoint.get("state_dict", {}).values())
-        print(f"lit_lora: saved {path} ({size / 1e6:.2f} MB, LoRA-only: {n_weights:,} weights)", flush=True)
+        print_note(f"saved {path} ({size / 1e6:.2f} MB, LoRA-only: {n_weights:,} weights)")
 
     def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
         return load_checkpoint_file(path)

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.errors import LitLoraError
+from lit_lora.notes import print_note
 
 
 class FiniteLossGuard:
@@ -157,11 +158,8 @@ class GracefulStop(Callback):
                 trainer.save_checkpoint(path, weights_only=False)
                 callback._last_global_step_saved = trainer.global_step
             if trainer.is_global_zero:
-                print(
-                    f"lit_lora: received {self.signal_name}; saved {path} at step {trainer.global_step}. "
-                    "Resume with --ckpt_path last",
-                    flush=True,
-                )
+                print_note(f"received {self.signal_name}; saved {path} at step {trainer.global_step}. "
+                           "Resume with --ckpt_path last")
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore()
