@@ -221,8 +221,9 @@ def release_training_layout(layers: list[Any]) -> None:
 def check_training_layout(model: Any) -> None:
     """One line where a 4-bit layer was already repacked for CPU inference (an eval-mode forward without
     gradients before training, through the Python API): its weights cannot be restored exactly."""
-    packed = [m for m in quantized_layers(model) if in_cpu_inference_layout(m)]
+    layers = quantized_layers(model)
+    packed = [m for m in layers if in_cpu_inference_layout(m)]
     if packed:
-        raise LitLoraError(f"{len(packed)} 4-bit layers were repacked by bitsandbytes for CPU inference (the model "
-                           "ran in eval mode without gradients before training), and training cannot run on that "
-                           "layout; build the model again, and call fit before any forward in eval mode")
+        raise LitLoraError(f"bitsandbytes repacked {len(packed)} of the model's {len(layers)} 4-bit layers for CPU "
+                           "inference (it ran in eval mode without gradients before training), and training cannot "
+                           "run on that layout; build the model again and train it before any such forward")
