@@ -194,9 +194,9 @@ def dequantized_bytes(model: Any) -> int:
 # -- the CPU inference layout -------------------------------------------------------------------------------------
 # On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a bfloat16 inference layout the first time
 # its layer runs in eval mode on an input that needs no gradient (a validation, a generated sample). Its matmul
-# cannot train on that layout, and the repack back is lossy (it drops or re-quantizes the scales). So a run that
-# trains or evaluates keeps the layout training uses, by the flag bitsandbytes checks before repacking;
-# `generate` and `predict` keep the fast layout.
+# cannot train on that layout, and its way back is lossy (the scales stay bfloat16 or are quantized again). So
+# a run that trains or evaluates keeps the layout training uses, by the flag bitsandbytes checks before
+# repacking; `generate` and `predict` keep the fast layout.
 
 
 def in_cpu_inference_layout(layer: Any) -> bool:
