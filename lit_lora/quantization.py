@@ -189,3 +189,41 @@ def dequantized_bytes(model: Any) -> int:
             torch.float16 if type(weight).__name__ == "Int8Params" else torch.float32)
         largest = max(largest, logical_numel(weight) * compute.itemsize)
     return largest
+
+
+# -- the CPU inference layout -------------------------------------------------------------------------------------
+# On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight into a bfloat16 inference layout the first time
+# its layer runs in eval mode on an input that needs no gradient (a validation, a generated sample). Its matmul
+# cannot train on that layout, and its way back is lossy (the scales stay bfloat16 or are quantized again). So
+# a run that trains or evaluates keeps the layout training uses, by the flag bitsandbytes checks before
+# repacking; `generate` and `predict` keep the fast layout.
+
+
+def in_cpu_inference_layout(layer: Any) -> bool:
+    """Whether bitsandbytes has repacked this 4-bit layer's weight for CPU inference."""
+    return bool(getattr(getattr(layer.weight, "quant_state", None), "packing_format_for_cpu", False))
+
+
+def hold_training_layout(model: Any) -> list[Any]:
+    """Turns off bitsandbytes' CPU inference repack on `model`'s 4-bit layers; returns the layers it was on
+    for (`release_training_layout` turns it back on). A no-op on CPUs without AVX512-BF16."""
+    held = [m for m in quantized_layers(model) if getattr(m, "support_avx512bf16_for_cpu", False)]
+    for layer in held:
+        layer.support_avx512bf16_for_cpu = False
+    return held
+
+
+def release_training_layout(layers: list[Any]) -> None:
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = True
+
+
+def check_training_layout(model: Any) -> None:
+    """One line where a 4-bit layer was already repacked for CPU inference (an eval-mode forward without
+    gradients before training, through the Python API): its weights cannot be restored exactly."""
+    layers = quantized_layers(model)
+    packed = [m for m in layers if in_cpu_inference_layout(m)]
+    if packed:
+        raise LitLoraError(f"bitsandbytes repacked {len(packed)} of the model's {len(layers)} 4-bit layers for CPU "
+                           "inference (it ran in eval mode without gradients before training), and training cannot "
+                           "run on that layout; build the model again and train it before any such forward")

@@ -6,7 +6,8 @@ One fit per family (6 steps, a checkpoint every 3), resumed from step 3, merged 
 the checks: 4-bit layers under float32 LoRA, true counts, exact resume, LoRA-only checkpoints, the adapter
 on the 4-bit and on the full-precision base, the merge into the full-precision weights, validate, generate
 and predict from the checkpoint, the exact static bytes of `summary`, and one line for every bad input.
-DDP with a quantized base is in test_ddp.py.
+DDP with a quantized base is in test_ddp.py. bitsandbytes' CPU inference layout (CPUs with AVX512-BF16) is
+forced here on any CPU and run for real where the CPU has it (DEVELOPING.md).
 """
 
 from __future__ import annotations
@@ -311,3 +312,105 @@ def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_
                      "--model.model_name_or_path", str(other), "--output_dir", str(tmp_path / "m"), code=2)
     assert "the base model's weights differ from those the checkpoint was trained on" in err
     assert not (tmp_path / "m").exists()
+
+
+# -- the CPU inference layout (bitsandbytes on CPUs with AVX512-BF16) --------------------------------------------
+
+
+def _packed(layer):
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def _watch_4bit_forwards(monkeypatch):
+    """Every 4-bit layer call as (training, the weight in the CPU inference layout when it ran, its tokens)."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    seen, forward = [], bnb_modules.Linear4bit.forward
+
+    def watched(self, x):
+        seen.append((self.training and torch.is_grad_enabled(), _packed(self), x.shape[-2]))
+        return forward(self, x)
+
+    monkeypatch.setattr(bnb_modules.Linear4bit, "forward", watched)
+    return seen
+
+
+def test_training_never_runs_on_the_cpu_inference_layout_bitsandbytes_repacks_to(qlora_gpt2, tmp_path, monkeypatch):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for inference the first time its layer runs
+    in eval mode without gradients; a training step on that layout fails. The repack is plain torch, so any
+    CPU can take that path: the layers are built believing the CPU has the instruction set. The same fit as
+    the fixture's (a step-0 validation, one at step 3 with a generated sample) then trains on the same losses,
+    and no training forward sees the inference layout; `validate` gives the loss training logged, and `generate`
+    still takes the fast layout."""
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    seen = _watch_4bit_forwards(monkeypatch)
+    cli_output(tmp_path, "fit", *qlora_gpt2["flags"], "--samples.prompts", f'["{PROMPT}"]',
+                     "--samples.max_new_tokens", "2")  # samples draw from their own generator: same losses
+    assert {tokens for training, _, tokens in seen if training} == {BLOCK}
+    assert {tokens for training, _, tokens in seen if not training} > {BLOCK}  # validation and the sample
+    assert not any(packed for training, packed, _ in seen if training)
+    losses = scalars(str(tmp_path / "lightning_logs"), "train_loss")
+    assert losses == scalars(str(qlora_gpt2["root"] / "full" / "lightning_logs"), "train_loss")
+    last = str(checkpoints_dir(tmp_path) / f"step{STEPS:03d}.ckpt")
+    flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
+    out = cli_output(tmp_path, "validate", *flags, "--ckpt_path", last)
+    val = dict(scalars(str(qlora_gpt2["root"] / "full" / "lightning_logs"), "val_loss"))
+    assert float(re.search(r"val_loss\s*│\s*([\d.]+)", out).group(1)) == pytest.approx(val[max(val)], abs=1e-5)
+    seen.clear()
+    cli_output(tmp_path, "generate", "--ckpt_path", last, "--prompt", PROMPT, "--max_new_tokens", "2", "--temperature", "0")
+    # Each layer's first call repacks its weight (8 layers); every later one runs on the inference layout.
+    assert len(seen) > 8 and all(packed for _, packed, _ in seen[8:])
+
+
+def test_a_model_repacked_for_cpu_inference_before_fit_is_one_line(monkeypatch):
+    """Through the Python API a model may run in eval mode before training; its repacked weights cannot be
+    restored exactly, so `fit` refuses them. While held, bitsandbytes does not repack."""
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+
+    from lit_lora.errors import LitLoraError
+    from lit_lora.quantization import check_training_layout, hold_training_layout, release_training_layout
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+    model = torch.nn.Sequential(bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4")).cpu().eval()
+    x = torch.randn(2, 64)
+    held = hold_training_layout(model)
+    with torch.no_grad():
+        model(x)
+    assert held == [model[0]] and not _packed(model[0])
+    check_training_layout(model)
+    release_training_layout(held)
+    with torch.no_grad():
+        model(x)
+    assert _packed(model[0])
+    with pytest.raises(LitLoraError, match=r"^bitsandbytes repacked 1 of the model's 1 4-bit layers for CPU inference"):
+        check_training_layout(model)
+
+
+def _cpu_has_avx512_bf16():
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="this CPU has no AVX512-BF16, so bitsandbytes never repacks "
+                    "here; test_training_never_runs_on_the_cpu_inference_layout_bitsandbytes_repacks_to forces it")
+def test_on_a_cpu_with_avx512_bf16_inference_runs_repacked_and_close_to_the_training_layout(qlora_gpt2):
+    """The real path: the fixture's fits and validations ran on such a CPU; here bitsandbytes' own kernel runs on
+    the inference layout, in bfloat16, close to the training layout's float32 logits."""
+    from lit_lora.quantization import hold_training_layout, quantized_layers, release_training_layout
+
+    model = _ours(qlora_gpt2).model.eval()
+    layers, ids = quantized_layers(model), _batch()
+    held = hold_training_layout(model)
+    assert held == layers
+    with torch.no_grad():
+        exact = model(input_ids=ids).logits
+    assert not any(_packed(layer) for layer in layers)
+    release_training_layout(held)
+    with torch.no_grad():
+        fast = model(input_ids=ids).logits
+    assert all(_packed(layer) for layer in layers)
+    assert (fast - exact).abs().max().item() <= 0.05 * exact.abs().max().item()

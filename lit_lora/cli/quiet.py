@@ -27,10 +27,33 @@ _WARNINGS = [
     # val_loss yet; last.ckpt is written and, without any validation, exported.
     (UserWarning, r"`ModelCheckpoint\(monitor='val_loss'\)` could not find the monitored key"),
 ]
+# Log records bitsandbytes writes that a user cannot act on, dropped by logger and the start of the message.
+_LOG_MESSAGES = {
+    # At import (PEFT imports bitsandbytes), on CPUs with AVX512-BF16, quantized run or not: the optional
+    # `kernels` package is not installed, and bitsandbytes uses the CPU kernel it ships instead.
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community: ",),
+    # int8 layers in eval mode (each layer, each validation batch): int8 quantizes its input as float16, always.
+    "bitsandbytes.autograd._functions": ("MatMul8bitLt: inputs will be cast from ",),
+}
 # INFO lines Lightning prints on every run (GPU/TPU availability, a litlogger advert, "Seed set to",
 # "`Trainer.fit` stopped"); lit_lora prints its own summary. Warnings and errors still show.
 _INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed",
                  "lightning.fabric.utilities.distributed", "lightning.pytorch.accelerators.cuda")
+
+
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message (the format string, before its arguments) starts so."""
+
+    def __init__(self, starts: tuple[str, ...]) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self.starts))
+
+
+# One filter object per logger, so that calling quiet_third_parties again adds none twice.
+_LOG_FILTERS = {name: _DropMessages(starts) for name, starts in _LOG_MESSAGES.items()}
 
 
 def quiet_third_parties() -> None:
@@ -38,3 +61,6 @@ def quiet_third_parties() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in _INFO_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Named before the library creates its logger: logging hands the library this same object.
+    for name, record_filter in _LOG_FILTERS.items():
+        logging.getLogger(name).addFilter(record_filter)

@@ -33,6 +33,7 @@ from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable,
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 from lit_lora.notes import print_note
+from lit_lora.training.quantized_layout import QuantizedTrainingLayout
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -217,7 +218,7 @@ class LitLoraCLI(LightningCLI):
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
         for i, callback in enumerate(trainer.callbacks):
             trainer.callbacks[i] = with_run_eta(callback) or callback
-        trainer.callbacks.append(StartValLoss())
+        trainer.callbacks.extend([StartValLoss(), QuantizedTrainingLayout()])
         return trainer
 
 
