@@ -73,9 +73,10 @@ def run_cli(args: list[str], cwd: Any = None) -> Any:
         os.chdir(previous)
 
 
-def cli_output(cwd: Any, *args: str, code: int = 0) -> str:
+def cli_output(cwd: Any, *args: str, code: int = 0, notes: bool = False) -> str:
     """`python -m lit_lora.cli ARGS` in this process, run from `cwd`: asserts its exit code and returns its
-    stdout (its stderr when `code` is not 0, where the one-line error is)."""
+    stdout (the command's output), or its stderr where lit_lora's notes and one-line errors go (`notes`, or
+    `code` not 0)."""
     import contextlib
     import io
 
@@ -90,7 +91,7 @@ def cli_output(cwd: Any, *args: str, code: int = 0) -> str:
     finally:
         os.chdir(previous)
     assert got == code, (args, err.getvalue()[-3000:])
-    return out.getvalue() if code == 0 else err.getvalue()
+    return err.getvalue() if notes or code != 0 else out.getvalue()
 
 
 def checkpoints_dir(run: Any) -> Any:

@@ -39,7 +39,7 @@ def chat_run(tmp_path_factory):
              str(QUICKSTART / "tokenizer"), "--data.train_files", str(tmp / "chats.jsonl"),
              "--data.cache_dir", str(tmp / "cache"), "--data.batch_size", "8", "--trainer.max_steps", "6",
              "--trainer.val_check_interval", "3", "--trainer.enable_progress_bar", "false"]
-    out = cli_output(tmp, "fit", *flags)
+    out = cli_output(tmp, "fit", *flags, notes=True)
     version = tmp / "lightning_logs" / "lit_lora" / "version_0"
     ckpt = version / "checkpoints" / "last.ckpt"
     cli_output(tmp, "merge", "--ckpt_path", str(ckpt), "--output_dir", str(tmp / "merged"))

@@ -52,7 +52,7 @@ def test_gpt2_small_checkpoint_is_megabytes(in_tmp, shakespeare, capsys):
              "--data.val_fraction", "0", "--data.cache_dir", str(in_tmp / "c"), "--model.gradient_checkpointing",
              "false", "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "811,008 trainable" in out and "LoRA-only: 811,008 weights" in out
     size = (in_tmp / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt").stat().st_size
     assert size <= 10.5e6, size  # weights + two AdamW moments in fp32: ~9.7 MB, not 500 MB
@@ -167,7 +167,7 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
                           "--trainer.val_check_interval", "4"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     # The schedule keeps the 8 steps it started with (it ended there: the floor), and the step-0 validation
     # was the first run's, not repeated.
     assert "lit_lora: the learning-rate schedule keeps the 8 steps the run started with (these settings plan 10)" in out

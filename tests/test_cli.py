@@ -80,7 +80,7 @@ def test_a_closed_stdout_pipe_stops_quietly(monkeypatch, capsys):
 def test_fit_end_to_end_on_local_model(in_tmp, tiny_model_dir, shakespeare, capsys):
     run_cli(fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "12",
                      "--trainer.val_check_interval", "6", "--model.learning_rate", "3e-3"))
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "lit_lora: " in out and "trainable" in out
     run_dir = in_tmp / "lightning_logs" / "lit_lora" / "version_0"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -177,7 +177,7 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     ddp, single = runs["ddp"], runs["single"]
     out = runs["out"]["ddp"][1]
     assert out.count("lit_lora: global batch = 2 devices x 4 x 1 accumulation = 8 samples") == 1  # rank 0 only
-    assert "lit_lora: global batch = 1 device x 8 x 1 accumulation = 8 samples" in runs["out"]["single"][1]
+    assert "lit_lora: global batch = 1 device x 8 x 1 accumulation = 8 samples" in runs["out"]["single"][2]
 
     # World size 2; each rank saw half of every epoch, the two halves disjoint; the sampler's documented split.
     ranks = [_records(ddp / f"rank{r}.jsonl") for r in (0, 1)]
@@ -216,7 +216,7 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(runs):
     # Rank 0 alone writes: one "saved" line per file written, the same files as one process, one log folder,
     # one TensorBoard event file, one exported adapter.
     saved = [line.split()[2] for line in out.splitlines() if line.startswith("lit_lora: saved ")]
-    out_one = runs["out"]["single"][1]
+    out_one = runs["out"]["single"][2]
     saved_one = [line.split()[2] for line in out_one.splitlines() if line.startswith("lit_lora: saved ")]
     assert sorted(saved) == sorted(saved_one)
     steps = [f"step{s:06d}.ckpt" for s in range(2, STEPS_PER_EPOCH * EPOCHS + 1, 2)]

@@ -86,7 +86,7 @@ def family(request, tmp_path_factory):
              "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null",
              "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
     (root / "full").mkdir()
-    fit_out = cli_output(root / "full", "fit", *flags)
+    fit_out = cli_output(root / "full", "fit", *flags, notes=True)
     (root / "resumed").mkdir()
     resumed = checkpoints_dir(root / "resumed")
     resumed.mkdir(parents=True)
@@ -258,7 +258,7 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsy
 
     tok = load_tokenizer(str(_bos_tokenizer(tmp_path / "tok")))
     assert tok.pad_token_id == tok.eos_token_id
-    assert capsys.readouterr().out == (f"lit_lora: tokenizer {tmp_path / 'tok'} has no pad token; padding with its "
+    assert capsys.readouterr().err == (f"lit_lora: tokenizer {tmp_path / 'tok'} has no pad token; padding with its "
                                        "EOS token '<|endoftext|>' (padding is masked out of attention and loss)\n")
 
 
@@ -368,7 +368,7 @@ def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_al
 
     model = load_base_model("unused", model_config=GEMMA2)
     assert model.config._attn_implementation == "eager"
-    assert capsys.readouterr().out == ("lit_lora: Gemma2ForCausalLM has no SDPA attention in transformers; using "
+    assert capsys.readouterr().err == ("lit_lora: Gemma2ForCausalLM has no SDPA attention in transformers; using "
                                        "eager attention\n")
     starcoder = load_base_model("unused", model_config={"model_type": "starcoder2", "hidden_size": 32,
                                                         "intermediate_size": 64, "num_hidden_layers": 1,

@@ -190,12 +190,12 @@ def test_batched_greedy_equals_one_prompt_at_a_time(ckpt_model):
     assert batched == single
 
 
-def test_single_prompt_streams_to_the_terminal(trained, tmp_path, capsys):
+def test_single_prompt_streams_to_the_terminal_and_notes_go_to_stderr(trained, tmp_path, capsys):
     src = ["--ckpt_path", str(trained.ckpt), "--temperature", "0"]
     record = _generate(tmp_path, "one", src, prompts=["The king"])[0]
-    capsys.readouterr()
+    assert "lit_lora: wrote 1 completion(s) to " in capsys.readouterr().err
     assert main(["generate", *src, "--max_new_tokens", "12", "--prompt", "The king"]) == 0
-    assert capsys.readouterr().out == record["prompt"] + record["completion"] + "\n"
+    assert capsys.readouterr().out == record["prompt"] + record["completion"] + "\n"  # `> out.txt`: the text alone
 
 
 def test_greedy_generation_runs_in_bfloat16_on_cpu(trained):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.gpu
 def test_bf16_mixed_fit_keeps_lora_in_float32_and_resumes(in_tmp, tiny_model_dir, shakespeare, capsys):
     gpu = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed")
     cli = run_cli(fit_args(tiny_model_dir, shakespeare, in_tmp, *gpu, "--trainer.max_steps", "4"))
-    assert "precision bf16-mixed, device cuda" in capsys.readouterr().out
+    assert "precision bf16-mixed, device cuda" in capsys.readouterr().err
     optimizer = cli.trainer.optimizers[0]
     assert optimizer.defaults["fused"] is True
     last = in_tmp / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt"

@@ -132,7 +132,7 @@ def test_auto_batch_takes_the_largest_power_of_two_that_fits_and_keeps_the_globa
     fake_free(p8 + (p16 - p8) // 2)  # 8 fits, 16 does not
     cli = run_cli(args)
     assert cli.datamodule.batch_size == 8 and cli.trainer.accumulate_grad_batches == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "lit_lora: data.batch_size auto: 8 (the largest power of two that fits; estimated peak " in out
     assert "lit_lora: global batch = 1 device x 8 x 1 accumulation = 8 samples" in out
     state = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)["LitLoraData"]
@@ -142,14 +142,14 @@ def test_auto_batch_takes_the_largest_power_of_two_that_fits_and_keeps_the_globa
     again = run_cli([*args[:-4], "--trainer.max_steps", "3", "--ckpt_path", "last"])
     assert again.datamodule.batch_size == 8 and again.trainer.accumulate_grad_batches == 1
     assert ("data.batch_size auto: 8 (the checkpoint's micro-batch, which fits; the global batch stays 8 with "
-            "accumulation 1; estimated peak") in capsys.readouterr().out
+            "accumulation 1; estimated peak") in capsys.readouterr().err
 
     fake_free(p4 + (p8 - p4) // 2)  # resumed where 8 no longer fits: 4 x 2 keeps the 8 samples a step
     resumed = run_cli([*args[:-4], "--trainer.max_steps", "5", "--ckpt_path", "last"])
     assert resumed.datamodule.batch_size == 4 and resumed.trainer.accumulate_grad_batches == 2
     assert resumed.trainer.global_step == 5
     assert ("data.batch_size auto: 4 (the checkpoint's 8 does not fit; the global batch stays 8 with "
-            "accumulation 2; estimated peak") in capsys.readouterr().out
+            "accumulation 2; estimated peak") in capsys.readouterr().err
 
 
 def test_summary_caps_an_auto_batch_on_the_training_data_as_fit_does(capsys, monkeypatch, tmp_path):

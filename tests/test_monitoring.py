@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr
 from io import StringIO
 from types import SimpleNamespace
 
@@ -70,7 +70,7 @@ def _values(log_dir: str, tag: str) -> list[float]:
 def watched_run(tmp_path_factory, tiny_model_dir, shakespeare):
     tmp = tmp_path_factory.mktemp("watched")
     out = StringIO()
-    with redirect_stdout(out):
+    with redirect_stderr(out):  # lit_lora's notes
         cli = run_cli(fit_args(
             tiny_model_dir, shakespeare, tmp, "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
             "--trainer.log_every_n_steps", "2", "--model.learning_rate", "1e-2",
@@ -78,7 +78,7 @@ def watched_run(tmp_path_factory, tiny_model_dir, shakespeare):
             "--samples.prompts", str(PROMPTS), "--samples.max_new_tokens", "12", "--samples.temperature", "1.0",
         ), cwd=tmp)
     run_dir = str(tmp / "lightning_logs" / "lit_lora" / "version_0")
-    return SimpleNamespace(cli=cli, run_dir=run_dir, stdout=out.getvalue())
+    return SimpleNamespace(cli=cli, run_dir=run_dir, notes=out.getvalue())
 
 
 def test_memory_tags_are_logged_with_sensible_values(watched_run):
@@ -159,7 +159,7 @@ def test_val_loss_starts_at_step_0_with_the_base_models_loss(watched_run, tiny_m
             nll, n = nll + float(s), n + int(c)
     assert val[0][1] == pytest.approx(nll / n, abs=1e-5)  # the whole validation set, before any update
     assert scalars(watched_run.run_dir, "val_ppl")[0][0] == 0
-    assert f"lit_lora: val_loss {val[0][1]:.4f} at step 0 (the model before any update)" in watched_run.stdout
+    assert f"lit_lora: val_loss {val[0][1]:.4f} at step 0 (the model before any update)" in watched_run.notes
     # Neither early stopping nor the checkpoints saw it, even were it the lowest.
     callbacks = watched_run.cli.trainer.callbacks
     stopper = next(c for c in callbacks if type(c).__name__ == "EarlyStopping")
@@ -173,7 +173,7 @@ def test_learning_rate_is_logged_at_every_logging_step(watched_run):
 
 
 def test_fit_prints_the_summary_and_the_bar_shows_loss_tokens_and_eta(watched_run):
-    out = watched_run.stdout
+    out = watched_run.notes
     lines = [line for line in out.splitlines() if line.startswith("lit_lora: ")]
     assert lines[0].endswith("% trainable") and " base, " in lines[0]
     assert any("model PeftModelForCausalLM(GPT2LMHeadModel)" in line for line in lines)

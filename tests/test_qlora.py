@@ -92,7 +92,7 @@ def _fit_resume_merge(family, tmp_path_factory):
              "--checkpoint.every_n_train_steps", str(SAVE_EVERY), "--checkpoint.save_top_k", "-1",
              "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
     (root / "full").mkdir()
-    fit_out = cli_output(root / "full", "fit", *flags)
+    fit_out = cli_output(root / "full", "fit", *flags, notes=True)
     (root / "resumed").mkdir()
     resumed = checkpoints_dir(root / "resumed")
     resumed.mkdir(parents=True)
@@ -101,7 +101,8 @@ def _fit_resume_merge(family, tmp_path_factory):
     cli_output(root / "resumed", "fit", *[f for f in flags if f not in ("--model.quantization", "nf4")],
                "--ckpt_path", "last")
     last = checkpoints_dir(root / "full") / f"step{STEPS:03d}.ckpt"
-    merge_out = cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
+    merge_out = cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"),
+                           notes=True)
     return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, last=last, flags=flags,
                 merged=root / "merged", merge_out=merge_out,
                 adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")

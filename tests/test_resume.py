@@ -72,7 +72,7 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
     capsys.readouterr()
     run_cli(["fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl")), "--ckpt_path", "last"],
             cwd=cut)
-    assert "resuming from" in capsys.readouterr().out
+    assert "resuming from" in capsys.readouterr().err
 
     # The same batches: the first resumed batch is the one the uninterrupted run saw at step N.
     full_rec, cut_rec = _records(full / "rec.jsonl"), _records(cut / "rec.jsonl")
