@@ -179,7 +179,9 @@ def trained_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]],
 def _check_turn(trained: str, message: dict[str, Any], i: int, where: str) -> None:
     """One line unless the trained text holds the message's own text and the name of each tool it calls."""
     own = message["content"].strip()
-    if own and own not in trained and " ".join(own.split()) not in " ".join(trained.split()):
+    # Templates may re-space a reply (trim it, put newlines around a <think> block): its other characters
+    # must still be there, in order.
+    if own and own not in trained and "".join(own.split()) not in "".join(trained.split()):
         shown = own if len(own) <= 40 else own[:37] + "..."
         raise LitLoraError(f"{where}: the chat template does not write assistant message {i + 1}'s text {shown!r} "
                            "into its turn, so the turn would train on other text; use a template that renders "
