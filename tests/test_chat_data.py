@@ -258,6 +258,10 @@ def test_a_template_that_drops_tool_calls_or_the_replys_text_is_one_line_naming_
         f"{path}:2: assistant message 2 calls tool 'get_weather', but the chat template does not render "
         "tool_calls (no such name in its turn), so the call would not train; use a template that renders tool "
         "calls (a tool-calling model's own) or leave the record out")
+    # Trained whole, the turn is the whole text, where the tools' list names the tool too: still refused.
+    listing = "{% for t in tools or [] %}{{ t.function.name }} {% endfor %}" + PLAIN
+    with pytest.raises(LitLoraError, match=r"t.jsonl:2: assistant message 2 calls tool 'get_weather', but the chat"):
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=listing, train_on="all")
     # A template that writes the same reply for every assistant turn: refused on the first record it misses.
     fixed = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ 'Assistant: OK' }}{% else %}"
              "{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")

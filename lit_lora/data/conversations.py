@@ -157,7 +157,11 @@ def trained_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]],
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= prompt_turns]
     if train_on == "all":
         for i in turns:
-            _check_turn(text, messages[i], i, where)
+            _check_turn(text, messages[i], i, where, calls=False)
+        calling = [i for i in turns if messages[i].get("tool_calls")]
+        # The names may be in the tools' list: the calls are rendered when the text changes without them.
+        if calling and _render(tokenizer, template, _without_calls(messages), False, where, tools) == text:
+            raise _unrendered_call(_call_name(messages[calling[0]]["tool_calls"][0]), calling[0], where)
         return text, [(0, len(text))]
     if not turns:
         raise LitLoraError(f"{where}: no assistant turn{' in the completion' if prompt_turns else ''}: nothing to "
@@ -176,8 +180,9 @@ def trained_spans(tokenizer: Any, template: str, messages: list[dict[str, Any]],
     return text, spans
 
 
-def _check_turn(trained: str, message: dict[str, Any], i: int, where: str) -> None:
-    """One line unless the trained text holds the message's own text and the name of each tool it calls."""
+def _check_turn(trained: str, message: dict[str, Any], i: int, where: str, calls: bool = True) -> None:
+    """One line unless the trained text holds the message's own text and (`calls`) the name of each tool it
+    calls."""
     own = message["content"].strip()
     # Templates may re-space a reply (trim it, put newlines around a <think> block): its other characters
     # must still be there, in order.
@@ -186,12 +191,19 @@ def _check_turn(trained: str, message: dict[str, Any], i: int, where: str) -> No
         raise LitLoraError(f"{where}: the chat template does not write assistant message {i + 1}'s text {shown!r} "
                            "into its turn, so the turn would train on other text; use a template that renders "
                            "each message's content (--data.chat_template plain, a Jinja file)")
-    for call in message.get("tool_calls") or []:
-        name = _call_name(call)
-        if name not in trained:
-            raise LitLoraError(f"{where}: assistant message {i + 1} calls tool {name!r}, but the chat template does "
-                               "not render tool_calls (no such name in its turn), so the call would not train; use a "
-                               "template that renders tool calls (a tool-calling model's own) or leave the record out")
+    missing = [_call_name(call) for call in message.get("tool_calls") or [] if _call_name(call) not in trained]
+    if calls and missing:
+        raise _unrendered_call(missing[0], i, where)
+
+
+def _unrendered_call(name: str, i: int, where: str) -> LitLoraError:
+    return LitLoraError(f"{where}: assistant message {i + 1} calls tool {name!r}, but the chat template does not "
+                        "render tool_calls (no such name in its turn), so the call would not train; use a template "
+                        "that renders tool calls (a tool-calling model's own) or leave the record out")
+
+
+def _without_calls(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages]
 
 
 def _render(tokenizer: Any, template: str, messages: list[dict[str, Any]], prompt: bool, where: str,
