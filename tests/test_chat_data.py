@@ -262,20 +262,31 @@ def test_a_template_that_drops_tool_calls_or_the_replys_text_is_one_line_naming_
     listing = "{% for t in tools or [] %}{{ t.function.name }} {% endfor %}" + PLAIN
     with pytest.raises(LitLoraError, match=r"t.jsonl:2: assistant message 2 calls tool 'get_weather', but the chat"):
         build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=listing, train_on="all")
-    # A template that writes the same reply for every assistant turn: refused on the first record it misses.
+    # A template that writes the same reply for every assistant turn is refused when chosen: the sample
+    # conversation's replies are missing.
     fixed = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ 'Assistant: OK' }}{% else %}"
              "{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
-    long_reply = {"messages": [{"role": "user", "content": "Q"},
-                               {"role": "assistant", "content": "  Fern sells apples, pears and plums at the market.\n"}]}
-    path = _write(tmp_path / "fixed.jsonl", [long_reply])
     with pytest.raises(LitLoraError) as err:
         build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=fixed)
+    assert str(err.value) == ("data.chat_template renders a conversation without its messages' content (no 'Aq3' in "
+                              "'system: Sq1user: Uq2Assistant: OKtool: Tq4Assistant: OKAssistant:')")
+    # Each real record is checked as it is rendered, whatever the sample showed: a reply the template cuts
+    # short (here to 5 characters, longer than any sample reply) is one line naming the record and the text.
+    short = "{% for m in messages %}{{ m.role }}: {{ m.content[:5] }}\n{% endfor %}" \
+            "{% if add_generation_prompt %}assistant:{% endif %}"
+    long_reply = {"messages": [{"role": "user", "content": "Q"},
+                               {"role": "assistant", "content": "  Fern sells apples, pears and plums at the market.\n"}]}
+    path = _write(tmp_path / "short.jsonl", [GOOD, long_reply])
+    with pytest.raises(LitLoraError) as err:
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=short)
     assert str(err.value) == (
-        f"{path}:1: the chat template does not write assistant message 2's text 'Fern sells apples, pears and "
+        f"{path}:2: the chat template does not write assistant message 2's text 'Fern sells apples, pears and "
         "plums at...' into its turn, so the turn would train on other text; use a template that renders each "
         "message's content (--data.chat_template plain, a Jinja file)")
-    with pytest.raises(LitLoraError, match=r"fixed.jsonl:1: the chat template does not write assistant message 2"):
-        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=fixed, train_on="all")
+    for train_on in ("last", "all"):
+        with pytest.raises(LitLoraError, match=r"short.jsonl:2: the chat template does not write assistant message 2"):
+            build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=short,
+                        train_on=train_on)
 
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"

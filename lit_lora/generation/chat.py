@@ -28,10 +28,11 @@ PLAIN = (
     "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
 )
 BUILT_IN = {"plain": PLAIN}
-# What a template is checked on when it is chosen: every role, and two assistant turns.
-SAMPLE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-          {"role": "assistant", "content": "A"}, {"role": "tool", "content": "T"},
-          {"role": "assistant", "content": "B"}]
+# What a template is checked on when it is chosen: every role, and two assistant turns, each message's
+# text one no template writes itself.
+SAMPLE = [{"role": "system", "content": "Sq1"}, {"role": "user", "content": "Uq2"},
+          {"role": "assistant", "content": "Aq3"}, {"role": "tool", "content": "Tq4"},
+          {"role": "assistant", "content": "Bq5"}]
 
 
 def _own_template(tokenizer: Any) -> Optional[str]:
@@ -84,8 +85,10 @@ def check_template(tokenizer: Any, template: str, name: str) -> str:
         text = render(tokenizer, template, SAMPLE, generation_prompt=True)
     except LitLoraError as err:
         raise LitLoraError(f"{name} does not render a conversation: {err}") from None
-    if "U" not in text or "A" not in text:
-        raise LitLoraError(f"{name} renders a conversation without its messages' content: {text[:80]!r}")
+    missing = [m["content"] for m in SAMPLE if m["role"] in ("user", "assistant") and m["content"] not in text]
+    if missing:
+        raise LitLoraError(f"{name} renders a conversation without its messages' content (no {missing[0]!r} in "
+                           f"{text[:80]!r})")
     return template
 
 
