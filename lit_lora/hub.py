@@ -61,6 +61,22 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
 _PAD_NOTED: set[str] = set()  # tokenizers whose pad token was said, once per process
 
 
+def check_vocabulary(model: Any, tokenizer: Any) -> None:
+    """One line when the tokenizer has ids the model's input embedding has no row for (a tokenizer given
+    tokens of its own, such as ChatML's `<|im_start|>`, on a model never resized for them): the first such
+    id would be an IndexError inside the model. `model` None (no model yet): nothing to check."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if weight is None or len(tokenizer) <= weight.shape[0]:
+        return
+    raise LitLoraError(
+        f"the tokenizer has {len(tokenizer):,} tokens but the model's input embedding has {weight.shape[0]:,} rows: "
+        f"ids from {weight.shape[0]:,} up have no embedding; resize the model for this tokenizer and save both "
+        "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained(DIR) and "
+        "tokenizer.save_pretrained(DIR)) and train from DIR, or use the model's own tokenizer"
+    )
+
+
 def bos_prefix(tokenizer: Any) -> list[int]:
     """[BOS] when this tokenizer starts every text with BOS (Llama's do; GPT-2's does not), else [].
 
@@ -229,15 +245,26 @@ def causal_lm_class(config: Any, trust_remote_code: bool = False) -> Any:
     """The AutoModelForCausalLM class for `config`; a one-line error for an architecture that is not one."""
     from transformers import AutoModelForCausalLM
 
+    from transformers import AutoModelForMaskedLM
+
     if trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
         return AutoModelForCausalLM  # the repository's own class, known only once its code is loaded
     try:
-        return AutoModelForCausalLM._model_mapping[type(config)]
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
     except KeyError:
         raise LitLoraError(
             f"model type {config.model_type!r} is not a causal language model (AutoModelForCausalLM has no class "
             f"for it); expected one such as {', '.join(_CAUSAL_EXAMPLES)}"
         ) from None
+    # Encoder families (BERT, RoBERTa, ...) have a causal-LM class too, but it attends causally only when
+    # the config says is_decoder; else each token sees the text it is asked to predict.
+    if type(config) in AutoModelForMaskedLM._model_mapping and not getattr(config, "is_decoder", False):
+        raise LitLoraError(
+            f"model type {config.model_type!r} is an encoder (a masked language model: its attention sees the "
+            f"whole text), not a causal language model; expected one such as {', '.join(_CAUSAL_EXAMPLES)} "
+            "(or a config with is_decoder: true)"
+        )
+    return model_class
 
 
 def _attention(model_class: Any, requested: Optional[str]) -> Optional[str]:

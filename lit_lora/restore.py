@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_base_model, load_tokenizer, tokenizer_source
+from lit_lora.hub import check_vocabulary, load_base_model, load_tokenizer, tokenizer_source
 from lit_lora.lora.export import export_adapter
 from lit_lora.lora.layers import frozen_weights_fingerprint
 from lit_lora.lora.wrap import check_adapter_dir, load_adapter_for_training
@@ -132,6 +132,7 @@ def load_generation_model(
             "for the base model alone"
         )
     tokenizer = load_tokenizer(source, trust_remote_code=trust)
+    check_vocabulary(model, tokenizer)
     if template:  # what the checkpoint's conversations were rendered with
         tokenizer.chat_template = template
     quantized = bool(quantized_layers(model))

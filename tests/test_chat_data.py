@@ -201,3 +201,133 @@ def test_a_hugging_face_dataset_of_conversations_trains_as_its_jsonl_file_does(t
         dm.setup("fit")
         assert dm.data_format == name and dm.counts["conversations"] == 20
     assert modules[0].train_ds["labels"] == modules[1].train_ds["labels"]
+
+
+# A tool-calling template in the shape published ones have: the record's tools listed up front, each call
+# written into the assistant's turn, tool results as their own turns.
+TOOL_TEMPLATE = (
+    "{% if tools %}Tools: {% for t in tools %}{{ t.function.name }} {% endfor %}\n\n{% endif %}"
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+    "{% for tc in m.tool_calls or [] %}<tool_call>{{ tc.function.name }}({{ tc.function.arguments | tojson }})"
+    "{% endfor %}{% if m.role == 'assistant' %}{{ eos_token }}{% endif %}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+TOOL_RECORD = {"tools": [WEATHER], "messages": [
+    {"role": "user", "content": "Rain in Oslo?"},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+    {"role": "tool", "content": "rain", "name": "get_weather"},
+    {"role": "assistant", "content": "Yes, it rains."}]}
+
+
+def _trained_texts(tok, ds):
+    return [tok.decode([i for i in labels if i != IGNORE_INDEX]) for labels in ds["labels"]]
+
+
+def test_tool_calls_train_as_the_assistants_turn_from_a_file_and_a_dataset(tmp_path):
+    from datasets import Dataset
+
+    from lit_lora.data.sources import _dataset_rows
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    records = [TOOL_RECORD, GOOD]
+    path = _write(tmp_path / "t.jsonl", records)
+    ds = build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=TOOL_TEMPLATE)
+    text = tok.decode(ds["input_ids"][0])
+    assert text.startswith("Tools: get_weather \nuser: Rain in Oslo?"), "the record's tools reach the template"
+    call = '<tool_call>get_weather({"city": "Oslo"})'
+    # The call is the assistant's turn and trains; the tool's result ("rain") does not.
+    assert _trained_texts(tok, ds) == [f" {call}{tok.eos_token} Yes, it rains.{tok.eos_token}", f" A{tok.eos_token}"]
+    # The same records as a Hugging Face dataset: one table, its second record with no tool fields (None).
+    rows = _dataset_rows(Dataset.from_list(records), "messages", {"dataset_name": "d"})
+    from_dataset = build_split([], "messages", tok, 256, str(tmp_path / "cache"), hf_rows=rows,
+                               chat_template=TOOL_TEMPLATE)
+    assert from_dataset["labels"] == ds["labels"]
+
+
+def test_a_template_that_drops_tool_calls_or_the_replys_text_is_one_line_naming_the_record(tmp_path):
+    from lit_lora.hub import load_tokenizer
+
+    tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
+    path = _write(tmp_path / "t.jsonl", [GOOD, TOOL_RECORD])
+    with pytest.raises(LitLoraError) as err:  # plain writes content only: the call would train as an empty reply
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=PLAIN)
+    assert str(err.value) == (
+        f"{path}:2: assistant message 2 calls tool 'get_weather', but the chat template does not render "
+        "tool_calls (no such name in its turn), so the call would not train; use a template that renders tool "
+        "calls (a tool-calling model's own) or leave the record out")
+    # Trained whole, the turn is the whole text, where the tools' list names the tool too: still refused.
+    listing = "{% for t in tools or [] %}{{ t.function.name }} {% endfor %}" + PLAIN
+    with pytest.raises(LitLoraError, match=r"t.jsonl:2: assistant message 2 calls tool 'get_weather', but the chat"):
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=listing, train_on="all")
+    # A template that writes the same reply for every assistant turn is refused when chosen: the sample
+    # conversation's replies are missing.
+    fixed = ("{% for m in messages %}{% if m.role == 'assistant' %}{{ 'Assistant: OK' }}{% else %}"
+             "{{ m.role }}: {{ m.content }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+    with pytest.raises(LitLoraError) as err:
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=fixed)
+    assert str(err.value) == ("data.chat_template renders a conversation without its messages' content (no 'Aq3' in "
+                              "'system: Sq1user: Uq2Assistant: OKtool: Tq4Assistant: OKAssistant:')")
+    # Each real record is checked as it is rendered, whatever the sample showed: a reply the template cuts
+    # short (here to 5 characters, longer than any sample reply) is one line naming the record and the text.
+    short = "{% for m in messages %}{{ m.role }}: {{ m.content[:5] }}\n{% endfor %}" \
+            "{% if add_generation_prompt %}assistant:{% endif %}"
+    long_reply = {"messages": [{"role": "user", "content": "Q"},
+                               {"role": "assistant", "content": "  Fern sells apples, pears and plums at the market.\n"}]}
+    path = _write(tmp_path / "short.jsonl", [GOOD, long_reply])
+    with pytest.raises(LitLoraError) as err:
+        build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=short)
+    assert str(err.value) == (
+        f"{path}:2: the chat template does not write assistant message 2's text 'Fern sells apples, pears and "
+        "plums at...' into its turn, so the turn would train on other text; use a template that renders each "
+        "message's content (--data.chat_template plain, a Jinja file)")
+    for train_on in ("last", "all"):
+        with pytest.raises(LitLoraError, match=r"short.jsonl:2: the chat template does not write assistant message 2"):
+            build_split([str(path)], "messages", tok, 256, str(tmp_path / "cache"), chat_template=short,
+                        train_on=train_on)
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_every_shipped_chat_example_renders_its_replies_inside_their_turns(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    for name, template in [("messages", CHATML), ("sharegpt", PLAIN), ("alpaca", PLAIN),
+                           ("prompt_completion", PLAIN)]:
+        # The first 100 records of each: every shape the files hold (system, tool turns, several replies).
+        lines = (QUICKSTART.parent / "chat" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()[:100]
+        path, report = tmp_path / f"{name}.jsonl", {}
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        build_split([str(path)], name, tok, 256, str(tmp_path / "cache"), chat_template=template, report=report)
+        assert report["examples"] == 100 and not report["dropped"]
+
+
+def test_an_end_of_turn_marker_the_tokenizer_splits_is_said_at_fit(tmp_path):
+    from transformers import AutoTokenizer
+
+    from lit_lora.data.datamodule import LitLoraData
+    from lit_lora.generation.chat import end_of_turn_note
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    note = ("the chat template ends a reply with '<|im_end|>', which this tokenizer splits into 8 tokens: "
+            "generated replies will stop only at EOS ('<|endoftext|>'); add '<|im_end|>' to the tokenizer as a "
+            "special token (and resize the model's embeddings) to stop on it")
+    assert stop_ids(tok, CHATML) == [tok.eos_token_id]
+    assert len(tok("<|im_end|>", add_special_tokens=False)["input_ids"]) == 8
+    assert end_of_turn_note(tok, CHATML) == note
+    assert end_of_turn_note(tok, PLAIN) is None  # plain ends a reply with EOS itself
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    assert end_of_turn_note(tok, CHATML) is None
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML, encoding="utf-8")
+    dm = LitLoraData(train_files=str(_write(tmp_path / "t.jsonl", [GOOD] * 8)), chat_template=str(template),
+                     tokenizer_name_or_path=str(QUICKSTART / "tokenizer"), cache_dir=str(tmp_path / "cache"),
+                     block_size=64, batch_size=4)
+    dm.setup("fit")
+    assert f"data: {note}" in dm.data_lines(4)

@@ -97,6 +97,18 @@ def test_val_fraction_split_is_seeded(tmp_path, tiny_model_dir, shakespeare):
         [str(shakespeare)], "text", a.tokenizer, 32, str(tmp_path / "cache")))
 
 
+def test_the_data_lines_say_whether_text_is_packed(tmp_path, tiny_model_dir):
+    path = tmp_path / "docs.jsonl"  # three documents of 20-odd tokens: unpacked, each ends in a short block
+    path.write_text("\n".join(json.dumps({"text": f"document number {i} " * 5}) for i in range(3)))
+    lines = {packing: _module(tmp_path, tiny_model_dir, train_files=str(path), block_size=16, val_fraction=0,
+                              packing=packing).data_lines(4)[-1] for packing in (None, False)}
+    assert lines[None].endswith("(tokens / positions of the padded batches, packed into blocks of 16)")
+    assert lines[None].startswith("data: packing efficiency 100.0%")
+    assert lines[False].startswith("data: padding efficiency ") and "packed" not in lines[False]
+    assert lines[False].endswith("(tokens / positions of the padded batches; each document in blocks of 16 of its "
+                                 "own (data.packing false), its last one shorter)")
+
+
 def test_jsonl_text_field(tmp_path, tiny_model_dir):
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps({"body": f"document number {i} " * 5}) for i in range(20)))

@@ -262,6 +262,28 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsy
                                        "EOS token '<|endoftext|>' (padding is masked out of attention and loss)\n")
 
 
+def test_a_tokenizer_larger_than_the_models_embedding_is_one_line_for_fit_validate_and_generate(tmp_path,
+                                                                                                 tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.save_pretrained(str(tmp_path / "chatml-tokenizer"))
+    line = ("lit_lora: error: the tokenizer has 514 tokens but the model's input embedding has 512 rows: ids from 512 "
+            "up have no embedding; resize the model for this tokenizer and save both "
+            "(model.resize_token_embeddings(len(tokenizer)), then model.save_pretrained(DIR) and "
+            "tokenizer.save_pretrained(DIR)) and train from DIR, or use the model's own tokenizer")
+    model = ["--model.model_name_or_path", str(tiny_model_dir), "--model.tokenizer_name_or_path",
+             str(tmp_path / "chatml-tokenizer")]
+    data = ["--data.cache_dir", str(tmp_path / "cache"), "--data.block_size", "32"]
+    for args in (["fit", *model, "--data.train_files", str(QUICKSTART / "val.txt"), *data],
+                 ["validate", *model, "--data.val_files", str(QUICKSTART / "val.txt"), *data],
+                 ["generate", "--model_dir", str(tiny_model_dir), "--model.tokenizer_name_or_path",
+                  str(tmp_path / "chatml-tokenizer"), "--prompt", "Hi", "--max_new_tokens", "2"]):
+        assert cli_output(tmp_path, *args, code=2).strip().splitlines() == [line], args[0]
+    assert not (tmp_path / "cache").exists(), "refused before anything was tokenized"
+
+
 def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos_tokenizer, monkeypatch):
     from lit_lora.data import corpus
     from lit_lora.hub import bos_prefix
@@ -299,12 +321,20 @@ GEMMA2 = {"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "n
 
 @pytest.fixture(scope="module")
 def not_causal(tmp_path_factory):
-    from transformers import T5Config
+    from transformers import BertConfig, T5Config
 
     t5, unknown = tmp_path_factory.mktemp("t5"), tmp_path_factory.mktemp("unknown")
+    bert = tmp_path_factory.mktemp("bert")
     T5Config(d_model=32, num_layers=1, num_heads=2, d_ff=64, vocab_size=100).save_pretrained(str(t5))  # no weights
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+               vocab_size=512).save_pretrained(str(bert))
     (unknown / "config.json").write_text(json.dumps({"model_type": "not_a_family"}))
-    return {"t5": t5, "unknown": unknown}
+    return {"t5": t5, "unknown": unknown, "bert": bert}
+
+
+ENCODER = ("model type 'bert' is an encoder (a masked language model: its attention sees the whole text), not a "
+           "causal language model; expected one such as gpt2, gpt_neox, llama, mistral, qwen2, qwen3, phi3, gemma2 "
+           "(or a config with is_decoder: true)")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -329,8 +359,11 @@ def not_causal(tmp_path_factory):
     (("--model.model_config", '{{"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, '
                               '"num_key_value_heads": 3}}'),
      "model.model_config num_key_value_heads=3 must divide num_attention_heads=4"),
+    # BERT has a causal-LM class in transformers, which attends causally only as a decoder.
+    (("--model.model_name_or_path", "{bert}"), ENCODER),
+    (("--model.model_config", '{{"model_type": "bert", "hidden_size": 32, "num_attention_heads": 2}}'), ENCODER),
 ], ids=["not-causal", "unknown-local-type", "unknown-field", "unknown-model-type", "bad-shape", "explicit-attention",
-        "grouped-heads"])
+        "grouped-heads", "encoder-folder", "encoder-config"])
 def test_a_model_that_cannot_be_built_is_one_line(flags, message, not_causal, tmp_path, capsys, monkeypatch):
     import transformers
 

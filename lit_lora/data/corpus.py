@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.constants import IGNORE_INDEX
-from lit_lora.data.conversations import tokenize_conversations
+from lit_lora.data.conversations import TOOL_FIELDS, tokenize_conversations
 from lit_lora.data.files import (MAX_ROW_BYTES, conversational_files, file_fingerprint, read_chat_rows,
                                  read_jsonl_rows, read_text_rows)
 from lit_lora.data.packing import pack_examples, pack_text
@@ -41,7 +41,11 @@ ROWS_PER_BATCH = 16
 CUTS_VERSION = 3
 # Bumped when tokenized rows or packed blocks change their columns or rules: old caches are not reused.
 TOKENS_VERSION = 2
-MESSAGES = [{"role": "string", "content": "string"}]  # a conversation's column: its messages
+# Bumped when the rules for rendering and checking conversations change: their cached tokens are not reused.
+CONVERSATIONS_VERSION = 2
+# A conversation's columns: its messages (with the tool fields a template may read) and its tools.
+MESSAGES = [{"role": "string", "content": "string", **{k: "string" for k in TOOL_FIELDS}}]
+CONVERSATION_COLUMNS = {"messages": MESSAGES, "prompt_turns": "int32", "where": "string", "tools": "string"}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -179,12 +183,13 @@ def _build_examples(rows: Any, files: list[str], tokenizer: Any, block_size: int
                                "each token holds); this one is a slow, Python tokenizer")
         template = resolve_template(tokenizer, chat_template or "auto")[1]
         kind, fn, kwargs = "conversations", tokenize_conversations, {"template": template, "train_on": train_on}
+        fingerprints = (source_fp, f"{tok_fp}-{CONVERSATIONS_VERSION}")
     else:
         kind, fn, kwargs = "pairs", _tokenize_pairs, {}
     examples = rows.map(
         fn, batched=True, fn_kwargs={"tokenizer": tokenizer, "block_size": block_size, **kwargs},
         remove_columns=rows.column_names, num_proc=proc, desc="tokenizing",
-        new_fingerprint=_hash(kind, TOKENS_VERSION, source_fp, tok_fp, block_size, kwargs),
+        new_fingerprint=_hash(kind, TOKENS_VERSION, *fingerprints, block_size, kwargs),
     )
     if "messages" in rows.column_names:
         report.update(conversations=len(rows))
@@ -230,8 +235,8 @@ def _read_rows(
         )
         _report_unchecked_cuts(rows, files)
     elif conversational_files(files, fmt):
-        columns = {"messages": MESSAGES, "prompt_turns": "int32", "where": "string"}
-        rows = _from_generator(read_chat_rows, {"files": fingerprint, "fmt": fmt}, cache_dir, columns, empty)
+        rows = _from_generator(read_chat_rows, {"files": fingerprint, "fmt": fmt}, cache_dir, CONVERSATION_COLUMNS,
+                               empty)
     else:
         fields = ("prompt", "completion") if fmt == "prompt_completion" else (text_field,)
         documents = {} if fmt == "prompt_completion" else {"doc_start": "bool", "doc_end": "bool"}
@@ -248,21 +253,28 @@ def _report_unchecked_cuts(rows: Any, files: list[str]) -> None:
                    f"{MAX_ROW_BYTES // 2**20} MB); a token or two may differ there")
 
 
-def _from_generator(
-    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str,
-    writer_batch_size: Optional[int] = None, fingerprint: Optional[str] = None,
-) -> Any:
-    """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
-    the generator come out as themselves, not wrapped in DatasetGenerationError."""
-    from datasets import Dataset, Features, List, Value
-    from datasets.exceptions import DatasetGenerationError
+def features_of(columns: dict[str, Any]) -> Any:
+    """`datasets.Features` of columns written as {name: "type"}, a list of one type, or of one struct."""
+    from datasets import Features, List, Value
 
     def feature(v: Any) -> Any:
         if isinstance(v, list):
             return List({k: Value(t) for k, t in v[0].items()} if isinstance(v[0], dict) else Value(v[0]))
         return Value(v)
 
-    features = Features({k: feature(v) for k, v in columns.items()})
+    return Features({k: feature(v) for k, v in columns.items()})
+
+
+def _from_generator(
+    fn: Any, gen_kwargs: dict[str, Any], cache_dir: Optional[str], columns: dict[str, Any], empty_message: str,
+    writer_batch_size: Optional[int] = None, fingerprint: Optional[str] = None,
+) -> Any:
+    """`Dataset.from_generator`, cached by the generator and its arguments; our own errors raised inside
+    the generator come out as themselves, not wrapped in DatasetGenerationError."""
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    features = features_of(columns)
     # `datasets` splits list arguments into shards and runs the generator once per shard: the packer would
     # then drop each file's last partial block (tokens lost at every shard boundary). Tuples are not split.
     gen_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in gen_kwargs.items()}

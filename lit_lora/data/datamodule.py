@@ -22,9 +22,9 @@ from lit_lora.data.resume import ResumableMarkerLoader, continue_epoch, data_sta
 from lit_lora.data.samplers import EvalShardSampler, ResumableSampler
 from lit_lora.data.sources import build_eval_split, build_training_splits, check_options, eval_files_only
 from lit_lora.errors import LitLoraError
-from lit_lora.generation.chat import resolve_template
+from lit_lora.generation.chat import end_of_turn_note, resolve_template
 from lit_lora.generation.prompts import read_prompts
-from lit_lora.hub import load_tokenizer
+from lit_lora.hub import check_vocabulary, load_tokenizer
 from lit_lora.notes import print_note
 
 
@@ -130,6 +130,8 @@ class LitLoraData(pl.LightningDataModule):
             if not self.tokenizer_name_or_path:
                 raise LitLoraError("data.tokenizer_name_or_path is not set (the CLI sets it from --model.*)")
             self.tokenizer = load_tokenizer(self.tokenizer_name_or_path, trust_remote_code=self.trust_remote_code)
+            # Before any tokenizing: the model is built by now (fit, validate, test, predict).
+            check_vocabulary(getattr(self.trainer and self.trainer.lightning_module, "model", None), self.tokenizer)
         return self.tokenizer
 
     def _eval_files_only(self) -> Optional[tuple[list[str], str]]:
@@ -158,7 +160,8 @@ class LitLoraData(pl.LightningDataModule):
         order = self._train_sampler(0, 1, batch_size).epoch_order(0)
         batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
         settings = dict(self.hparams, detected=self.data_format, packed="position_ids" in self.train_ds.column_names,
-                        template=self.chat_template and self._template_name)
+                        template=self.chat_template and self._template_name,
+                        end_of_turn_note=self.chat_template and end_of_turn_note(self.tokenizer, self.chat_template))
         return data_lines(lengths, targets, self.counts, padding_efficiency(lengths, batches), settings)
 
     def _build(self, stage: Optional[str]) -> None:

@@ -8,7 +8,7 @@ import glob
 import os
 from typing import Any, Iterable, Iterator, Optional
 
-from lit_lora.data.conversations import is_conversational, record_format, to_messages
+from lit_lora.data.conversations import is_conversational, record_format, record_tools, to_messages
 from lit_lora.data.cuts import choose_cut
 from lit_lora.errors import LitLoraError
 from lit_lora.jsonl import BOM, read_jsonl
@@ -137,9 +137,11 @@ def read_jsonl_rows(files: list[tuple[str, int, int]], fields: tuple[str, ...]) 
 
 
 def read_chat_rows(files: list[tuple[str, int, int]], fmt: str) -> Iterator[dict[str, Any]]:
-    """One row per conversation: its messages, how many of them are prompt, and the file and line it is on."""
+    """One row per conversation: its messages, how many of them are prompt, the file and line it is on, and
+    its tools (JSON text, or None)."""
     for path, _, _ in files:
         for lineno, record in read_jsonl(path):
             where = f"{path}:{lineno}"
             messages, prompt_turns = to_messages(record, fmt, where)
-            yield {"messages": messages, "prompt_turns": prompt_turns, "where": where}
+            yield {"messages": messages, "prompt_turns": prompt_turns, "where": where,
+                   "tools": record_tools(record, where)}

@@ -62,7 +62,16 @@ def data_lines(lengths: np.ndarray, targets: np.ndarray, counts: Mapping[str, in
         lines.append(f"data: {counts.get('truncated', 0) + counts.get('dropped', 0):,} example(s) longer than "
                      f"block_size={block} were cut ({policy}); {counts.get('dropped', 0):,} of them were left "
                      "with no token to train and skipped")
-    kind = "packing" if settings["packed"] else "padding"
-    lines.append(f"data: {kind} efficiency {100 * efficiency:.1f}% (tokens / positions of the padded batches"
-                 f"{', packed into blocks of ' + str(block) if settings['packed'] else ''})")
+    if settings.get("end_of_turn_note"):
+        lines.append(f"data: {settings['end_of_turn_note']}")
+    # Text rows carry per-document positions packed or not: what was asked for says which they are.
+    packed = settings["packed"] and settings.get("packing") is not False
+    if packed:
+        how = f", packed into blocks of {block}"
+    elif settings["packed"]:
+        how = f"; each document in blocks of {block} of its own (data.packing false), its last one shorter"
+    else:
+        how = ""
+    lines.append(f"data: {'packing' if packed else 'padding'} efficiency {100 * efficiency:.1f}% (tokens / "
+                 f"positions of the padded batches{how})")
     return lines

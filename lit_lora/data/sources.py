@@ -10,8 +10,8 @@ from typing import Any, Mapping, Optional, Union
 
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lit_lora.data.conversations import is_conversational, record_format, to_messages
-from lit_lora.data.corpus import build_split
+from lit_lora.data.conversations import is_conversational, record_format, record_tools, to_messages
+from lit_lora.data.corpus import CONVERSATION_COLUMNS, build_split, features_of
 from lit_lora.data.files import detect_format, resolve_files
 from lit_lora.errors import LitLoraError
 from lit_lora.settings import check_number
@@ -50,8 +50,10 @@ def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[s
 
 def _conversation_row(record: dict[str, Any], index: int, fmt: str, name: str) -> dict[str, Any]:
     # `datasets` hands map functions a lazy row; our checks read a dict.
-    messages, prompt_turns = to_messages(dict(record), fmt, f"record {index} of dataset {name!r}")
-    return {"messages": messages, "prompt_turns": prompt_turns, "where": f"record {index} of dataset {name!r}"}
+    where = f"record {index} of dataset {name!r}"
+    record = dict(record)
+    messages, prompt_turns = to_messages(record, fmt, where)
+    return {"messages": messages, "prompt_turns": prompt_turns, "where": where, "tools": record_tools(record, where)}
 
 
 def _dataset_rows(split: Any, fmt: str, hp: Mapping[str, Any]) -> Any:
@@ -61,8 +63,10 @@ def _dataset_rows(split: Any, fmt: str, hp: Mapping[str, Any]) -> Any:
         from datasets import disable_progress_bars
 
         disable_progress_bars()
+        # Stated columns: records with and without tool fields make one table.
         return split.map(_conversation_row, with_indices=True, fn_kwargs={"fmt": fmt, "name": hp["dataset_name"]},
-                         remove_columns=split.column_names, desc="reading conversations")
+                         remove_columns=split.column_names, features=features_of(CONVERSATION_COLUMNS),
+                         desc="reading conversations")
     keep = ["prompt", "completion"] if fmt == "prompt_completion" else [hp["text_field"]]
     missing = [c for c in keep if c not in split.column_names]
     if missing:

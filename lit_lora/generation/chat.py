@@ -28,10 +28,11 @@ PLAIN = (
     "{%- if add_generation_prompt -%}Assistant:{%- endif -%}"
 )
 BUILT_IN = {"plain": PLAIN}
-# What a template is checked on when it is chosen: every role, and two assistant turns.
-SAMPLE = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-          {"role": "assistant", "content": "A"}, {"role": "tool", "content": "T"},
-          {"role": "assistant", "content": "B"}]
+# What a template is checked on when it is chosen: every role, and two assistant turns, each message's
+# text one no template writes itself.
+SAMPLE = [{"role": "system", "content": "Sq1"}, {"role": "user", "content": "Uq2"},
+          {"role": "assistant", "content": "Aq3"}, {"role": "tool", "content": "Tq4"},
+          {"role": "assistant", "content": "Bq5"}]
 
 
 def _own_template(tokenizer: Any) -> Optional[str]:
@@ -84,16 +85,20 @@ def check_template(tokenizer: Any, template: str, name: str) -> str:
         text = render(tokenizer, template, SAMPLE, generation_prompt=True)
     except LitLoraError as err:
         raise LitLoraError(f"{name} does not render a conversation: {err}") from None
-    if "U" not in text or "A" not in text:
-        raise LitLoraError(f"{name} renders a conversation without its messages' content: {text[:80]!r}")
+    missing = [m["content"] for m in SAMPLE if m["role"] in ("user", "assistant") and m["content"] not in text]
+    if missing:
+        raise LitLoraError(f"{name} renders a conversation without its messages' content (no {missing[0]!r} in "
+                           f"{text[:80]!r})")
     return template
 
 
-def render(tokenizer: Any, template: str, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
-    """The conversation as text, as `apply_chat_template(tokenize=False)` gives it."""
+def render(tokenizer: Any, template: str, messages: list[dict[str, Any]], generation_prompt: bool = False,
+           tools: Optional[list[dict[str, Any]]] = None) -> str:
+    """The conversation as text, as `apply_chat_template(tokenize=False)` gives it (`tools`: the function
+    schemas a tool-calling template lists)."""
     try:
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation_prompt)
+                                             add_generation_prompt=generation_prompt, tools=tools)
     except Exception as err:  # Jinja's TemplateError, or whatever a template's raise_exception raises
         line = f" at line {err.lineno}" if isinstance(getattr(err, "lineno", None), int) else ""
         raise LitLoraError(f"{type(err).__name__}{line}: {getattr(err, 'message', None) or err}") from None
@@ -106,15 +111,34 @@ def chat_prompt_ids(tokenizer: Any, template: str, messages: list[dict[str, str]
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def stop_ids(tokenizer: Any, template: str) -> list[int]:
-    """The ids a reply ends on: EOS, and the special token the template closes an assistant turn with
-    (`<|im_end|>` for ChatML templates) when that is another."""
-    ids = [tokenizer.eos_token_id]
+def _after_reply(tokenizer: Any, template: str) -> tuple[str, list[int], set[int]]:
+    """(the text the template writes after a reply, its token ids, the tokenizer's special ids)."""
     reply = "Zq7"  # text no template writes itself
     text = render(tokenizer, template, [{"role": "user", "content": "U"}, {"role": "assistant", "content": reply}])
     after = text[text.rfind(reply) + len(reply):]
     special = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
-    following = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return after, tokenizer(after, add_special_tokens=False)["input_ids"], special
+
+
+def stop_ids(tokenizer: Any, template: str) -> list[int]:
+    """The ids a reply ends on: EOS, and the special token the template closes an assistant turn with
+    (`<|im_end|>` for ChatML templates) when that is another."""
+    ids = [tokenizer.eos_token_id]
+    following, special = _after_reply(tokenizer, template)[1:]
     if following and following[0] in special and following[0] not in ids:
         ids.append(following[0])
     return ids
+
+
+def end_of_turn_note(tokenizer: Any, template: str) -> Optional[str]:
+    """A line when the marker the template ends a reply with is not one token of this tokenizer (ChatML's
+    `<|im_end|>` on GPT-2's vocabulary): generation cannot stop on it, only on EOS."""
+    after, following, special = _after_reply(tokenizer, template)
+    marker = after.strip().split()[0] if after.strip() else ""
+    if not marker or (following and following[0] in special):
+        return None
+    pieces = len(tokenizer(marker, add_special_tokens=False)["input_ids"])
+    how = f"splits into {pieces} tokens" if pieces > 1 else "does not hold as a special token"
+    return (f"the chat template ends a reply with {marker!r}, which this tokenizer {how}: "
+            f"generated replies will stop only at EOS ({tokenizer.eos_token!r}); add {marker!r} to the tokenizer "
+            "as a special token (and resize the model's embeddings) to stop on it")
