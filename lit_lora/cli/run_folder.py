@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.data.files import resolve_files
@@ -27,6 +29,43 @@ def check_data_files(data_cfg: Any) -> None:
 # Rank 0 claims the run's version folder; the processes Lightning's launcher starts for the other ranks
 # inherit the environment and use the same version.
 RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
+
+# The folders this process made for its run: (the version folder, the topmost folder the claim created).
+_CLAIMED: list[tuple[Path, Path]] = []
+
+
+def claim_folder(save_dir: str, name: str) -> int:
+    """claim_run_version, remembered so that a run that fails on a bad option leaves no folder behind."""
+    root = Path(save_dir, name).absolute()
+    top = root  # the topmost folder that does not exist yet
+    while not top.parent.exists():
+        top = top.parent
+    made_above = not top.exists()
+    version = claim_run_version(save_dir, name)
+    run = root / f"version_{version}"
+    _CLAIMED.append((run, top if made_above else run))
+    return version
+
+
+def forget_claimed_folders() -> None:
+    """A new command in this process (tests run several): the folders claimed before are not its own."""
+    _CLAIMED.clear()
+
+
+def remove_unused_run_folders() -> None:
+    """After a run stopped on bad input: delete the folders it made that hold no checkpoint (its config dump,
+    hparams and step-0 logs describe a run that never trained), and the empty parents it made for them."""
+    while _CLAIMED:
+        run, top = _CLAIMED.pop()
+        if not run.is_dir() or any(run.rglob("*.ckpt")):
+            continue
+        shutil.rmtree(run, ignore_errors=True)
+        parent = run.parent
+        while top != run and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            if parent == top:
+                break
+            parent = parent.parent
 
 
 def claim_logger_version(logger: Any, resuming: bool) -> None:
@@ -55,7 +94,7 @@ def claim_logger_version(logger: Any, resuming: bool) -> None:
         if os.environ.get(RUN_VERSION_ENV):
             logger._version = int(os.environ[RUN_VERSION_ENV])
         return
-    logger._version = claim_run_version(logger.save_dir, logger.name or "")
+    logger._version = claim_folder(logger.save_dir, logger.name or "")
     os.environ[RUN_VERSION_ENV] = str(logger._version)
 
 
