@@ -41,6 +41,9 @@ CASES = [
     ("--throughput.log_every_n_steps", "0", "throughput.log_every_n_steps must be an integer >= 1, got 0"),
     ("--loss_trend.intervals", "-1", "loss_trend.intervals must be an integer >= 0, got -1"),
     ("--model.generation.top_p", "0", "top_p must be a finite number > 0 and <= 1, got 0.0"),
+    # Lightning's own checks that raise plain ValueError, mapped by where they are raised
+    ("--trainer.strategy", "nonsense", "trainer.strategy: You selected an invalid strategy name"),
+    ("--trainer.accelerator", "nonsense", "trainer.accelerator: You selected an invalid accelerator name"),
 ]
 
 

@@ -124,11 +124,11 @@ def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) ->
     if trainer.loggers:
         versions: dict[tuple[str, str], Any] = {}
         for logger in trainer.loggers:
-            folder = (os.path.abspath(logger.save_dir), logger.name or "")
-            if isinstance(logger, (TensorBoardLogger, CSVLogger)) and logger._version is None and folder in versions:
-                logger._version = versions[folder]
-            claim_logger_version(logger, resuming)
             if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+                folder = (os.path.abspath(logger.save_dir), logger.name or "")
+                if logger._version is None and folder in versions:
+                    logger._version = versions[folder]
+                claim_logger_version(logger, resuming)
                 versions.setdefault(folder, logger._version)
             keep_csv_history(logger)
         return

@@ -213,7 +213,7 @@ class LitLoraCLI(LightningCLI):
         # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
         sub = self.config.get("subcommand")
         resuming = sub != "fit" or bool(self.config[sub].get("ckpt_path"))
-        claim_run_folders(trainer, resuming, self.config[sub].get("ckpt_path") if sub else None)
+        claim_run_folders(trainer, resuming, self.config[sub].get("ckpt_path") if sub == "fit" else None)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
