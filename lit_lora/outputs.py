@@ -148,11 +148,25 @@ def _move_in(staged: Path, out: Path) -> None:
 def _apply_umask(folder: Path) -> None:
     """The permissions a file created here would get (0666, folders 0777, less the umask): some writers
     (safetensors) create theirs 0600, which other users of a shared model folder could not read."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     os.chmod(folder, 0o777 & ~umask)
     for path in folder.rglob("*"):
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it back would
+    leave other threads, a logger's writer, a moment with another one)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the strictest for that moment
+    os.umask(umask)
+    return umask
 
 
 def _is_completions_file(path: Path) -> bool:

@@ -1,5 +1,7 @@
 """The run folder and what is checked before one is made: data files exist, and a `version_N` folder
-claimed for this run alone (or the checkpoint's, on resume)."""
+claimed for this run alone (or the checkpoint's, on resume), shared by all its loggers, made for a run
+without a logger too, holding its config.yaml, and removed again if the run stops on bad input before it
+saved a checkpoint. A run writes nowhere else."""
 
 from __future__ import annotations
 
