@@ -199,3 +199,40 @@ def test_a_failed_write_in_place_leaves_no_file_under_a_final_name(tmp_path, mon
         write_dir_atomically(out, "adapter", lambda f: (f / "weights.bin").write_bytes(b"new") or
                              (f / "config.json").write_text('{"new": 1}'), "--output_dir", overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier output, whole
+
+
+def test_a_run_stopped_by_bad_input_leaves_no_folder_unless_it_trained_or_saved(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lit_lora.cli.run_folder import (RUN_VERSION_ENV, claim_run_folders, forget_claimed_folders,
+                                         remove_unused_run_folders)
+
+    monkeypatch.setenv(RUN_VERSION_ENV, "")  # restored afterwards: the claim publishes its version there
+
+    class Trainer:  # what claim_run_folders reads of a Trainer without a logger
+        loggers: list = []
+        callbacks: list = []
+
+        def __init__(self, global_step: int) -> None:
+            self.global_step, self._default_root_dir = global_step, str(tmp_path)
+
+        @property
+        def default_root_dir(self) -> str:
+            return self._default_root_dir
+
+    (tmp_path / "lightning_logs").mkdir()  # the user's: never removed
+    for steps, ckpt, kept in ((0, False, False), (3, False, True), (0, True, True)):
+        forget_claimed_folders()
+        trainer = Trainer(steps)
+        claim_run_folders(trainer, resuming=False, ckpt_path=None)
+        run = Path(trainer.default_root_dir)
+        (run / "config.yaml").write_text("x")
+        if ckpt:
+            (run / "checkpoints").mkdir()
+            (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        remove_unused_run_folders()
+        assert run.is_dir() == kept, (steps, ckpt)
+        if not kept:  # the folders the claim made went too, the user's stayed
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
+            assert list((tmp_path / "lightning_logs").iterdir()) == []
+    forget_claimed_folders()

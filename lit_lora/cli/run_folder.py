@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,6 +46,8 @@ RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
 
 # The folders this process made for its run: (the version folder, the topmost folder the claim created).
 _CLAIMED: list[tuple[Path, Path]] = []
+# The Trainer of the run they were made for (a weak reference): a run that trained steps keeps its folder.
+_TRAINER: list[Any] = []
 
 
 def claim_folder(save_dir: str, name: str) -> int:
@@ -63,11 +66,16 @@ def claim_folder(save_dir: str, name: str) -> int:
 def forget_claimed_folders() -> None:
     """A new command in this process (tests run several): the folders claimed before are not its own."""
     _CLAIMED.clear()
+    _TRAINER.clear()
 
 
 def remove_unused_run_folders() -> None:
-    """After a run stopped on bad input: delete the folders it made that hold no checkpoint (its config dump,
-    hparams and step-0 logs describe a run that never trained), and the empty parents it made for them."""
+    """After a run stopped on bad input before its first training step: delete the folders it made that hold
+    no checkpoint (its config dump, hparams and step-0 logs describe a run that never trained), and the
+    empty parents it made for them. A run that trained keeps its logs."""
+    trainer = _TRAINER[0]() if _TRAINER else None
+    if trainer is not None and trainer.global_step > 0:
+        _CLAIMED.clear()
     while _CLAIMED:
         run, top = _CLAIMED.pop()
         if not run.is_dir() or any(run.rglob("*.ckpt")):
@@ -123,6 +131,7 @@ def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) ->
     checkpoint's own folder when it resumes from one), and the callbacks that need a logger step aside."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    _TRAINER[:] = [weakref.ref(trainer)]
     if trainer.loggers:
         versions: dict[tuple[str, str], Any] = {}
         for logger in trainer.loggers:
