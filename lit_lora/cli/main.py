@@ -47,8 +47,9 @@ def top_level_help() -> str:
 
 def cli_main(args: Optional[list[str]] = None) -> Any:
     """Run LightningCLI in-process (tests call this with a list of arguments)."""
+    # Lightning: only for the subcommands that need it
     from lit_lora.cli.run_folder import forget_claimed_folders
-    from lit_lora.cli.trainer_cli import LitLoraCLI  # Lightning: only for the subcommands that need it
+    from lit_lora.cli.trainer_cli import LitLoraCLI
 
     forget_claimed_folders()
     # LightningCLI warns when given args that equal sys.argv; None means "read sys.argv" to it.
