@@ -20,6 +20,8 @@ from typing import Any, Callable
 from lit_lora.errors import LitLoraError
 
 MANIFEST = "lit_lora_manifest.json"
+# Hidden folders inside an output folder while it is written in place (check_output_dir ignores them).
+_STAGING = ".lit_lora-"
 # Exports written before the manifest existed: an adapter folder with our lit_lora.json and PEFT's files only.
 _LEGACY_ADAPTER = {"adapter_model.safetensors", "adapter_config.json", "README.md", "lit_lora.json"}
 # The fields of every line of our completion files (`generate --output`, `predict`).
@@ -46,7 +48,7 @@ def _our_files(folder: Path) -> set[str] | None:
         files = manifest.get("files")
         if isinstance(files, list) and all(isinstance(f, str) for f in files):
             return set(files) | {MANIFEST}
-    present = {p.name for p in folder.iterdir()}
+    present = {p.name for p in folder.iterdir() if not p.name.startswith(_STAGING)}
     if "lit_lora.json" in present and present <= _LEGACY_ADAPTER:
         return present
     return None
@@ -57,10 +59,10 @@ def check_output_dir(output_dir: str | os.PathLike, option: str, overwrite: bool
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise LitLoraError(f"{option} {str(output_dir)!r} is a file, not a folder")
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith(_STAGING)):
         return out
     ours = _our_files(out)
-    present = sorted(p.name for p in out.iterdir())
+    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(_STAGING))
     others = [name for name in present if ours is None or name not in ours]
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
@@ -79,12 +81,20 @@ def check_output_dir(output_dir: str | os.PathLike, option: str, overwrite: bool
 def write_dir_atomically(
     output_dir: str | os.PathLike, kind: str, fill: Callable[[Path], Any], option: str, overwrite: bool
 ) -> Path:
-    """Call fill(tmp_dir) beside the target, add the manifest, then move it into place: the folder appears
-    whole or not at all. An earlier output of ours there is replaced only as `check_output_dir` allows."""
+    """Call fill(staging folder), add the manifest, then put the files in place: never half an output under
+    the final names. A new folder is filled beside the target and renamed into place whole. An existing
+    folder (empty, or our earlier output, replaced only as `check_output_dir` allows) is kept, with its
+    inode and permissions: it may be a mount point, which cannot be renamed onto. Its files are staged in a
+    hidden folder inside it (the same file system) and renamed into place one by one, the manifest, which
+    marks a complete output, last. Every file gets the umask's permissions, whatever the writer chose."""
     out = check_output_dir(output_dir, option, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    in_place = out.is_dir()
+    if in_place:
+        for stale in out.glob(f"{_STAGING}*"):  # left by an export that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{_STAGING}new-{os.getpid()}" if in_place else out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
@@ -92,21 +102,71 @@ def write_dir_atomically(
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / MANIFEST).write_text(json.dumps({"written_by": "lit_lora", "kind": kind, "files": files}, indent=2),
                                     encoding="utf-8")
-        if out.exists():
-            os.replace(out, old)  # only an empty folder or our own output reaches here
-        os.replace(tmp, out)
-    except Exception as err:  # a half-written folder never stays, whatever the writer raised
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not out.exists():
-            os.replace(old, out)
+        _apply_umask(tmp)
+        if in_place:
+            _move_in(tmp, out)
+        else:
+            os.replace(tmp, out)
+    except Exception as err:  # a half-written output never stays, whatever the writer raised
         # Writers report a full disk as OSError, RuntimeError (torch) or SafetensorError (safetensors).
         if isinstance(err, LitLoraError) or not isinstance(err, (OSError, RuntimeError)) and \
                 type(err).__name__ != "SafetensorError":
             raise
         reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())
         raise LitLoraError(f"could not write {str(out)!r}: {reason}; nothing was changed there") from err
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _move_in(staged: Path, out: Path) -> None:
+    """Rename the staged files into `out`, our earlier output there (if any) set aside first and the manifest
+    last; on any failure the files moved so far go back, and `out` holds what it held before."""
+    old = out / f"{_STAGING}old-{os.getpid()}"
+    earlier = sorted((p.name for p in out.iterdir() if not p.name.startswith(_STAGING)), key=lambda n: n != MANIFEST)
+    new = sorted((p.name for p in staged.iterdir()), key=lambda n: n == MANIFEST)
+    set_aside: list[str] = []
+    moved: list[str] = []
+    try:
+        old.mkdir()
+        for name in earlier:  # the manifest first: the folder stops claiming a complete output at once
+            os.replace(out / name, old / name)
+            set_aside.append(name)
+        for name in new:
+            os.replace(staged / name, out / name)
+            moved.append(name)
+    except BaseException:
+        for name in reversed(moved):
+            os.replace(out / name, staged / name)
+        for name in reversed(set_aside):
+            os.replace(old / name, out / name)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _apply_umask(folder: Path) -> None:
+    """The permissions a file created here would get (0666, folders 0777, less the umask): some writers
+    (safetensors) create theirs 0600, which other users of a shared model folder could not read."""
+    umask = _umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (setting it to read it back would
+    leave other threads, a logger's writer, a moment with another one)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o077)  # the strictest for that moment
+    os.umask(umask)
+    return umask
 
 
 def _is_completions_file(path: Path) -> bool:

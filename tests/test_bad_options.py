@@ -41,6 +41,9 @@ CASES = [
     ("--throughput.log_every_n_steps", "0", "throughput.log_every_n_steps must be an integer >= 1, got 0"),
     ("--loss_trend.intervals", "-1", "loss_trend.intervals must be an integer >= 0, got -1"),
     ("--model.generation.top_p", "0", "top_p must be a finite number > 0 and <= 1, got 0.0"),
+    # Lightning's own checks that raise plain ValueError, mapped by where they are raised
+    ("--trainer.strategy", "nonsense", "trainer.strategy: You selected an invalid strategy name"),
+    ("--trainer.accelerator", "nonsense", "trainer.accelerator: You selected an invalid accelerator name"),
 ]
 
 
@@ -61,3 +64,16 @@ def test_bad_values_are_one_line_naming_the_option(in_tmp, tiny_model_dir, shake
     assert len(err) == 1 and err[0].startswith("lit_lora: error: "), err
     assert text in err[0], err[0]
     assert not (in_tmp / "lightning_logs").exists()  # stopped before any run folder was made
+
+
+def test_a_lightning_check_at_fit_start_is_one_line_and_leaves_no_run_folder(in_tmp, tiny_model_dir, shakespeare,
+                                                                             capsys):
+    # Lightning checks val_check_interval against the batches of an epoch only once the loader exists, with a
+    # plain ValueError, after the run folder was made.
+    args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "2",
+                    "--trainer.val_check_interval", "500", "--samples.prompts", "[]")
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("lit_lora: error: trainer.val_check_interval: "), err
+    assert "must be less than or equal to the number of the training batches" in err[0]
+    assert not (in_tmp / "lightning_logs").exists()  # the folder the run made for itself went with it

@@ -142,3 +142,97 @@ def test_a_chosen_logger_version_never_writes_into_another_runs_checkpoints(tmp_
         claim_logger_version(logger, resuming=True)  # resuming that run is what the folder is for
         claim_logger_version(cls(str(tmp_path / "lightning_logs"), name="lit_lora", version=1), resuming=False)
     assert (ckpts / "last.ckpt").read_bytes() == b"another run's"
+
+
+def test_export_into_an_existing_empty_folder_keeps_it_and_respects_the_umask(tmp_path, capsys):
+    # A mount point (`-v $PWD/out:/out`) cannot be renamed onto: the folder is written in place and kept.
+    out = tmp_path / "mount"
+    out.mkdir()
+    os.chmod(out, 0o750)
+    inode = out.stat().st_ino
+    umask = os.umask(0o027)
+    try:
+        for extra in ([], ["--overwrite"]):  # into the empty folder, then over our own output there
+            assert main(["export", "--ckpt_path", str(LEGACY_CKPT), "--output_dir", str(out), *extra]) == 0
+            assert out.stat().st_ino == inode and out.stat().st_mode & 0o777 == 0o750
+            files = sorted(p.name for p in out.iterdir())
+            assert "adapter_model.safetensors" in files and MANIFEST in files and not any(f.startswith(".") for f in files)
+            assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {f: 0o640 for f in files}
+    finally:
+        os.umask(umask)
+    capsys.readouterr()
+    (out / "notes.txt").write_text("mine")  # a folder that is not empty and not ours is still refused
+    assert main(["export", "--ckpt_path", str(LEGACY_CKPT), "--output_dir", str(out), "--overwrite"]) == 2
+    assert "(notes.txt)" in _error_line(capsys)
+
+
+def test_a_failed_write_in_place_leaves_no_file_under_a_final_name(tmp_path, monkeypatch):
+    from lit_lora.errors import LitLoraError
+    from lit_lora.outputs import write_dir_atomically
+
+    def fill(folder):
+        (folder / "weights.bin").write_bytes(b"part")
+        (folder / "config.json").write_text("{}")
+
+    def failing_fill(folder):
+        fill(folder)
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(LitLoraError, match="No space left on device; nothing was changed there"):
+        write_dir_atomically(out, "adapter", failing_fill, "--output_dir", overwrite=False)
+    assert list(out.iterdir()) == []
+    # The renames into place fail half-way (the second file): the first one goes back out of sight.
+    write_dir_atomically(out, "adapter", fill, "--output_dir", overwrite=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    replace, calls = os.replace, []
+
+    def replace_then_fail(src, dst):
+        calls.append(dst)
+        if len(calls) == 5:  # the manifest and both files set aside, one new file moved in, then the second
+            raise OSError(5, "Input/output error")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_fail)
+    with pytest.raises(LitLoraError, match="Input/output error; nothing was changed there"):
+        write_dir_atomically(out, "adapter", lambda f: (f / "weights.bin").write_bytes(b"new") or
+                             (f / "config.json").write_text('{"new": 1}'), "--output_dir", overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier output, whole
+
+
+def test_a_run_stopped_by_bad_input_leaves_no_folder_unless_it_trained_or_saved(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from lit_lora.cli.run_folder import (RUN_VERSION_ENV, claim_run_folders, forget_claimed_folders,
+                                         remove_unused_run_folders)
+
+    monkeypatch.setenv(RUN_VERSION_ENV, "")  # restored afterwards: the claim publishes its version there
+
+    class Trainer:  # what claim_run_folders reads of a Trainer without a logger
+        loggers: list = []
+        callbacks: list = []
+
+        def __init__(self, global_step: int) -> None:
+            self.global_step, self._default_root_dir = global_step, str(tmp_path)
+
+        @property
+        def default_root_dir(self) -> str:
+            return self._default_root_dir
+
+    (tmp_path / "lightning_logs").mkdir()  # the user's: never removed
+    for steps, ckpt, kept in ((0, False, False), (3, False, True), (0, True, True)):
+        forget_claimed_folders()
+        trainer = Trainer(steps)
+        claim_run_folders(trainer, resuming=False, ckpt_path=None)
+        run = Path(trainer.default_root_dir)
+        (run / "config.yaml").write_text("x")
+        if ckpt:
+            (run / "checkpoints").mkdir()
+            (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        remove_unused_run_folders()
+        assert run.is_dir() == kept, (steps, ckpt)
+        if not kept:  # the folders the claim made went too, the user's stayed
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
+            assert list((tmp_path / "lightning_logs").iterdir()) == []
+    forget_claimed_folders()

@@ -5,6 +5,7 @@ And the Trainer options Lightning accepts although they can only do harm (checke
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import sys
 from typing import Any, Optional
@@ -20,9 +21,34 @@ _GROUPS = {
 }
 
 
+# Where Lightning checks the Trainer's and its callbacks' options, raising plain ValueError or TypeError as
+# often as MisconfigurationException (the fit loop checks val_check_interval against the batches only once the
+# loader exists).
+_CHECKING_PACKAGES = ("trainer", "loops", "callbacks", "loggers")
+
+
 def is_configuration_error(err: BaseException) -> bool:
+    """Lightning rejected an option: a MisconfigurationException, or a ValueError or TypeError raised by
+    Lightning's own trainer, loop, callback or logger code whose message names one of the options."""
     exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
-    return exceptions is not None and isinstance(err, exceptions.MisconfigurationException)
+    if exceptions is not None and isinstance(err, exceptions.MisconfigurationException):
+        return True
+    if not isinstance(err, (ValueError, TypeError)) or not _raised_by_lightning(err):
+        return False
+    return _named_option(" ".join(str(err).split())) is not None
+
+
+def _raised_by_lightning(err: BaseException) -> bool:
+    """The innermost frame of the traceback (where `raise` ran) is in Lightning's option-checking code."""
+    package = sys.modules.get("lightning.pytorch")
+    tb = err.__traceback__
+    if package is None or tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    root = os.path.dirname(os.path.abspath(package.__file__))
+    raised_in = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    return any(raised_in.startswith(os.path.join(root, sub) + os.sep) for sub in _CHECKING_PACKAGES)
 
 
 def option_message(err: BaseException) -> str:

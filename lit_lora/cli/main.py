@@ -48,8 +48,11 @@ def top_level_help() -> str:
 
 def cli_main(args: Optional[list[str]] = None) -> Any:
     """Run LightningCLI in-process (tests call this with a list of arguments)."""
-    from lit_lora.cli.trainer_cli import LitLoraCLI  # Lightning: only for the subcommands that need it
+    # Lightning: only for the subcommands that need it
+    from lit_lora.cli.run_folder import forget_claimed_folders
+    from lit_lora.cli.trainer_cli import LitLoraCLI
 
+    forget_claimed_folders()
     # LightningCLI warns when given args that equal sys.argv; None means "read sys.argv" to it.
     return LitLoraCLI(args=None if args == sys.argv[1:] else args)
 
@@ -82,6 +85,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
+        run_folder = sys.modules.get("lit_lora.cli.run_folder")
+        if run_folder is not None:  # a run stopped by a bad option leaves no folder of its own behind
+            run_folder.remove_unused_run_folders()
         message = option_message(err) if is_configuration_error(err) else one_line(err)
         if not isinstance(err, LitLoraError):  # a config/flag the parser or Lightning rejected
             message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"

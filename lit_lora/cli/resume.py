@@ -6,7 +6,8 @@ LightningCLI's own resume loads the checkpoint's hyperparameters over the flags 
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
 from lit_lora.training.checkpoint_io import find_last_checkpoint
@@ -78,12 +79,29 @@ def merge_checkpoint_hparams(
     return merged
 
 
-def logger_location(logger: Any) -> tuple[str, str]:
-    """(save_dir, name) of the configured logger (the first of several) from plain config values; our
-    defaults when none is configured."""
+def logger_location(logger: Any, default_root_dir: Optional[str] = None) -> tuple[str, str]:
+    """(save_dir, name): the folder whose subfolders are the runs of the configured logger (the first of
+    several), from plain config values. TensorBoard and CSV: save_dir/name/version_N. MLflow: its file store
+    (or, for a server, the Trainer's default_root_dir) / experiment id / run id, as Lightning's ModelCheckpoint
+    lays it out. Without a logger: the folder lit_lora makes for such runs (`lightning_logs/lit_lora` under
+    default_root_dir)."""
     if logger is None or isinstance(logger, bool):
-        logger = {}
+        logger = {} if logger is not False else None
     if isinstance(logger, list):
         logger = logger[0] if logger else {}
+    if logger is None:
+        return os.path.join(default_root_dir or "", "lightning_logs"), "lit_lora"
     init = dict(logger.get("init_args") or {}) if isinstance(logger, dict) else {}
+    if isinstance(logger, dict) and str(logger.get("class_path", "")).rpartition(".")[2] == "MLFlowLogger":
+        uri = init.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or f"file:{init.get('save_dir', './mlruns')}"
+        save_dir = uri[len("file:"):] if uri.startswith("file:") else (default_root_dir or ".")
+        return save_dir, _mlflow_experiment_id(uri, init.get("experiment_name", "lightning_logs"))
     return init.get("save_dir", "lightning_logs"), init.get("name", "lit_lora")
+
+
+def _mlflow_experiment_id(tracking_uri: str, name: str) -> str:
+    """The id MLflow gave the experiment `name` (its runs' folders are under it); `name` if there is none yet."""
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else name

@@ -1,16 +1,32 @@
 """The run folder and what is checked before one is made: data files exist, and a `version_N` folder
-claimed for this run alone (or the checkpoint's, on resume)."""
+claimed for this run alone (or the checkpoint's, on resume), shared by all its loggers, made for a run
+without a logger too, holding its config.yaml, and removed again if the run stops on bad input before it
+saved a checkpoint. A run writes nowhere else."""
 
 from __future__ import annotations
 
 import csv
 import os
+import shutil
+import weakref
+from pathlib import Path
 from typing import Any, Optional
 
+from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_lora.cli.resume import logger_location
 from lit_lora.data.files import resolve_files
 from lit_lora.errors import LitLoraError
 from lit_lora.data.sources import file_list
-from lit_lora.training.checkpoint_io import claim_run_version
+from lit_lora.outputs import shown
+from lit_lora.training.checkpoint_io import claim_run_version, run_version_of
+
+# Lightning's callbacks that refuse to run without a logger (they only log).
+_NEEDS_A_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)
+# The loggers whose runs are folders (save_dir/name/version_N).
+_FOLDER_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
 
 def check_data_files(data_cfg: Any) -> None:
@@ -28,6 +44,50 @@ def check_data_files(data_cfg: Any) -> None:
 # inherit the environment and use the same version.
 RUN_VERSION_ENV = "LIT_LORA_RUN_VERSION"
 
+# The folders this process made for its run: (the version folder, the topmost folder the claim created).
+_CLAIMED: list[tuple[Path, Path]] = []
+# The Trainer of the run they were made for (a weak reference): a run that trained steps keeps its folder.
+_TRAINER: list[Any] = []
+
+
+def claim_folder(save_dir: str, name: str) -> int:
+    """claim_run_version, remembered so that a run that fails on a bad option leaves no folder behind."""
+    root = Path(save_dir, name).absolute()
+    top = root  # the topmost folder that does not exist yet
+    while not top.parent.exists():
+        top = top.parent
+    made_above = not top.exists()
+    version = claim_run_version(save_dir, name)
+    run = root / f"version_{version}"
+    _CLAIMED.append((run, top if made_above else run))
+    return version
+
+
+def forget_claimed_folders() -> None:
+    """A new command in this process (tests run several): the folders claimed before are not its own."""
+    _CLAIMED.clear()
+    _TRAINER.clear()
+
+
+def remove_unused_run_folders() -> None:
+    """After a run stopped on bad input before its first training step: delete the folders it made that hold
+    no checkpoint (its config dump, hparams and step-0 logs describe a run that never trained), and the
+    empty parents it made for them. A run that trained keeps its logs."""
+    trainer = _TRAINER[0]() if _TRAINER else None
+    if trainer is not None and trainer.global_step > 0:
+        _CLAIMED.clear()
+    while _CLAIMED:
+        run, top = _CLAIMED.pop()
+        if not run.is_dir() or any(run.rglob("*.ckpt")):
+            continue
+        shutil.rmtree(run, ignore_errors=True)
+        parent = run.parent
+        while top != run and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            if parent == top:
+                break
+            parent = parent.parent
+
 
 def claim_logger_version(logger: Any, resuming: bool) -> None:
     """Give a TensorBoard or CSV logger without a version a folder no other run has (see claim_run_version);
@@ -37,7 +97,6 @@ def claim_logger_version(logger: Any, resuming: bool) -> None:
 
     if not isinstance(logger, (TensorBoardLogger, CSVLogger)):
         return
-    other_rank = int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
     # `_version` is None until the logger picks the next free number itself, which is what races.
     if logger._version is not None:
         # Where ModelCheckpoint saves (a TensorBoard sub_dir is not part of it). Every rank checks: a new run
@@ -51,17 +110,123 @@ def claim_logger_version(logger: Any, resuming: bool) -> None:
                 "leave the version out (a new folder is made) or resume that run with --ckpt_path last"
             )
         return
+    logger._version = _claim_for_all_ranks(logger.save_dir, logger.name or "")
+
+
+def _claim_for_all_ranks(save_dir: str, name: str) -> Optional[int]:
+    """Rank 0 claims a version folder; the other ranks take the one it claimed (None before it has)."""
+    other_rank = int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
     if other_rank:
-        if os.environ.get(RUN_VERSION_ENV):
-            logger._version = int(os.environ[RUN_VERSION_ENV])
+        return int(os.environ[RUN_VERSION_ENV]) if os.environ.get(RUN_VERSION_ENV) else None
+    version = claim_folder(save_dir, name)
+    os.environ[RUN_VERSION_ENV] = str(version)
+    return version
+
+
+def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) -> None:
+    """Give the run its own folder. Loggers: see claim_logger_version; TensorBoard and CSV loggers that
+    write into the same folder (share_run_folder) share its version. Without a logger, Lightning would write
+    checkpoints and config.yaml into the working folder (the Trainer's default_root_dir), over the user's
+    files: the run gets lightning_logs/lit_lora/version_N there instead (resume.logger_location; the
+    checkpoint's own folder when it resumes from one), and the callbacks that need a logger step aside."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    _TRAINER[:] = [weakref.ref(trainer)]
+    if trainer.loggers:
+        versions: dict[tuple[str, str], Any] = {}
+        for logger in trainer.loggers:
+            if isinstance(logger, (TensorBoardLogger, CSVLogger)):
+                folder = (os.path.abspath(logger.save_dir), logger.name or "")
+                if logger._version is None and folder in versions:
+                    logger._version = versions[folder]
+                claim_logger_version(logger, resuming)
+                versions.setdefault(folder, logger._version)
+            keep_csv_history(logger)
         return
-    logger._version = claim_run_version(logger.save_dir, logger.name or "")
-    os.environ[RUN_VERSION_ENV] = str(logger._version)
+    save_dir, name = logger_location(False, trainer.default_root_dir)
+    version = _version_in(ckpt_path, save_dir, name) if ckpt_path else None
+    if version is None:
+        version = _claim_for_all_ranks(save_dir, name)
+    trainer._default_root_dir = os.path.abspath(os.path.join(save_dir, name, f"version_{version}"))
+    aside = [c for c in trainer.callbacks if isinstance(c, _NEEDS_A_LOGGER)]
+    if aside:
+        trainer.callbacks[:] = [c for c in trainer.callbacks if c not in aside]
+        if rank_zero_only.rank == 0:
+            names = ", ".join(sorted({type(c).__name__ for c in aside}))
+            print(f"lit_lora: no logger (--trainer.logger false): {names} off; checkpoints and config.yaml go to "
+                  f"{shown(trainer.default_root_dir)}", flush=True)
 
 
-def set_logger_run(trainer_cfg: Any, version: Optional[int], run_id: Optional[str]) -> None:
-    """Point the configured logger at the checkpoint's run: its `version_N` folder (TensorBoard, CSV) or its
-    run id (MLflow), unless the user chose one."""
+def _version_in(ckpt_path: str, save_dir: str, name: str) -> Optional[int]:
+    """N when the checkpoint lies in save_dir/name/version_N/checkpoints, the folder a resumed run goes on
+    writing into; None for a checkpoint anywhere else (another folder's version_N is not this one's)."""
+    version = run_version_of(ckpt_path)
+    own = Path(ckpt_path).resolve().parent.parent.parent == Path(save_dir, name).resolve()
+    return version if own else None
+
+
+def share_run_folder(trainer_cfg: Any) -> None:
+    """One run, one folder: a TensorBoard or CSV logger after the first writes into the first one's folder
+    (its save_dir and name; claim_run_folders gives both the same version), so the run's logs, checkpoints,
+    config.yaml and adapter are found together."""
+    loggers = trainer_cfg.get("logger")
+    if not isinstance(loggers, list):
+        return
+    first = None
+    for logger in loggers:
+        init = getattr(logger, "init_args", None)
+        if init is None or str(getattr(logger, "class_path", "")).rpartition(".")[2] not in _FOLDER_LOGGERS:
+            continue
+        if first is None:
+            first = init
+        else:
+            init.save_dir, init.name = first.get("save_dir"), first.get("name")
+
+
+def run_dir(trainer: Any) -> str:
+    """The run's own folder, where its checkpoints and config.yaml go: the first logger's (its log_dir, or
+    save_dir/name/version as Lightning lays out an MLflow run's checkpoints), else the Trainer's
+    default_root_dir (claim_run_folders made it this run's)."""
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    logger = trainer.loggers[0]
+    if getattr(logger, "log_dir", None):
+        return logger.log_dir
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    return os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+
+
+def say_where_resumed_run_writes(trainer: Any, ckpt_path: Optional[str]) -> None:
+    """A run resumed from a checkpoint outside this logger's run folders (copied elsewhere) goes on in a
+    folder of its own: say which, once."""
+    if not ckpt_path or not trainer.is_global_zero:
+        return
+    folder = run_dir(trainer)
+    if Path(ckpt_path).resolve().parent.parent != Path(folder).resolve():
+        print(f"lit_lora: {ckpt_path} is not in this logger's run folders; this run writes to {shown(folder)}",
+              flush=True)
+
+
+class RunConfig(SaveConfigCallback):
+    """Lightning's config dump (config.yaml) in the run's own folder (run_dir), whatever the logger:
+    Lightning writes it into `trainer.log_dir`, which is the working folder without a logger and the
+    store every run shares for MLflow."""
+
+    def __init__(self, parser: Any, config: Any, config_filename: str = "config.yaml", overwrite: bool = False,
+                 multifile: bool = False, save_to_log_dir: bool = False) -> None:
+        super().__init__(parser, config, config_filename, overwrite, multifile, save_to_log_dir)
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        folder = run_dir(trainer)
+        os.makedirs(folder, exist_ok=True)
+        self.parser.save(self.config, os.path.join(folder, self.config_filename), skip_none=False,
+                         overwrite=self.overwrite, multifile=self.multifile)
+
+
+def set_logger_run(trainer_cfg: Any, ckpt_path: str, run_id: Optional[str]) -> None:
+    """Point the configured logger at the checkpoint's run: its `version_N` folder (TensorBoard, CSV) when the
+    checkpoint lies in this logger's `version_N/checkpoints` (a copy elsewhere starts a new folder, never
+    another run's `version_N` here), or its run id (MLflow), unless the user chose one."""
     logger = trainer_cfg.get("logger")
     if logger is None or isinstance(logger, bool):
         return
@@ -69,8 +234,10 @@ def set_logger_run(trainer_cfg: Any, version: Optional[int], run_id: Optional[st
     init = getattr(target, "init_args", None)
     if init is None:
         return
-    if version is not None and "version" in init and init.get("version") is None:
-        init.version = version
+    if "version" in init and init.get("version") is None:
+        version = _version_in(ckpt_path, init.get("save_dir") or "lightning_logs", init.get("name") or "")
+        if version is not None:
+            init.version = version
     if run_id is not None and "run_id" in init and init.get("run_id") is None:
         init.run_id = run_id
 

@@ -13,7 +13,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
-from lit_lora.cli.run_folder import check_data_files, claim_logger_version, keep_csv_history, set_logger_run
+from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, say_where_resumed_run_writes,
+                                     set_logger_run, share_run_folder)
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
@@ -29,7 +30,7 @@ from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.outputs import ensure_writable, shown
 from lit_lora.restore import export_best_checkpoint
 from lit_lora.training.checkpoint import RunCheckpoint
-from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file, run_version_of
+from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 from lit_lora.notes import print_note
@@ -62,6 +63,7 @@ class LitLoraCLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites, not aborts
+        kwargs.setdefault("save_config_callback", RunConfig)  # into the run's folder, whatever the logger
         kwargs.setdefault("trainer_defaults", TRAINER_DEFAULTS)
         # The module builds its own AdamW + warm-up/cosine schedule; no generic --optimizer groups.
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -133,7 +135,8 @@ class LitLoraCLI(LightningCLI):
         cfg = self.config[sub] if sub else None
         if not cfg or not cfg.get("ckpt_path"):
             return
-        ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *logger_location(_plain(cfg.trainer.get("logger"))))
+        location = logger_location(_plain(cfg.trainer.get("logger")), cfg.trainer.get("default_root_dir"))
+        ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *location)
         if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
             print_note(f"resuming from {ckpt_path}")
         ckpt = load_checkpoint_file(ckpt_path)
@@ -161,7 +164,7 @@ class LitLoraCLI(LightningCLI):
             cfg.data.chat_template = recorded
         if sub == "fit":
             # Continue the same logger run and checkpoint folder instead of starting a new one.
-            set_logger_run(cfg.trainer, run_version_of(ckpt_path), ckpt["lit_lora"].get("logger_run_id"))
+            set_logger_run(cfg.trainer, ckpt_path, ckpt["lit_lora"].get("logger_run_id"))
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
@@ -169,6 +172,7 @@ class LitLoraCLI(LightningCLI):
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
         check_trainer_options(trainer_cfg)
+        share_run_folder(trainer_cfg)
         if sub in ("fit", "validate", "test"):
             check_data_files(self.config[sub].data)
 
@@ -177,6 +181,7 @@ class LitLoraCLI(LightningCLI):
             self.datamodule.resume_checkpoint = self.config["fit"].get("ckpt_path")
         if self.config["fit"].get("ckpt_path"):  # the step-0 validation was the run's start, not this one's
             self.trainer.num_sanity_val_steps = 0
+        say_where_resumed_run_writes(self.trainer, self.config["fit"].get("ckpt_path"))
         logger = self.trainer.logger
         root = getattr(logger, "root_dir", None) or getattr(logger, "save_dir", None)
         if root and self.trainer.is_global_zero:
@@ -210,9 +215,7 @@ class LitLoraCLI(LightningCLI):
         # After the model, data and Trainer were built: a bad option stops the run before any folder is made.
         sub = self.config.get("subcommand")
         resuming = sub != "fit" or bool(self.config[sub].get("ckpt_path"))
-        for logger in trainer.loggers:
-            claim_logger_version(logger, resuming)
-            keep_csv_history(logger)
+        claim_run_folders(trainer, resuming, self.config[sub].get("ckpt_path") if sub == "fit" else None)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.

@@ -120,20 +120,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 _VERSION = re.compile(r"^version_(\d+)$")
+# The folder MLflow's runs get under their experiment (Lightning's ModelCheckpoint saves into it): the run id.
+_MLFLOW_RUN = re.compile(r"^[0-9a-f]{32}$")
 
 
 def find_last_checkpoint(save_dir: str, name: str) -> Optional[str]:
-    """The newest complete run's `last.ckpt` under save_dir/name: the one saved most recently (runs started
-    together finish in any order). A version folder with no `last.ckpt` yet (a run that is starting, or
-    one that stopped before its first save) is passed over; files appear whole (atomic writes)."""
+    """The newest complete run's `last.ckpt` under save_dir/name, in a run folder of any logger (`version_N`
+    for TensorBoard and CSV, the run id for MLflow; nothing else): the one saved most recently (runs started
+    together finish in any order). A run folder with no `last.ckpt` yet (a run that is starting, or one that
+    stopped before its first save) is passed over; files appear whole (atomic writes)."""
     root = Path(save_dir) / name
     if not root.is_dir():
         return None
     found = []
     for d in root.iterdir():
         last = d / "checkpoints" / "last.ckpt"
-        if (m := _VERSION.match(d.name)) and last.is_file():
-            found.append((last.stat().st_mtime_ns, int(m.group(1)), str(last)))
+        m = _VERSION.match(d.name)
+        if (m or _MLFLOW_RUN.match(d.name)) and last.is_file():
+            found.append((last.stat().st_mtime_ns, int(m.group(1)) if m else -1, str(last)))
     return max(found)[2] if found else None
 
 
