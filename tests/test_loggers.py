@@ -64,7 +64,7 @@ def test_mlflow_logger_gets_samples_hparams_best_metric_and_resumes_the_same_run
 def test_a_run_without_a_logger_writes_only_into_a_run_folder_of_its_own(tmp_path, tiny_model_dir, shakespeare):
     (tmp_path / "config.yaml").write_text("mine: 1\n")  # the user's file in the working folder
     out = cli_output(tmp_path, *fit_args(tiny_model_dir, shakespeare, tmp_path, "--trainer.max_steps", "2",
-                                         "--samples.prompts", "[]", "--trainer.logger", "false"))
+                                         "--samples.prompts", "[]", "--trainer.logger", "false"), notes=True)
     assert (tmp_path / "config.yaml").read_text() == "mine: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "hf-cache", "lightning_logs"]
     run = tmp_path / "lightning_logs" / "lit_lora" / "version_0"
@@ -87,7 +87,7 @@ def test_two_loggers_share_one_run_folder_and_a_copied_checkpoint_says_where_it_
     assert {"metrics.csv", "config.yaml", "checkpoints"} <= names and any(n.startswith("events.out") for n in names)
     copy = tmp_path / "copy.ckpt"  # a checkpoint moved out of its run folder: the resumed run gets a new one
     copy.write_bytes((runs / "version_0" / "checkpoints" / "last.ckpt").read_bytes())
-    out = cli_output(tmp_path, *args, "--trainer.max_steps", "3", "--ckpt_path", str(copy))
+    out = cli_output(tmp_path, *args, "--trainer.max_steps", "3", "--ckpt_path", str(copy), notes=True)
     assert f"lit_lora: {copy} is not in this logger's run folders; this run writes to lightning_logs/lit_lora/" \
            "version_1" in out.splitlines()
     assert (runs / "version_1" / "checkpoints" / "last.ckpt").is_file()

@@ -22,6 +22,7 @@ from lit_lora.errors import LitLoraError
 from lit_lora.data.sources import file_list
 from lit_lora.outputs import shown
 from lit_lora.training.checkpoint_io import claim_run_version, run_version_of
+from lit_lora.notes import print_note
 
 # Lightning's callbacks that refuse to run without a logger (they only log).
 _NEEDS_A_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)
@@ -153,8 +154,8 @@ def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) ->
         trainer.callbacks[:] = [c for c in trainer.callbacks if c not in aside]
         if rank_zero_only.rank == 0:
             names = ", ".join(sorted({type(c).__name__ for c in aside}))
-            print(f"lit_lora: no logger (--trainer.logger false): {names} off; checkpoints and config.yaml go to "
-                  f"{shown(trainer.default_root_dir)}", flush=True)
+            print_note(f"no logger (--trainer.logger false): {names} off; checkpoints and config.yaml go to "
+                       f"{shown(trainer.default_root_dir)}")
 
 
 def _version_in(ckpt_path: str, save_dir: str, name: str) -> Optional[int]:
@@ -203,8 +204,7 @@ def say_where_resumed_run_writes(trainer: Any, ckpt_path: Optional[str]) -> None
         return
     folder = run_dir(trainer)
     if Path(ckpt_path).resolve().parent.parent != Path(folder).resolve():
-        print(f"lit_lora: {ckpt_path} is not in this logger's run folders; this run writes to {shown(folder)}",
-              flush=True)
+        print_note(f"{ckpt_path} is not in this logger's run folders; this run writes to {shown(folder)}")
 
 
 class RunConfig(SaveConfigCallback):
