@@ -72,6 +72,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli_main(argv)
         return 0
     except BaseException as err:
+        if _interrupted(err):  # Ctrl-C outside a training loop (which saves and stops by itself)
+            print("lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved", file=sys.stderr)
+            return 130  # as a shell reports a command ended by SIGINT
         if _is_sigterm_stop(err):
             return 0  # GracefulStop already saved last.ckpt and said so
         if isinstance(err, BrokenPipeError):  # stdout's reader went away (`generate ... | head`): stop quietly
@@ -95,6 +98,19 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         pass  # not a real file (a test's capture): nothing will flush into a pipe
+
+
+def _interrupted(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error raised while one was being handled: a worker pool's timeout
+    (`datasets`), Lightning's `sys.exit(1)` after its own KeyboardInterrupt handling."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _is_sigterm_stop(err: BaseException) -> bool:
