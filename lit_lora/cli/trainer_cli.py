@@ -144,7 +144,7 @@ class LitLoraCLI(LightningCLI):
         defaults = {key: _plain(value) for key, value in vars(self._parser(sub).get_defaults().model).items()}
         saved = ckpt.get("hyper_parameters") or {}
         merged = merge_checkpoint_hparams(current, defaults, saved)
-        if sub == "fit" and rank_zero_only.rank == 0:
+        if sub == "fit" and self.resumes_training and rank_zero_only.rank == 0:
             for line in (applied_changes(merged, saved),
                          data_changes(_plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
                 if line:
