@@ -173,6 +173,7 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     # was the first run's, not repeated.
     assert "lit_lora: the learning-rate schedule keeps the 8 steps the run started with (these settings plan 10)" in out
     assert "at step 0" not in out
+    assert "other data" not in out  # the same file and block size, typed as the first run typed them
     (written,) = (tmp / "lightning_logs").rglob("last.ckpt")
     assert torch.load(written, weights_only=True)["lit_lora"]["schedule_steps"] == 8
     # The rate in use is the recorded one (the restored optimizer and schedule took it, and said so): steps

@@ -130,6 +130,7 @@ def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, corpus_3
     assert err == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
     assert _outliving(seen) == []
     assert not list(in_tmp.rglob("*.ckpt"))
+    assert not list((in_tmp / "hf-cache").rglob("tmp*"))  # no half-written tokenized shard
 
 
 def test_ctrl_c_during_merge_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
