@@ -165,7 +165,7 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     assert main(args + ["--model.lora.r", "16"]) == 2
     assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
     cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
-                          "--trainer.val_check_interval", "4"], cwd=tmp)
+                          "--trainer.val_check_interval", "4", "--data.block_size", "16"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8
     out = capsys.readouterr().out
@@ -173,7 +173,9 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     # was the first run's, not repeated.
     assert "lit_lora: the learning-rate schedule keeps the 8 steps the run started with (these settings plan 10)" in out
     assert "at step 0" not in out
-    assert "other data" not in out  # the same file and block size, typed as the first run typed them
+    # The same file (typed as the first run typed it), in blocks of another size: that, and only that, is said.
+    assert ("lit_lora: resuming on other data than the checkpoint's run: data.block_size 16 (was 32); training "
+            "continues at the same sample position in the new data") in out.splitlines()
     (written,) = (tmp / "lightning_logs").rglob("last.ckpt")
     assert torch.load(written, weights_only=True)["lit_lora"]["schedule_steps"] == 8
     # The rate in use is the recorded one (the restored optimizer and schedule took it, and said so): steps
