@@ -98,7 +98,7 @@ def _outliving(processes: list[psutil.Process]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_during_tokenization_leaves_no_process_behind(tmp_path, tiny_model_dir, big_corpus):
+def test_kill_9_during_tokenization_leaves_no_worker_behind(tmp_path, tiny_model_dir, big_corpus):
     proc = start_cli(tmp_path, "fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.train_files",
                      str(big_corpus), "--data.num_proc", "2", "--data.cache_dir", str(tmp_path / "c"),
                      "--data.block_size", "32", "--trainer.max_steps", "1")

@@ -148,7 +148,7 @@ class GracefulStop(Callback):
             return
         # Lightning's loops check this flag after every training and validation batch.
         self._trainer._signal_connector.received_sigterm = True
-        _say("lit_lora: received SIGINT; stopping after the current batch to save last.ckpt "
+        _say("lit_lora: received SIGINT; stopping after the current batch "
              "(Ctrl-C again stops at once, without saving)")
 
     def _noticed(self, trainer: Any) -> bool:
