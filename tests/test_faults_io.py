@@ -69,13 +69,6 @@ def big_corpus(tmp_path_factory, shakespeare):
     return path
 
 
-@pytest.fixture(scope="module")
-def corpus_3mb(big_corpus):
-    path = big_corpus.with_name("3mb.txt")
-    path.write_text(big_corpus.read_text(encoding="utf-8")[: 3 << 20], encoding="utf-8")  # a second or two
-    return path
-
-
 def _tokenizing(parent: psutil.Process, alive, busy: float = 0.5) -> list[psutil.Process]:
     """Every descendant of `parent`, once two of them are tokenizing (each has used `busy` s of CPU)."""
     deadline = time.monotonic() + 240
@@ -109,7 +102,7 @@ def test_kill_9_during_tokenization_leaves_no_worker_behind(tmp_path, tiny_model
     assert _outliving(descendants) == [], "processes outlived their killed parent"
 
 
-def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, corpus_3mb, capfd):
+def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, big_corpus, capfd):
     """Ctrl-C as a terminal sends it, to every process of the group: this one and its tokenizing workers."""
     me, seen, done = psutil.Process(), [], threading.Event()
 
@@ -120,7 +113,8 @@ def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, corpus_3
 
     watcher = threading.Thread(target=press_ctrl_c, daemon=True)
     watcher.start()
-    args = fit_args(tiny_model_dir, corpus_3mb, in_tmp, "--data.num_proc", "2", "--trainer.max_steps", "1")
+    # Seconds of tokenizing, so Ctrl-C lands there and not in a later, shorter step with workers.
+    args = fit_args(tiny_model_dir, big_corpus, in_tmp, "--data.num_proc", "2", "--trainer.max_steps", "1")
     try:
         assert main(args) == 130
     finally:
