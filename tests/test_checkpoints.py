@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -18,7 +19,7 @@ from lit_lora.cli import main
 from lit_lora.errors import LitLoraError
 from lit_lora.model import LitLora
 from tests.conftest import QUICKSTART
-from tests.helpers import fit_args, run_cli
+from tests.helpers import fit_args, run_cli, scalars
 
 IDS = torch.tensor([[5, 17, 42, 99, 3, 250, 7, 8, 300, 11]])
 
@@ -164,7 +165,7 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     assert main(args + ["--model.lora.r", "16"]) == 2
     assert "--model.lora.r is 16 but the checkpoint was trained with 8" in capsys.readouterr().err
     cli = run_cli(args + ["--trainer.max_steps", "10", "--model.learning_rate", "1e-3",
-                          "--trainer.val_check_interval", "4"], cwd=tmp)
+                          "--trainer.val_check_interval", "4", "--data.block_size", "16"], cwd=tmp)
     assert cli.trainer.global_step == 10 and cli.model.hparams.learning_rate == 1e-3
     assert cli.model.lora_settings.r == 8
     out = capsys.readouterr().err
@@ -172,8 +173,21 @@ def test_conflicting_lora_flag_stops_but_max_steps_is_honoured(trained, tiny_mod
     # was the first run's, not repeated.
     assert "lit_lora: the learning-rate schedule keeps the 8 steps the run started with (these settings plan 10)" in out
     assert "at step 0" not in out
+    # The same file (typed as the first run typed it), in blocks of another size: that, and only that, is said.
+    assert ("lit_lora: resuming on other data than the checkpoint's run: data.block_size 16 (was 32); training "
+            "continues at the same sample position in the new data") in out.splitlines()
     (written,) = (tmp / "lightning_logs").rglob("last.ckpt")
     assert torch.load(written, weights_only=True)["lit_lora"]["schedule_steps"] == 8
+    # The rate in use is the recorded one (the restored optimizer and schedule took it, and said so): steps
+    # 9 and 10 are on the schedule's floor, min_lr_ratio times the new peak, not the checkpoint's 2e-2.
+    assert ("lit_lora: resuming with model.learning_rate 0.001 (was 0.02): the restored optimizer and schedule use "
+            "them from the next step on") in out
+    recorded = yaml.safe_load((written.parent.parent / "hparams.yaml").read_text())
+    floor = recorded["learning_rate"] * recorded["min_lr_ratio"]
+    assert recorded["learning_rate"] == 1e-3
+    rates = [rate for _, rate in scalars(str(tmp / "lightning_logs"), "lr-AdamW")]
+    assert len(rates) == 2 and all(rate == pytest.approx(floor) for rate in rates), rates
+    assert cli.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(floor)
 
 
 def test_the_data_of_a_run_from_a_checkpoint_uses_the_checkpoints_tokenizer(trained, shakespeare, tmp_path):

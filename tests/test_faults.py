@@ -11,10 +11,11 @@ import time
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import main
 from lit_lora.model import LitLora
-from tests.helpers import fit_args, run_cli, start_cli
+from tests.helpers import fit_args, run_cli, scalars, start_cli
 
 
 def _config(tmp, model_dir, corpus) -> str:
@@ -45,7 +46,11 @@ def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_mode
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]
     name = signal.Signals(signum).name
+    assert "lit_lora: received SIGINT; stopping after the current batch" in out  # at once
     assert f"lit_lora: received {name}; saved" in out and "at step 6" in out
+    # Stopped after that batch: no validation ran after the signal (it would have saved a best checkpoint).
+    assert sorted(p.name for p in (tmp_path / "lightning_logs/lit_lora/version_0/checkpoints").iterdir()) == \
+        ["last.ckpt"]
     ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6 and ckpt["LitLoraData"]["batches_done"] == 6
     assert "exported" not in out  # an interrupted run is not exported as if it had finished
@@ -58,6 +63,52 @@ def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_mode
     run_cli(["fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last"], cwd=tmp_path)  # here: cheaper
     ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 8
+
+
+class SigintInValidation(Callback):
+    """Test callback: Ctrl-C (SIGINT to this process) while the validation after step `at_step` runs its
+    first batch; counts the validation and training batches that start afterwards."""
+
+    last = None  # the instance the CLI built
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step, self.sent, self.after = at_step, False, []
+        SigintInValidation.last = self
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.sent:
+            self.after.append(("val", batch_idx))
+        elif trainer.global_step == self.at_step and not trainer.sanity_checking:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.sent:
+            self.after.append(("train", trainer.global_step))
+
+
+def test_ctrl_c_during_validation_stops_within_the_batch_and_saves(in_tmp, tiny_model_dir, shakespeare, capsys):
+    args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "6",
+                    "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0",
+                    "--trainer.limit_val_batches", "3")
+    assert main([*args, "--trainer.callbacks+=tests.test_faults.SigintInValidation",
+                 "--trainer.callbacks.at_step", "2"]) == 0
+    out = capsys.readouterr().err
+    stopper = SigintInValidation.last
+    assert stopper.sent and stopper.after == []  # no other validation batch, no training step after Ctrl-C
+    assert "lit_lora: received SIGINT; stopping after the current batch" in out
+    run = in_tmp / "lightning_logs/lit_lora/version_0"
+    (saved,) = [line for line in out.splitlines() if line.startswith("lit_lora: received SIGINT; saved")]
+    assert saved.endswith("checkpoints/last.ckpt at step 2. Resume with --ckpt_path last"), saved
+    assert "exported" not in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+    # It resumes from there, skipping the interrupted validation, and validates at the next interval.
+    cli = run_cli([*args, "--ckpt_path", "last"], cwd=in_tmp)
+    assert cli.trainer.global_step == 6
+    # The validations after steps 4 and 6 (Lightning logs them at the step index before: 3 and 5), once each.
+    assert [step for step, _ in scalars(str(run), "val_loss")] == [3, 5]
+    assert [step for step, _ in scalars(str(run), "train_loss")] == list(range(6))
 
 
 def test_unwritable_log_directory_is_reported(in_tmp, tiny_model_dir, shakespeare, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -61,23 +62,83 @@ def _cpu(p: psutil.Process) -> float:
         return 0.0
 
 
-@pytest.mark.slow
-def test_kill_9_during_tokenization_leaves_no_worker_behind(tmp_path, tiny_model_dir, shakespeare):
-    corpus = tmp_path / "big.txt"
-    corpus.write_text(shakespeare.read_text(encoding="utf-8") * 400, encoding="utf-8")  # ~12 MB: seconds
-    proc = start_cli(tmp_path, "fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.train_files",
-                     str(corpus), "--data.num_proc", "2", "--data.cache_dir", str(tmp_path / "c"),
-                     "--data.block_size", "32", "--trainer.max_steps", "1")
-    parent = psutil.Process(proc.pid)
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory, shakespeare):
+    path = tmp_path_factory.mktemp("big") / "big.txt"
+    path.write_text(shakespeare.read_text(encoding="utf-8") * 400, encoding="utf-8")  # ~12 MB: seconds
+    return path
+
+
+def _tokenizing(parent: psutil.Process, alive, busy: float = 0.5) -> list[psutil.Process]:
+    """Every descendant of `parent`, once two of them are tokenizing (each has used `busy` s of CPU)."""
     deadline = time.monotonic() + 240
-    workers: list[psutil.Process] = []
-    while len(workers) < 2:  # wait until two workers are tokenizing (each has used some CPU)
-        assert proc.poll() is None and time.monotonic() < deadline, "tokenization never started in parallel"
-        workers = [c for c in parent.children(recursive=True) if _cpu(c) > 0.5]
+    while len([c for c in parent.children(recursive=True) if _cpu(c) > busy]) < 2:
+        assert alive() and time.monotonic() < deadline, "tokenization never started in parallel"
         time.sleep(0.05)
+    return parent.children(recursive=True)
+
+
+def _outliving(processes: list[psutil.Process]) -> list[str]:
+    gone, alive = psutil.wait_procs(processes, timeout=60)
+    names = []
+    for p in alive:
+        try:
+            names.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
+            p.kill()
+        except psutil.Error:
+            pass
+    return names
+
+
+@pytest.mark.slow
+def test_kill_9_during_tokenization_leaves_no_worker_behind(tmp_path, tiny_model_dir, big_corpus):
+    proc = start_cli(tmp_path, "fit", "--model.model_name_or_path", str(tiny_model_dir), "--data.train_files",
+                     str(big_corpus), "--data.num_proc", "2", "--data.cache_dir", str(tmp_path / "c"),
+                     "--data.block_size", "32", "--trainer.max_steps", "1")
+    # All of them, not only the busy workers: the pool's idle manager process outlived its parent too.
+    descendants = _tokenizing(psutil.Process(proc.pid), lambda: proc.poll() is None)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    gone, alive = psutil.wait_procs(workers, timeout=60)
-    for p in alive:
-        p.kill()
-    assert alive == [], f"{len(alive)} worker(s) outlived their killed parent"
+    assert _outliving(descendants) == [], "processes outlived their killed parent"
+
+
+def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, big_corpus, capfd):
+    """Ctrl-C as a terminal sends it, to every process of the group: this one and its tokenizing workers."""
+    me, seen, done = psutil.Process(), [], threading.Event()
+
+    def press_ctrl_c() -> None:
+        seen.extend(_tokenizing(me, lambda: not done.is_set(), busy=0.1))
+        for p in [*seen, me]:
+            p.send_signal(signal.SIGINT)
+
+    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
+    watcher.start()
+    # Seconds of tokenizing, so Ctrl-C lands there and not in a later, shorter step with workers.
+    args = fit_args(tiny_model_dir, big_corpus, in_tmp, "--data.num_proc", "2", "--trainer.max_steps", "1")
+    try:
+        assert main(args) == 130
+    finally:
+        done.set()  # never a Ctrl-C after this test
+        watcher.join()
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert err == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
+    assert _outliving(seen) == []
+    assert not list(in_tmp.rglob("*.ckpt"))
+    assert not list((in_tmp / "hf-cache").rglob("tmp*"))  # no half-written tokenized shard
+
+
+def test_ctrl_c_during_merge_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    from transformers import PreTrainedModel
+
+    save = PreTrainedModel.save_pretrained
+
+    def ctrl_c_while_saving(self, *args, **kwargs):  # a real SIGINT, with Python's own handler
+        os.kill(os.getpid(), signal.SIGINT)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", ctrl_c_while_saving)
+    out = tmp_path / "merged"
+    assert main(["merge", "--ckpt_path", str(trained_run.ckpt), "--output_dir", str(out)]) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
+    assert not out.exists()

@@ -76,6 +76,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         cli_main(argv)
         return 0
     except BaseException as err:
+        if _interrupted(err):  # Ctrl-C outside a training loop (which saves and stops by itself)
+            _remove_unused_run_folders()
+            print_note("interrupted (Ctrl-C) before finishing; nothing was saved")
+            return 130  # as a shell reports a command ended by SIGINT
         if _is_sigterm_stop(err):
             return 0  # GracefulStop already saved last.ckpt and said so
         if isinstance(err, BrokenPipeError):  # stdout's reader went away (`generate ... | head`): stop quietly
@@ -85,14 +89,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         if verbose:
             traceback.print_exc()
-        run_folder = sys.modules.get("lit_lora.cli.run_folder")
-        if run_folder is not None:  # a run stopped by a bad option leaves no folder of its own behind
-            run_folder.remove_unused_run_folders()
+        _remove_unused_run_folders()
         message = option_message(err) if is_configuration_error(err) else one_line(err)
         if not isinstance(err, LitLoraError):  # a config/flag the parser or Lightning rejected
             message = f"{message} (see: python -m lit_lora.cli {argv[0]} --help)"
         print_note(f"error: {message}")
         return 2
+
+
+def _remove_unused_run_folders() -> None:
+    """A run stopped before it trained (a bad option, Ctrl-C while tokenizing) leaves no folder of its own."""
+    run_folder = sys.modules.get("lit_lora.cli.run_folder")
+    if run_folder is not None:
+        run_folder.remove_unused_run_folders()
 
 
 def _silence_stdout() -> None:
@@ -102,6 +111,19 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         pass  # not a real file (a test's capture): nothing will flush into a pipe
+
+
+def _interrupted(err: BaseException) -> bool:
+    """A KeyboardInterrupt, or an error raised while one was being handled: a worker pool's timeout
+    (`datasets`), Lightning's `sys.exit(1)` after its own KeyboardInterrupt handling."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _is_sigterm_stop(err: BaseException) -> bool:

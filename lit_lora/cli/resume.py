@@ -12,15 +12,52 @@ from typing import Any, Optional
 from lit_lora.errors import LitLoraError
 from lit_lora.training.checkpoint_io import find_last_checkpoint
 
-# Model fields a resumed run may not change: the checkpoint's tensors would not fit (rank, targets) or
-# would mean something else (another architecture). The base model's *path* may change: the weights
-# themselves are checked by fingerprint when the checkpoint loads.
-PROTECTED_LORA_FIELDS = ("r", "alpha", "target_modules", "use_dora", "modules_to_save")
-# Not taken from the checkpoint: the data's block size, which the CLI links into the model.
-NOT_MERGED = ("block_size",)
+# How a resumed run treats each model option typed with another value than the checkpoint's. Every
+# LitLora argument is listed (a unit test checks it), so a new option must be classified here.
+#   "refused": the checkpoint's tensors or optimizer state cannot follow it; one line, exit 2.
+#   "applied": the restored optimizer or schedule takes the new value (model/schedule.py); said in one line.
+#   "used":    nothing restored depends on it (how the step is computed, or checked when the weights load).
+#   "data":    set from the data options (data changes are said by `data_changes`).
+RESUME_RULES: dict[str, str] = {
+    "model_name_or_path": "used",  # the base weights are checked by fingerprint when the checkpoint loads
+    "model_config": "refused",
+    "tokenizer_name_or_path": "used",
+    "lora": "lora",  # field by field: LORA_RULES
+    "adapter_path": "refused",  # the checkpoint's LoRA weights would replace the adapter's at once
+    "gradient_checkpointing": "used",
+    "learning_rate": "applied",
+    "weight_decay": "applied",
+    "betas": "applied",
+    "optimizer": "refused",  # another optimizer cannot take this one's state
+    "warmup_steps": "applied",
+    "warmup_ratio": "applied",
+    "min_lr_ratio": "applied",
+    "block_size": "data",
+    "base_dtype": "used",
+    "quantization": "refused",  # another base: the fingerprint would not say
+    "quantization_options": "used",  # what changes the weights is checked when the checkpoint loads
+    "attn_implementation": "used",
+    "tf32": "used",
+    "compile": "used",
+    "compile_options": "used",
+    "trust_remote_code": "used",
+    "generation": "used",
+}
+# LoRA fields: those that shape or scale the trained tensors are refused; dropout only acts in the step.
+LORA_RULES: dict[str, str] = {
+    "r": "refused", "alpha": "refused", "target_modules": "refused", "bias": "refused", "use_rslora": "refused",
+    "use_dora": "refused", "init_lora_weights": "refused", "modules_to_save": "refused", "extra": "refused",
+    "dropout": "used",
+}
+PROTECTED_LORA_FIELDS = tuple(k for k, rule in LORA_RULES.items() if rule == "refused")
 # What the base model is. Typing either one means "this base": neither is then filled in from the
 # checkpoint, so a path typed for a pretrained model never silently gets the checkpoint's random-init shape.
 BASE_OPTIONS = ("model_name_or_path", "model_config")
+# The data options that decide what a run trains on (the checkpoint's `datamodule_hyper_parameters`).
+# (The chat template is not among them: a resumed run renders with the one its checkpoint records.)
+DATA_OPTIONS = ("train_files", "dataset_name", "dataset_config", "train_split", "format", "text_field",
+                "train_on", "packing", "block_size")
+RESTART = "drop the flag to resume, or start a new run without --ckpt_path"
 
 
 def resolve_ckpt_path(ckpt_path: str, save_dir: str, name: str) -> tuple[str, bool]:
@@ -43,11 +80,9 @@ def _merge_lora(typed: dict[str, Any], default: dict[str, Any], saved: dict[str,
     merged = dict(typed)
     for field, value in saved.items():
         current = typed.get(field)
-        if current != default.get(field) and current != value and field in PROTECTED_LORA_FIELDS:
-            raise LitLoraError(
-                f"--model.lora.{field} is {current!r} but the checkpoint was trained with {value!r}; "
-                "drop the flag to resume, or start a new run without --ckpt_path"
-            )
+        if current != default.get(field) and current != value and LORA_RULES.get(field, "refused") == "refused":
+            raise LitLoraError(f"--model.lora.{field} is {current!r} but the checkpoint was trained with {value!r}; "
+                               f"{RESTART}")
         if current == default.get(field):
             merged[field] = value
     return merged
@@ -57,26 +92,69 @@ def merge_checkpoint_hparams(
     current: dict[str, Any], defaults: dict[str, Any], saved: dict[str, Any]
 ) -> dict[str, Any]:
     """The model options to run with: each option the user left at its default takes the checkpoint's value;
-    an option the user set is kept, unless it cannot fit the checkpoint's tensors (a protected LoRA field, a
-    different `model_config`), which is a one-line error. Keys starting with `_` (Lightning's) are ignored."""
+    an option the user set is kept unless RESUME_RULES refuses it (a one-line error). Keys starting with `_`
+    (Lightning's) are ignored."""
     merged = dict(current)
     base_typed = any(k in current and current[k] != defaults.get(k) for k in BASE_OPTIONS)
     for key, saved_value in saved.items():
-        if key.startswith("_") or key not in current or key in NOT_MERGED:
+        rule = RESUME_RULES.get(key, "refused")
+        if key.startswith("_") or key not in current or rule == "data":
             continue
         if base_typed and key in BASE_OPTIONS and current[key] == defaults.get(key):
             continue
         value, default = current[key], defaults.get(key)
-        if key == "lora":
+        if rule == "lora":
             merged[key] = _merge_lora(dict(value or {}), dict(default or {}), dict(saved_value or {}))
         elif value == default:
             merged[key] = saved_value
-        elif key == "quantization" and value != saved_value:  # another base: the fingerprint would not say
-            raise LitLoraError(f"--model.quantization is {value!r} but the checkpoint was trained with "
-                               f"{saved_value!r}; drop the flag to resume, or start a new run without --ckpt_path")
-        elif key == "model_config" and value != saved_value:
-            raise LitLoraError(f"--model.model_config is {value!r} but the checkpoint was trained with {saved_value!r}")
+        elif rule == "refused" and value != saved_value:
+            raise LitLoraError(f"--model.{key} is {value!r} but the checkpoint was trained with {saved_value!r}; "
+                               f"{RESTART}")
     return merged
+
+
+def applied_changes(merged: dict[str, Any], saved: dict[str, Any]) -> Optional[str]:
+    """One line naming the optimizer and schedule settings a resumed run changes ("applied" in
+    RESUME_RULES), or None when it keeps the checkpoint's."""
+    changed = [f"model.{key} {_shown(merged[key])} (was {_shown(saved[key])})"
+               for key, rule in RESUME_RULES.items()
+               if rule == "applied" and key in merged and key in saved and _differs(merged[key], saved[key])]
+    if not changed:
+        return None
+    return (f"lit_lora: resuming with {', '.join(changed)}: the restored optimizer and schedule use "
+            "them from the next step on")
+
+
+def data_changes(current: dict[str, Any], saved: Optional[dict[str, Any]]) -> Optional[str]:
+    """One line when a resumed run trains on other data than the checkpoint's run (another file, dataset,
+    format or block size), or None. `saved`: the checkpoint's `datamodule_hyper_parameters`."""
+    if not saved:
+        return None
+    changed = [f"data.{key} {_shown(current.get(key))} (was {_shown(saved.get(key))})"
+               for key in DATA_OPTIONS
+               if key in saved and _differs(_paths(current.get(key)), _paths(saved.get(key)))]
+    if not changed:
+        return None
+    return (f"lit_lora: resuming on other data than the checkpoint's run: {', '.join(changed)}; "
+            "training continues at the same sample position in the new data")
+
+
+def _differs(a: Any, b: Any) -> bool:
+    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (YAML has no tuples)
+    return as_list(a) != as_list(b)
+
+
+def _paths(value: Any) -> Any:
+    """File names compared as absolute paths (a checkpoint records them as typed)."""
+    if isinstance(value, str) and os.path.exists(value):
+        return os.path.abspath(value)
+    if isinstance(value, (list, tuple)):
+        return [_paths(v) for v in value]
+    return value
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
 
 
 def logger_location(logger: Any, default_root_dir: Optional[str] = None) -> tuple[str, str]:

@@ -12,7 +12,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.config_errors import check_trainer_options
-from lit_lora.cli.resume import logger_location, merge_checkpoint_hparams, resolve_ckpt_path
+from lit_lora.cli.resume import (applied_changes, data_changes, logger_location, merge_checkpoint_hparams,
+                                resolve_ckpt_path)
 from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, say_where_resumed_run_writes,
                                      set_logger_run, share_run_folder)
 from lit_lora.data.datamodule import LitLoraData
@@ -146,7 +147,13 @@ class LitLoraCLI(LightningCLI):
         model_cfg = cfg.model
         current = {key: _plain(value) for key, value in vars(model_cfg).items()}
         defaults = {key: _plain(value) for key, value in vars(self._parser(sub).get_defaults().model).items()}
-        merged = merge_checkpoint_hparams(current, defaults, ckpt.get("hyper_parameters") or {})
+        saved = ckpt.get("hyper_parameters") or {}
+        merged = merge_checkpoint_hparams(current, defaults, saved)
+        if sub == "fit" and self.resumes_training and rank_zero_only.rank == 0:
+            for line in (applied_changes(merged, saved),
+                         data_changes(_plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
+                if line:
+                    print_note(line)
         for key, value in merged.items():
             if value == current[key]:
                 continue

@@ -1,8 +1,9 @@
-"""The processes that tokenize: how many `datasets.map` starts, and their end when `fit` is killed."""
+"""The processes that tokenize: how many `datasets.map` starts, and their end when `fit` is stopped."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -18,19 +19,36 @@ def worker_count(rows: int, num_proc: Optional[int], row_kb: int = 256) -> Optio
 
 
 _MAIN_PID = os.getpid()
+_forking_pid = _MAIN_PID  # the process that forks, recorded just before each fork
 
 
 def die_with_parent() -> None:
-    """In a tokenizing worker process: ask Linux to kill this process when its parent dies. `datasets`'
-    worker pool otherwise outlives a `kill -9` of `fit`, its workers blocked forever on their task queue."""
+    """In a forked process: ask Linux to kill it when its parent dies, and leave Ctrl-C to the parent.
+
+    `datasets` forks a worker pool and a `multiprocess` manager process for `map`; a `kill -9` of `fit` would
+    otherwise leave them blocked forever on their queues. The terminal sends Ctrl-C to every process of the
+    group: the parent stops its pool itself, so a worker printing its own KeyboardInterrupt would only add
+    noise. Linux only; elsewhere nothing changes."""
     if os.getpid() == _MAIN_PID or not sys.platform.startswith("linux"):
         return
     import ctypes
-    import signal
 
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
+    except (OSError, ValueError):
         return
-    if os.getppid() == 1:  # the parent is already gone
+    if os.getppid() != _forking_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _before_fork() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()
+
+
+# Every process forked after this module loads (the pool's workers, its manager, DataLoader workers, and
+# their own children) dies with the process that forked it. The death signal follows the forking thread:
+# the pools here are created on the main thread.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=die_with_parent)

@@ -109,5 +109,54 @@ def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_step
         warmup = warmup_length(hp.get("warmup_steps"), hp.get("warmup_ratio"), total)
         return warmup_cosine(step, warmup, total, hp.min_lr_ratio)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer.register_load_state_dict_post_hook(lambda opt: _settings_in_use(opt, hp))
+    scheduler = SettingsSchedule(optimizer, factor, lambda: hp.learning_rate)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _settings_in_use(optimizer: torch.optim.Optimizer, hp: Any) -> None:
+    """After a checkpoint's optimizer state loads: its parameter groups take this run's weight decay and
+    betas (torch restores the saved ones), so a resumed run uses what its hparams.yaml records."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = hp.weight_decay
+        group["betas"] = tuple(hp.betas)
+
+
+class SettingsSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """The warm-up/cosine LambdaLR whose peak is the run's `model.learning_rate`, also after a resume: the
+    restored state keeps its step count and the new peak replaces the saved one. The warm-up and floor are
+    read from the settings at every step, so they follow a resumed run's settings as they are."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float],
+                 peak: Callable[[], float]) -> None:
+        self._peak = peak
+        self._recompute = False
+        super().__init__(optimizer, factor)
+        optimizer.register_step_pre_hook(lambda *_: self._rate_in_use())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        for key in ("_peak", "_recompute"):  # this run's settings, not state: a checkpoint holds plain values
+            state.pop(key, None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        peak = float(self._peak())
+        for group, saved_peak in zip(self.optimizer.param_groups, self.base_lrs):
+            # The restored rate is the saved peak times this step's factor: the same point at the new peak
+            # (exact once the run's length is known, at the first step: `_rate_in_use`).
+            group["lr"] = group["lr"] * peak / saved_peak if saved_peak else peak
+            group["initial_lr"] = peak
+        self.base_lrs = [peak] * len(self.optimizer.param_groups)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._recompute = True
+
+    def _rate_in_use(self) -> None:
+        """Before the first step after a restore: this step's rate from this run's settings."""
+        if not self._recompute:
+            return
+        self._recompute = False
+        for group, base, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
+            group["lr"] = base * fn(self.last_epoch)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -82,8 +82,15 @@ def _non_finite(value: float, step: int, when: str, lr: Optional[float]) -> LitL
 
 
 class GracefulStop(Callback):
-    """SIGTERM (Lightning's handler notices it) or SIGINT/Ctrl-C (ours) ends the run after the current
-    training batch with a resumable `last.ckpt`. A second Ctrl-C interrupts at once.
+    """SIGTERM (Lightning's handler notices it) or SIGINT/Ctrl-C (ours) ends the run within the current
+    training or validation batch with a resumable `last.ckpt` and no further validation. Ctrl-C says so at
+    once; a second Ctrl-C interrupts at once, without saving.
+
+    In one process, both signals set Lightning's own stop flag: its loops then raise SIGTERMException after
+    the current batch (training or validation), and this callback saves `last.ckpt` from `on_exception`. A
+    validation that would start after the signal is not started. The checkpoint holds the training state
+    after the last completed step; a run resumed from it skips the interrupted validation, as Lightning does
+    for any checkpoint saved at a step's end.
 
     With several processes, the ranks may notice a signal at different batches, and saving is collective:
     one rank saving while another starts the next step would hang both. There Lightning decides: before
@@ -98,11 +105,13 @@ class GracefulStop(Callback):
         self._previous_term: Any = None
         self._distributed = False
         self._rank = 0
+        self._trainer: Any = None
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.signal_name = None
         self._distributed = trainer.world_size > 1
         self._rank = trainer.global_rank
+        self._trainer = trainer
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -137,20 +146,36 @@ class GracefulStop(Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if self._distributed:
             os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Lightning's loops check this flag after every training and validation batch.
+        self._trainer._signal_connector.received_sigterm = True
+        _say("lit_lora: received SIGINT; stopping after the current batch "
+             "(Ctrl-C again stops at once, without saving)")
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._distributed:
-            return  # Lightning raises SIGTERMException on every rank before the next batch: on_exception
+    def _noticed(self, trainer: Any) -> bool:
         if self.signal_name is None and trainer.received_sigterm:
             self.signal_name = "SIGTERM"
-        if self.signal_name is None:
-            return
-        self._save(trainer)
-        # Ends the loop cleanly after this batch (for SIGTERM Lightning then raises SIGTERMException).
-        trainer.should_stop = True
+        return self.signal_name is not None
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if not self._distributed and self._noticed(trainer):
+            _stop()  # not a validation the run no longer needs: saved in on_exception
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and (self._distributed and trainer.training
+                                                        or not self._distributed and self._noticed(trainer)):
+            self.signal_name = self.signal_name or "SIGTERM"
+            self._save(trainer)
+        self._restore()
 
     def _save(self, trainer: Any) -> None:
         callback = trainer.checkpoint_callback
+        if trainer.sanity_checking or trainer.global_step == 0:
+            if trainer.is_global_zero:
+                print_note(f"received {self.signal_name} before the first training step; stopped, nothing to save")
+            return
         if callback is not None and callback.dirpath:
             path = f"{callback.dirpath}/last.ckpt"
             if callback._last_global_step_saved < trainer.global_step:
@@ -164,14 +189,6 @@ class GracefulStop(Callback):
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         self._restore()
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if self._distributed and isinstance(exception, SIGTERMException) and trainer.training:
-            self.signal_name = self.signal_name or "SIGTERM"
-            self._save(trainer)
-        self._restore()
-
     def _restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -181,3 +198,17 @@ class GracefulStop(Callback):
         if self._previous_term is not None:
             signal.signal(signal.SIGTERM, self._previous_term)
             self._previous_term = None
+
+
+def _stop() -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    raise SIGTERMException()
+
+
+def _say(line: str) -> None:
+    """A note from a signal handler: the main thread may be inside a write to the same stream."""
+    try:
+        print_note(line)
+    except RuntimeError:  # "reentrant call": write past the stream's buffer instead
+        os.write(2, (line + "\n").encode())

@@ -31,9 +31,9 @@ MERGE_CASES = [
     ("user-set-kept", hp(learning_rate=5e-3), hp(learning_rate=1e-3), hp(learning_rate=5e-3)),
     ("several-options", hp(warmup_steps=7), hp(learning_rate=1e-3, warmup_steps=50), hp(learning_rate=1e-3, warmup_steps=7)),
     ("lora-default-takes-checkpoint", hp(), hp(lora=lora(r=4, alpha=4, dropout=0.2)), hp(lora=lora(r=4, alpha=4, dropout=0.2))),
-    ("lora-unprotected-user-set-kept", hp(lora=lora(dropout=0.0, use_rslora=True, bias="all")),
-     hp(lora=lora(dropout=0.3, use_rslora=False, bias="lora_only")),
-     hp(lora=lora(dropout=0.0, use_rslora=True, bias="all"))),
+    ("lora-unprotected-user-set-kept", hp(lora=lora(dropout=0.0)), hp(lora=lora(dropout=0.3)), hp(lora=lora(dropout=0.0))),
+    ("lora-protected-default-takes-checkpoint", hp(), hp(lora=lora(use_rslora=True, bias="lora_only")),
+     hp(lora=lora(use_rslora=True, bias="lora_only"))),
     ("lora-protected-typed-same-as-checkpoint", hp(lora=lora(r=32)), hp(lora=lora(r=32, alpha=4)), hp(lora=lora(r=32, alpha=4))),
     ("lora-mixed", hp(lora=lora(dropout=0.1)), hp(lora=lora(r=4, target_modules=["c_attn"], dropout=0.3)),
      hp(lora=lora(r=4, target_modules=["c_attn"], dropout=0.1))),
@@ -65,6 +65,9 @@ PROTECTED_CASES = [
     ("target_modules", ["c_attn"], ["c_fc"], "--model.lora.target_modules is ['c_attn'] but the checkpoint was trained with ['c_fc']"),
     ("use_dora", True, False, "--model.lora.use_dora is True but the checkpoint was trained with False"),
     ("modules_to_save", ["lm_head"], ["wte"], "--model.lora.modules_to_save is ['lm_head'] but the checkpoint was trained with ['wte']"),
+    # They change which tensors train or how they scale: the checkpoint's weights would mean something else.
+    ("bias", "all", "none", "--model.lora.bias is 'all' but the checkpoint was trained with 'none'"),
+    ("use_rslora", True, False, "--model.lora.use_rslora is True but the checkpoint was trained with False"),
 ]
 
 
@@ -87,7 +90,8 @@ def test_different_model_config_raises():
     with pytest.raises(LitLoraError) as err:
         merge_checkpoint_hparams(hp(model_config={"n_layer": 4}), DEFAULTS, hp(model_config={"n_layer": 2}))
     assert str(err.value) == (
-        "--model.model_config is {'n_layer': 4} but the checkpoint was trained with {'n_layer': 2}"
+        "--model.model_config is {'n_layer': 4} but the checkpoint was trained with {'n_layer': 2}; "
+        "drop the flag to resume, or start a new run without --ckpt_path"
     )
 
 
@@ -173,3 +177,66 @@ LOGGER_CASES = [
 @pytest.mark.parametrize("logger,expected", [c[1:] for c in LOGGER_CASES], ids=[c[0] for c in LOGGER_CASES])
 def test_logger_location(logger, expected):
     assert logger_location(logger) == expected
+
+
+# -- what a resume does with each option (RESUME_RULES) ---------------------------------------------------
+
+
+def test_every_model_option_has_a_resume_rule():
+    import dataclasses
+    import inspect
+
+    from lit_lora.cli.resume import LORA_RULES, RESUME_RULES
+    from lit_lora.lora.settings import LoraSettings
+    from lit_lora.model.module import LitLora
+
+    options = [name for name in inspect.signature(LitLora.__init__).parameters if name != "self"]
+    assert sorted(options) == sorted(RESUME_RULES)
+    assert sorted(f.name for f in dataclasses.fields(LoraSettings)) == sorted(LORA_RULES)
+
+
+# (option, typed, checkpoint's): another optimizer, another starting adapter, another base
+REFUSED_CASES = [
+    ("optimizer", "paged_adamw", "adamw"),
+    ("adapter_path", "other/adapter", None),
+    ("quantization", "nf4", None),
+]
+
+
+@pytest.mark.parametrize("key,typed,saved_value", REFUSED_CASES, ids=[c[0] for c in REFUSED_CASES])
+def test_option_a_resume_cannot_honour_is_one_line(key, typed, saved_value):
+    defaults = {**DEFAULTS, key: saved_value if saved_value is not None else None}
+    with pytest.raises(LitLoraError) as err:
+        merge_checkpoint_hparams({**hp(), key: typed}, defaults, {**hp(), key: saved_value})
+    assert str(err.value) == (f"--model.{key} is {typed!r} but the checkpoint was trained with {saved_value!r}; "
+                              "drop the flag to resume, or start a new run without --ckpt_path")
+
+
+def test_optimizer_and_schedule_changes_are_said_in_one_line():
+    from lit_lora.cli.resume import applied_changes
+
+    saved = hp(weight_decay=0.0, betas=[0.9, 0.999], min_lr_ratio=0.1)
+    merged = merge_checkpoint_hparams(hp(learning_rate=0.1, weight_decay=0.01, betas=(0.9, 0.999)),
+                                      {**DEFAULTS, "weight_decay": 0.0, "betas": (0.9, 0.999)}, saved)
+    assert applied_changes(merged, saved) == (
+        "lit_lora: resuming with model.learning_rate 0.1 (was 0.0003), model.weight_decay 0.01 (was 0.0): the "
+        "restored optimizer and schedule use them from the next step on"
+    )
+    assert applied_changes(saved, {**saved, "betas": (0.9, 0.999)}) is None  # YAML lists equal tuples
+
+
+def test_other_data_is_said_in_one_line(tmp_path, monkeypatch):
+    from lit_lora.cli.resume import data_changes
+
+    (tmp_path / "a.txt").write_text("a")
+    monkeypatch.chdir(tmp_path)
+    saved = {"train_files": str(tmp_path / "a.txt"), "block_size": 32, "batch_size": 4, "cache_dir": "c"}
+    same = {**saved, "train_files": "a.txt", "batch_size": 8, "cache_dir": "d"}  # the same file, typed relative
+    assert data_changes(same, saved) is None
+    assert data_changes(same, None) is None  # a checkpoint without the data's settings
+    other = {**saved, "train_files": "b.txt", "block_size": 64}
+    assert data_changes(other, saved) == (
+        f"lit_lora: resuming on other data than the checkpoint's run: data.train_files 'b.txt' (was "
+        f"'{tmp_path / 'a.txt'}'), data.block_size 64 (was 32); training continues at the same sample position "
+        "in the new data"
+    )
