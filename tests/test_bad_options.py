@@ -73,7 +73,9 @@ def test_a_lightning_check_at_fit_start_is_one_line_and_leaves_no_run_folder(in_
     args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "2",
                     "--trainer.val_check_interval", "500", "--samples.prompts", "[]")
     assert main(args) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in lines if line.startswith("lit_lora: error:")]
+    assert all(line.startswith("lit_lora: ") for line in lines), lines  # notes before it, never a traceback
     assert len(err) == 1 and err[0].startswith("lit_lora: error: trainer.val_check_interval: "), err
     assert "must be less than or equal to the number of the training batches" in err[0]
     assert not (in_tmp / "lightning_logs").exists()  # the folder the run made for itself went with it
