@@ -190,6 +190,17 @@ def test_batched_greedy_equals_one_prompt_at_a_time(ckpt_model):
     assert batched == single
 
 
+def test_ctrl_c_after_a_streamed_prompt_ends_its_line(trained, capsys, monkeypatch):
+    def interrupted(self, text, stream_end=False):
+        raise KeyboardInterrupt  # the user's Ctrl-C while the reply streams
+
+    monkeypatch.setattr("transformers.TextStreamer.on_finalized_text", interrupted)
+    assert main(["generate", "--ckpt_path", str(trained.ckpt), "--prompt", "The king", "--max_new_tokens", "4"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "The king\n"  # the error line below starts a line of its own on a terminal
+    assert captured.err.splitlines() == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
+
+
 def test_single_prompt_streams_to_the_terminal_and_notes_go_to_stderr(trained, tmp_path, capsys):
     src = ["--ckpt_path", str(trained.ckpt), "--temperature", "0"]
     record = _generate(tmp_path, "one", src, prompts=["The king"])[0]
