@@ -243,9 +243,7 @@ _CAUSAL_EXAMPLES = ("gpt2", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "p
 
 def causal_lm_class(config: Any, trust_remote_code: bool = False) -> Any:
     """The AutoModelForCausalLM class for `config`; a one-line error for an architecture that is not one."""
-    from transformers import AutoModelForCausalLM
-
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     if trust_remote_code and "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
         return AutoModelForCausalLM  # the repository's own class, known only once its code is loaded

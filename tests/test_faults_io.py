@@ -39,7 +39,9 @@ def test_a_full_disk_in_torchs_zip_writer_is_one_line_and_leaves_no_temporary_fi
 def test_fit_on_a_full_disk_stops_with_one_line(in_tmp, tiny_model_dir, shakespeare, capsys, monkeypatch):
     monkeypatch.setattr(checkpoint_io.torch, "save", _full_disk)
     assert main(fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "2")) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in lines if line.startswith("lit_lora: error:")]
+    assert all(line.startswith("lit_lora: ") for line in lines), lines  # notes before it, never a traceback
     assert len(err) == 1 and "could not write checkpoint" in err[0] and "disk full" in err[0], err
     leftovers = [p.name for p in in_tmp.rglob("*.tmp-*")]
     assert leftovers == []

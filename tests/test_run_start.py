@@ -4,7 +4,7 @@ same without it), and the early learning-rate check warns, once, when the traini
 from __future__ import annotations
 
 import re
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr
 from io import StringIO
 
 import pytest
@@ -15,7 +15,7 @@ from tests.helpers import fit_args, run_cli, scalars
 
 def _fit(tmp, model_dir, corpus, name: str, *extra: str) -> tuple[list[float], str]:
     out = StringIO()
-    with redirect_stdout(out):
+    with redirect_stderr(out):  # lit_lora's notes
         run_cli(fit_args(model_dir, corpus, tmp, "--trainer.max_steps", "6", "--trainer.val_check_interval", "6",
                          "--trainer.logger.init_args.save_dir", str(tmp / name), *extra), cwd=tmp)
     return [v for _, v in scalars(str(tmp / name / "lit_lora" / "version_0"), "train_loss")], out.getvalue()

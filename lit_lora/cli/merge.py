@@ -23,5 +23,5 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = merge_to_dir(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
     trained_on = restored.checkpoint["lit_lora"].get("quantization")
     print_note(f"merged model written to {shown(out)}"
-          + (f" (LoRA merged into the full-precision base; training's base was {trained_on})" if trained_on else ""))
+               + (f" (LoRA merged into the full-precision base; training's base was {trained_on})" if trained_on else ""))
     return 0

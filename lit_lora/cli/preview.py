@@ -19,6 +19,7 @@ import warnings
 from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
+from lit_lora.notes import print_note
 
 USAGE = ("usage: python -m lit_lora.cli preview [--num_examples N] [--json] [options of fit]\n\nPrints the first "
          "N (default 3) training sequences as the model sees them, trained tokens between [[ and ]], and a summary "
@@ -37,8 +38,7 @@ def _preview_cli_class() -> type:
 
             data = self.config[self.subcommand].data.clone().as_dict()
             if data.get("batch_size") == "auto":  # fit chooses it from the device's memory
-                print("lit_lora: data.batch_size auto: the padding efficiency below is for batches of 8",
-                      file=sys.stderr)
+                print_note("data.batch_size auto: the padding efficiency below is for batches of 8")
                 data["batch_size"] = 8
             self.datamodule = LitLoraData(**data)
             self.model = None

@@ -49,7 +49,6 @@ LORA_RULES: dict[str, str] = {
     "use_dora": "refused", "init_lora_weights": "refused", "modules_to_save": "refused", "extra": "refused",
     "dropout": "used",
 }
-PROTECTED_LORA_FIELDS = tuple(k for k, rule in LORA_RULES.items() if rule == "refused")
 # What the base model is. Typing either one means "this base": neither is then filled in from the
 # checkpoint, so a path typed for a pretrained model never silently gets the checkpoint's random-init shape.
 BASE_OPTIONS = ("model_name_or_path", "model_config")

@@ -3,8 +3,9 @@
 Takes everything `fit` takes (config files, `--model.*`/`--data.*`/`--trainer.*` overrides, `--ckpt_path`) and
 prints the summary `fit` prints at its start: parameter counts, model class, dtype, device, LoRA settings and
 the peak-training-memory estimate for the configured batch size, block size, precision and gradient
-checkpointing. It builds the model on the meta device from its config (no weights are read or held), reads no
-data file (they need not exist) and trains nothing.
+checkpointing. It builds the model on the meta device from its config (no weights are read or held) and trains
+nothing. It reads no data file (they need not exist), except for `--data.batch_size auto`: then the training
+files, when they exist, are tokenized (into the cache `fit` reads) to cap the batch as `fit` does.
 
     python -m lit_lora.cli summary --config conf/gpt2.yaml --model.model_config '{}' \\
         --model.tokenizer_name_or_path DIR --trainer.accelerator gpu --trainer.precision bf16-mixed
