@@ -80,8 +80,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             _remove_unused_run_folders()
             print_note("interrupted (Ctrl-C) before finishing; nothing was saved")
             return 130  # as a shell reports a command ended by SIGINT
-        if _is_sigterm_stop(err):
-            return 0  # GracefulStop already saved last.ckpt and said so
+        if _is_sigterm_stop(err):  # GracefulStop saved last.ckpt and said so, or said there was nothing to save
+            _remove_unused_run_folders()
+            return 0
         if isinstance(err, BrokenPipeError):  # stdout's reader went away (`generate ... | head`): stop quietly
             _silence_stdout()
             return 141  # as a tool killed by SIGPIPE

@@ -4,10 +4,11 @@ starts at the base, so a fine-tune's gain over it can be read off the dashboard.
 from __future__ import annotations
 
 import math
-from lit_lora.notes import print_note
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+
+from lit_lora.notes import print_note
 
 
 class StartValLoss(Callback):
