@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import psutil
@@ -104,28 +103,31 @@ def test_kill_9_during_tokenization_leaves_no_worker_behind(tmp_path, tiny_model
     assert _outliving(descendants) == [], "processes outlived their killed parent"
 
 
-def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, big_corpus, capfd):
-    """Ctrl-C as a terminal sends it, to every process of the group: this one and its tokenizing workers."""
-    me, seen, done = psutil.Process(), [], threading.Event()
+def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, big_corpus, capfd, monkeypatch):
+    """Ctrl-C as a terminal sends it, to every process of the group: this one and its tokenizing workers. It is
+    sent from the first tokenized batch, so it lands there whatever the machine's speed."""
+    from lit_lora.data import corpus
 
-    def press_ctrl_c() -> None:
-        seen.extend(_tokenizing(me, lambda: not done.is_set(), busy=0.1))
-        for p in [*seen, me]:
-            p.send_signal(signal.SIGINT)
+    me, tokenize, run_pid = psutil.Process(), corpus._tokenize_text, os.getpid()
+    before = {p.pid for p in me.children(recursive=True)}
 
-    watcher = threading.Thread(target=press_ctrl_c, daemon=True)
-    watcher.start()
-    # Seconds of tokenizing, so Ctrl-C lands there and not in a later, shorter step with workers.
+    def ctrl_c_while_tokenizing(batch, tokenizer):
+        os.kill(run_pid, signal.SIGINT)
+        if os.getpid() != run_pid:  # a worker of the pool
+            os.kill(os.getpid(), signal.SIGINT)
+        return tokenize(batch, tokenizer)
+
+    monkeypatch.setattr(corpus, "_tokenize_text", ctrl_c_while_tokenizing)
     args = fit_args(tiny_model_dir, big_corpus, in_tmp, "--data.num_proc", "2", "--trainer.max_steps", "1")
+    handler = signal.getsignal(signal.SIGINT)
     try:
         assert main(args) == 130
-    finally:
-        done.set()  # never a Ctrl-C after this test
-        watcher.join()
+    finally:  # Lightning ignores SIGINT from its KeyboardInterrupt on (the process would exit): not the tests'
+        signal.signal(signal.SIGINT, handler)
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert err == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
-    assert _outliving(seen) == []
-    assert not list(in_tmp.rglob("*.ckpt"))
+    assert _outliving([p for p in me.children(recursive=True) if p.pid not in before]) == []
+    assert not list(in_tmp.rglob("*.ckpt")) and not (in_tmp / "lightning_logs").exists()
     assert not list((in_tmp / "hf-cache").rglob("tmp*"))  # no half-written tokenized shard
 
 

@@ -102,6 +102,7 @@ class GracefulStop(Callback):
     def __init__(self) -> None:
         self.signal_name: Optional[str] = None
         self._previous: Any = None
+        self._outside: Any = None  # the SIGINT handler from before the last fit
         self._previous_term: Any = None
         self._distributed = False
         self._rank = 0
@@ -140,6 +141,11 @@ class GracefulStop(Callback):
         return handler
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._trainer is None:  # the fit is over (see _restore): Ctrl-C means what it meant before it
+            outside = self._outside if callable(self._outside) else signal.default_int_handler
+            signal.signal(signal.SIGINT, outside)
+            outside(signum, frame)
+            return
         if self._distributed and self._rank != 0:
             return  # rank 0 stops every rank (see the class docstring)
         self.signal_name = "SIGINT"
@@ -194,7 +200,9 @@ class GracefulStop(Callback):
             return
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+            # Lightning's teardown, which runs after on_exception, puts back the handlers it found when the
+            # fit started, this one among them: it then hands a later Ctrl-C to the handler from before.
+            self._outside, self._previous, self._trainer = self._previous, None, None
         if self._previous_term is not None:
             signal.signal(signal.SIGTERM, self._previous_term)
             self._previous_term = None
