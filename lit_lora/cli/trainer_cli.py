@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import (applied_changes, data_changes, logger_location, merge_checkpoint_hparams,
                                 resolve_ckpt_path)
-from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, say_where_resumed_run_writes,
-                                     set_logger_run, share_run_folder)
+from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, run_dir,
+                                     say_where_resumed_run_writes, set_logger_run, share_run_folder)
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
@@ -200,17 +200,11 @@ class LitLoraCLI(LightningCLI):
     def after_fit(self) -> None:
         """Export the best checkpoint (or the last, without validation) as a PEFT adapter next to the logs."""
         trainer = self.trainer
-        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must call it, not only rank 0.
-        log_dir = trainer.log_dir
+        # trainer.log_dir broadcasts from rank 0 under DDP: every rank must read it, not only rank 0.
+        _ = trainer.log_dir
         if not trainer.is_global_zero or trainer.interrupted or _stopped_by_signal(trainer):
             return
-        # The run's own folder: version_N/ (TensorBoard, CSV); for a logger without one (MLflow, whose save_dir
-        # all runs share) the folder that holds this run's checkpoints folder.
-        run_dir = getattr(trainer.logger, "log_dir", None)
-        ckpt_dir = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
-        if not run_dir:
-            run_dir = os.path.dirname(ckpt_dir.rstrip("/")) if ckpt_dir else (log_dir or ".")
-        exported = export_best_checkpoint(trainer, self.model, os.path.join(run_dir, "adapter"))
+        exported = export_best_checkpoint(trainer, self.model, os.path.join(run_dir(trainer), "adapter"))
         if exported is not None:
             best, out = exported
             print_note(f"exported {os.path.basename(best)} as a PEFT adapter to {shown(out)}")
