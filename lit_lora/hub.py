@@ -255,8 +255,10 @@ def causal_lm_class(config: Any, trust_remote_code: bool = False) -> Any:
             f"for it); expected one such as {', '.join(_CAUSAL_EXAMPLES)}"
         ) from None
     # Encoder families (BERT, RoBERTa, ...) have a causal-LM class too, but it attends causally only when
-    # the config says is_decoder; else each token sees the text it is asked to predict.
-    if type(config) in AutoModelForMaskedLM._model_mapping and not getattr(config, "is_decoder", False):
+    # the config says is_decoder; else each token sees the text it is asked to predict. Encoder-decoder
+    # families (BART, mBART) are not refused: their causal-LM class is their decoder, causal by itself.
+    if (type(config) in AutoModelForMaskedLM._model_mapping and not getattr(config, "is_decoder", False)
+            and not getattr(config, "is_encoder_decoder", False)):
         raise LitLoraError(
             f"model type {config.model_type!r} is an encoder (a masked language model: its attention sees the "
             f"whole text), not a causal language model; expected one such as {', '.join(_CAUSAL_EXAMPLES)} "

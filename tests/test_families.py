@@ -337,6 +337,15 @@ ENCODER = ("model type 'bert' is an encoder (a masked language model: its attent
            "(or a config with is_decoder: true)")
 
 
+def test_an_encoder_decoder_family_keeps_its_causal_lm_class():
+    from transformers import BartConfig, BertConfig
+
+    from lit_lora.hub import causal_lm_class
+
+    assert causal_lm_class(BartConfig()).__name__ == "BartForCausalLM"  # its decoder, causal by itself
+    assert causal_lm_class(BertConfig(is_decoder=True)).__name__ == "BertLMHeadModel"
+
+
 @pytest.mark.parametrize("flags, message", [
     (("--model.model_name_or_path", "{t5}"),
      "model type 't5' is not a causal language model (AutoModelForCausalLM has no class for it); expected one "
