@@ -11,7 +11,7 @@ precision's casts are whatever the model's code does.
 
 The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
 the real model is never copied. The step's loss is training's own (`lit_lora.nll`: the output head in
-chunks, each recomputed in the backward pass). A model many layers deep is counted from two short copies
+chunks, each chunk's gradients taken in the forward pass and kept until the backward). A model many layers deep is counted from two short copies
 (`fake_step`): every count is linear in the number of layers.
 """
 
