@@ -197,9 +197,10 @@ def _full_head(hidden, head, softcap):
 
 
 # float32: the chunks' sums and gradients differ from one matmul over all positions by summation order only.
-# bfloat16: each chunk's gradients are rounded to bfloat16 before they are scaled and summed, the full head's
-# once: a few units in the last place (2^-8 relative) of the largest value.
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# bfloat16: the chunks' gradients are rounded to bfloat16 before the loss's scale is applied, the full head's
+# after: a unit in the last place (2^-8 relative) per op, carried back through the layers (seen: 0.002 of
+# the largest gradient for a linear head, 0.02 for Gemma 2's LoRA weights).
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
