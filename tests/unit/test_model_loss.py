@@ -289,8 +289,9 @@ def test_chunked_loss_never_holds_the_full_float32_logits():
     assert peaks[1] < full_logits_fp32 / 2  # 32 of 256 positions at a time
 
 
-@pytest.mark.parametrize("modules_to_save", [None, ["lm_head"]])
-def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(modules_to_save, monkeypatch):
+@pytest.mark.parametrize("modules_to_save, lora_head", [(None, False), (["lm_head"], False), (None, True)])
+def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(modules_to_save, lora_head,
+                                                                               monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lit_lora.lora.settings import LoraSettings
@@ -300,7 +301,8 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
     torch.manual_seed(0)
     base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=50, bos_token_id=0,
                                       eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    model = apply_lora(base, LoraSettings(target_modules=["c_attn"], modules_to_save=modules_to_save)).train()
+    targets = ["c_attn", "lm_head"] if lora_head else ["c_attn"]  # LoRA on the head: PEFT's LoRA layer runs it
+    model = apply_lora(base, LoraSettings(target_modules=targets, modules_to_save=modules_to_save)).train()
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)  # lora_B starts at zero: give every trained tensor a gradient path
@@ -321,6 +323,7 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
     (full, full_n, full_grads), (nll, n, grads) = results
     assert n == full_n == 22 - 3 and nll == pytest.approx(full, abs=1e-5)
     assert any("modules_to_save" in k for k in grads) == bool(modules_to_save)
+    assert any("lm_head.lora_A" in k for k in grads) == lora_head
     assert max((grads[k] - full_grads[k]).abs().max().item() for k in grads) <= 1e-5
 
 
