@@ -3,11 +3,14 @@
 same kernels.
 
 The (batch x block x vocab) logits are never held whole. The output head and the cross-entropy run on
-`LOSS_CHUNK_TOKENS` positions at a time, each chunk under activation checkpointing, so its logits are
-recomputed in the backward pass instead of kept (GPT-2 small at 8 x 512: 4,096 x 50,257 logits are 823 MB
-in float32, and the loss holds three such tensors). The idea is litgpt's chunked cross-entropy and
-torchtune's chunked output loss; the code is ours because neither ships as a function of an `nn.Module`
-head. On CUDA, Liger-Kernel's fused linear cross-entropy does the same in one kernel when it is installed
+`LOSS_CHUNK_TOKENS` positions at a time (GPT-2 small at 8 x 512: 4,096 x 50,257 logits are 823 MB in
+float32, and the full head's loss holds three such tensors). When training, each chunk's gradient with
+respect to its hidden states (and to the head's weights, when the head trains) is taken right after its
+loss, in the forward pass; the loss keeps only those gradients, hidden-sized and head-sized, and the
+backward pass scales them by the loss's gradient. So one chunk of logits is alive at a time and nothing is
+computed twice: a step costs the full head's FLOPs. The idea is Liger-Kernel's fused linear cross-entropy
+and Apple's Cut Cross-Entropy; the code is ours because theirs take a weight matrix, not an `nn.Module`
+head (a PEFT-wrapped head runs its own code). On CUDA, Liger's kernel runs instead when it is installed
 (`pip install "lit-lora[liger]"`) and the head is a plain linear layer.
 """
 
@@ -18,9 +21,10 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.errors import LitLoraError
 
 # Positions per chunk of the output head and loss; the memory estimate's dry run runs the same chunks.
 # 256: a chunk's logits, their float32 copy and its gradient are 150 MB at Qwen's 152k vocabulary.
@@ -102,7 +106,7 @@ def model_nll(model: Any, input_ids: torch.Tensor, attention_mask: Optional[torc
     """Summed next-token NLL of `model` (a causal LM, PEFT-wrapped or not) on a batch, and its target count.
 
     Chunked when `model`'s head allows (`output_head`); `chunked=False` computes the full logits (the FLOP
-    count does: recomputing a chunk is overhead, not model work). `fused=False` never uses Liger's kernel
+    count does, to keep the head's backward in the backward pass). `fused=False` never uses Liger's kernel
     (the dry run: Triton cannot run on fake tensors). `position_ids`: a packed batch's (`document_inputs`).
     """
     parts = output_head(model)[0] if chunked else None
@@ -117,29 +121,112 @@ def chunked_head_nll(hidden: torch.Tensor, head: Any, labels: torch.Tensor, soft
                      chunk: Optional[int] = None, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """`token_nll(head(hidden), labels)` without the full logits. hidden: (B, T, H); labels: (B, T).
 
-    Each chunk of `chunk` positions (default `LOSS_CHUNK_TOKENS`) is recomputed in the backward pass.
+    `chunk` positions at a time (default `LOSS_CHUNK_TOKENS`), each chunk's gradients taken in the forward.
     """
-    chunk = chunk or LOSS_CHUNK_TOKENS
     targets = next_token_targets(labels).flatten()
     flat = hidden.flatten(0, 1)
     nll = _liger(flat, head, targets, softcap) if fused else None
-    if nll is not None:
-        return nll, (targets != IGNORE_INDEX).sum()
-    # One chunk holds what the full head would: nothing to recompute.
-    recompute = torch.is_grad_enabled() and flat.shape[0] > chunk
-    total = flat.new_zeros((), dtype=torch.float32)
-    for start in range(0, flat.shape[0], chunk):
-        args = (flat[start:start + chunk], targets[start:start + chunk], head, softcap)
-        # Non-reentrant: keeps the autocast state and works inside the model's own checkpointing.
-        total = total + (checkpoint(_chunk_nll, *args, use_reentrant=False) if recompute else _chunk_nll(*args))
-    return total, (targets != IGNORE_INDEX).sum()
+    if nll is None:
+        nll = _head_nll(flat, head, targets, softcap, chunk or LOSS_CHUNK_TOKENS, per_token=False)
+    return nll, (targets != IGNORE_INDEX).sum()
 
 
-def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Any, softcap: Optional[float]) -> torch.Tensor:
+def head_token_nll(hidden: torch.Tensor, head: Any, labels: torch.Tensor, softcap: Optional[float] = None,
+                   chunk: Optional[int] = None) -> torch.Tensor:
+    """The next-token NLL of each position, (B, T) float32, from the same chunks: 0 where nothing is
+    predicted (-100 and each row's last position), so `-head_token_nll(...).sum(-1)` is each sequence's
+    log-probability. Differentiable with respect to `hidden`, with any weight per position; a head that
+    trains gets one gradient per step, not per position, so it is refused here."""
+    flat = hidden.flatten(0, 1)
+    targets = next_token_targets(labels).flatten()
+    return _head_nll(flat, head, targets, softcap, chunk or LOSS_CHUNK_TOKENS, per_token=True).view(labels.shape)
+
+
+def _head_nll(flat: torch.Tensor, head: Any, targets: torch.Tensor, softcap: Optional[float], chunk: int,
+              per_token: bool) -> torch.Tensor:
+    """Summed NLL of (N, H) hidden states at (N,) targets, or the (N,) per-position values."""
+    params = [p for p in head.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
+    if per_token and params:
+        raise LitLoraError("per-position losses cannot train the output head (lm_head in modules_to_save or "
+                           "the LoRA targets); leave it frozen")
+    if torch.is_grad_enabled() and (flat.requires_grad or params):
+        return _ChunkedHeadNll.apply(flat, targets, head, softcap, chunk, per_token, *params)
+    # Evaluation: no graph to build, nothing to keep.
+    with torch.no_grad():
+        values = [_chunk_nll(flat[s:s + chunk], targets[s:s + chunk], head, softcap, per_token)
+                  for s in range(0, flat.shape[0], chunk)]
+    return _joined(values, per_token, flat)
+
+
+def _joined(values: list[torch.Tensor], per_token: bool, flat: torch.Tensor) -> torch.Tensor:
+    """The chunks' values as one (N,) tensor, or their float32 sum."""
+    if not values:  # no positions at all
+        return flat.new_zeros((0,) if per_token else (), dtype=torch.float32)
+    return torch.cat(values) if per_token else torch.stack(values).sum()
+
+
+class _ChunkedHeadNll(torch.autograd.Function):
+    """The chunked loss, differentiated chunk by chunk in the forward pass.
+
+    `torch.autograd.grad` over each chunk (a detached copy of its hidden states, and the head's trainable
+    parameters) runs the head's own backward, whatever module it is: a linear layer, GPT-2's tied head,
+    PEFT's wrapper of a trained or LoRA-adapted head. A position's loss depends on its own hidden state
+    only, so the stored hidden-state gradients can be weighed per position (`per_token`); the head's are
+    summed over positions, so they serve the summed loss only.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, flat: torch.Tensor, targets: torch.Tensor, head: Any, softcap: Optional[float],
+                chunk: int, per_token: bool, *params: torch.Tensor) -> torch.Tensor:
+        wants_hidden = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(flat) if wants_hidden else None
+        grad_params: list[Optional[torch.Tensor]] = [None] * len(params)
+        values = []
+        for start in range(0, flat.shape[0], chunk):
+            value, grads = _chunk_grads(flat[start:start + chunk], targets[start:start + chunk], head, softcap,
+                                        per_token, wants_hidden, params)
+            values.append(value)
+            if wants_hidden:
+                grad_hidden[start:start + chunk] = grads[0]
+            for k, g in enumerate(grads[wants_hidden:]):
+                if g is not None:  # summed in float32 over chunks, as one matmul over all positions would
+                    grad_params[k] = g.float() if grad_params[k] is None else grad_params[k].add_(g)
+        ctx.per_token = per_token
+        ctx.save_for_backward(grad_hidden, *(g if g is None else g.to(p.dtype) for g, p in zip(grad_params, params)))
+        return _joined(values, per_token, flat)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
+        grad_hidden, *grad_params = ctx.saved_tensors
+        # In place: the stored gradients become the returned ones, no second copy at the backward's peak.
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_output[:, None] if ctx.per_token else grad_output)
+        grad_params = [g if g is None else g.mul_(grad_output) for g in grad_params]
+        return (grad_hidden, None, None, None, None, None, *grad_params)
+
+
+def _chunk_grads(hidden: torch.Tensor, targets: torch.Tensor, head: Any, softcap: Optional[float], per_token: bool,
+                 wants_hidden: bool, params: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """One chunk's loss (detached) and its gradients with respect to its hidden states (if `wants_hidden`)
+    and `params`; the chunk's logits die on return."""
+    piece = hidden.detach().requires_grad_(wants_hidden)
+    with torch.enable_grad():
+        # The head gets a view of the leaf: torch's module trackers (FlopCounterMode, MemTracker) hook a
+        # module's inputs, and a hook on a leaf cannot run inside `autograd.grad`.
+        nll = _chunk_nll(piece.view_as(piece), targets, head, softcap, per_token)
+        inputs = ([piece] if wants_hidden else []) + list(params)
+        grads = torch.autograd.grad(nll.sum() if per_token else nll, inputs, allow_unused=True)
+    return nll.detach(), grads
+
+
+def _chunk_nll(hidden: torch.Tensor, targets: torch.Tensor, head: Any, softcap: Optional[float],
+               per_token: bool = False) -> torch.Tensor:
     logits = head(hidden)
     if softcap is not None:  # as Gemma 2's forward does it, in the logits' dtype
         logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX,
+                           reduction="none" if per_token else "sum")
 
 
 def _liger(hidden: torch.Tensor, head: Any, targets: torch.Tensor, softcap: Optional[float]) -> Optional[torch.Tensor]:

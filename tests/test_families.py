@@ -212,7 +212,7 @@ def test_memory_estimate_is_within_10_percent_of_memtracker_on_a_real_step(famil
     from lit_lora.measure.memory import estimate_training_memory
     from lit_lora.model import LitLora
 
-    batch, block = 4, 80  # 320 positions: the chunked loss runs 2 chunks, recomputed in the backward pass
+    batch, block = 4, 80  # 320 positions: the chunked loss runs 2 chunks
     torch.manual_seed(0)
     module = LitLora(model_name_or_path=str(family["model_dir"]), gradient_checkpointing=True, block_size=block)
     estimate = estimate_training_memory(module.model, batch, block, "32-true", True, device_type="cpu")

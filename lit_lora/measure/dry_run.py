@@ -11,8 +11,9 @@ precision's casts are whatever the model's code does.
 
 The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
 the real model is never copied. The step's loss is training's own (`lit_lora.nll`: the output head in
-chunks, each recomputed in the backward pass). A model many layers deep is counted from two short copies
-(`fake_step`): every count is linear in the number of layers.
+chunks, each chunk's gradients taken in the forward pass and kept until the backward). A model many
+layers deep is counted from two short copies (`fake_step`): every count (each pass's peak, bytes and
+FLOPs) is linear in the number of layers.
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ CONVERTED = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": t
 class StepCount:
     """What one forward + backward of a batch holds and computes."""
 
-    peak_bytes: int  # live tensor bytes at the peak: weights, gradients, saved activations, temporaries
+    peaks: tuple[int, int]  # live tensor bytes at the forward's and the backward's peaks: weights, gradients,
+    # saved activations, temporaries
     weight_bytes: int  # of them, the copy's parameters and buffers (full precision for a quantized model)
     forward: tuple[int, int]  # FLOPs (linear in the sequence length, attention)
     backward: tuple[int, int]  # the same, for the backward pass (recomputed forwards included)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.peaks)
 
 
 def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gradient_checkpointing: bool = False,
@@ -101,7 +107,10 @@ def _extrapolate(short: StepCount, longer: StepCount, more: int) -> StepCount:
     def line(a: Any, b: Any) -> Any:
         return a + (b - a) * more
 
-    return StepCount(line(short.peak_bytes, longer.peak_bytes), line(short.weight_bytes, longer.weight_bytes),
+    # Each pass's peak, not the step's: the step's peak moves from one pass to the other with the depth
+    # (the loss's chunk at the forward's end against the deepest layers' backward), each pass's does not.
+    return StepCount(tuple(map(line, short.peaks, longer.peaks)),  # type: ignore[arg-type]
+                     line(short.weight_bytes, longer.weight_bytes),
                      tuple(map(line, short.forward, longer.forward)),  # type: ignore[arg-type]
                      tuple(map(line, short.backward, longer.backward)))  # type: ignore[arg-type]
 
@@ -138,10 +147,11 @@ def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpoin
         with watch:
             with autocast:  # as LitLora._nll
                 nll, n = model_nll(shell, ids, mask, ids, chunked=chunked_loss, fused=False)
-            forward = tuple(watch.flops)
+            forward, forward_peak = tuple(watch.flops), watch.peak
+            watch.peak = watch.live
             (nll / n).backward()
     backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
-    return StepCount(watch.peak, weights, forward, backward)
+    return StepCount((forward_peak, watch.peak), weights, forward, backward)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,8 @@ class FlopsPerToken:
 
 def training_flops_per_token(model: Any, seq_len: int) -> FlopsPerToken:
     """FLOPs of one training step (no recomputation) divided by its tokens, for sequences of `seq_len`."""
-    step = fake_step(model, 1, _PROBE, chunked_loss=False)  # a chunk's recomputed head is overhead too
+    # The full head: the same FLOPs as the chunked loss, whose forward also runs the head's backward.
+    step = fake_step(model, 1, _PROBE, chunked_loss=False)
 
     def per_token(linear: int, attention: int) -> int:
         return linear // _PROBE + attention * seq_len // _PROBE**2

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_lora.model.loss import step_loss, token_nll
+from lit_lora.nll import CHUNKED_HEAD_FAMILIES
 
 
 def make_batch(seed, batch=3, t=7, vocab=11, masked=((0, 0), (0, 1), (1, 4), (2, 6), (2, 5))):
@@ -181,25 +182,90 @@ def test_mean_of_micro_batch_means_is_not_the_step_mean():
 # -- the chunked output head (lit_lora/nll.py) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk, softcap", [(1, None), (5, None), (8, 30.0), (64, None)])
-def test_chunked_head_gives_the_full_heads_loss_count_and_gradients(chunk, softcap):
+def _head_case(seed, dtype, batch=2, t=4, width=6, vocab=11):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, t, width, generator=g).to(dtype).requires_grad_(True)
+    head = torch.nn.Linear(width, vocab, bias=True).to(dtype)
+    labels = torch.randint(0, vocab, (batch, t), generator=g)
+    labels[0, 1], labels[1, 3] = -100, -100
+    return hidden, head, labels
+
+
+def _full_head(hidden, head, softcap):
+    logits = head(hidden)
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+# float32: the chunks' sums and gradients differ from one matmul over all positions by summation order only.
+# bfloat16: the chunks' gradients are rounded to bfloat16 before the loss's scale is applied, the full head's
+# after: a unit in the last place (2^-8 relative) per op, carried back through the layers (seen: 0.002 of
+# the largest gradient for a linear head, 0.02 for Gemma 2's LoRA weights).
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk, softcap", [(1, None), (5, None), (8, 30.0), (3, 2.0), (64, None)])
+def test_chunked_head_gives_the_full_heads_loss_count_and_gradients(chunk, softcap, dtype):
     from lit_lora.nll import chunked_head_nll
 
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(2, 4, 6, generator=g, requires_grad=True)  # 8 positions: chunks of 1, 5 + 3, 8, all
-    head = torch.nn.Linear(6, 11, bias=True)
-    labels = torch.randint(0, 11, (2, 4), generator=g)
-    labels[0, 1], labels[1, 3] = -100, -100
-    logits = head(hidden)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    ref, ref_n = token_nll(logits, labels)
-    ref_grads = torch.autograd.grad(ref, [hidden, head.weight, head.bias])
+    hidden, head, labels = _head_case(0, dtype)  # 8 positions: chunks of 1, 5 + 3, 8, 3 + 3 + 2, all
+    ref, ref_n = token_nll(_full_head(hidden, head, softcap), labels)
+    ref_grads = torch.autograd.grad(ref / ref_n, [hidden, head.weight, head.bias])
     nll, n = chunked_head_nll(hidden, head, labels, softcap, chunk=chunk)
-    grads = torch.autograd.grad(nll, [hidden, head.weight, head.bias])
+    grads = torch.autograd.grad(nll / n, [hidden, head.weight, head.bias])
     assert int(n) == int(ref_n) == 8 - 2 - 2  # the last position of each row predicts nothing
+    assert nll.dtype == torch.float32 and [g.dtype for g in grads] == [dtype] * 3
     assert float(nll.detach()) == pytest.approx(float(ref.detach()), abs=1e-5)
-    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads, ref_grads))
+    tol = TOLERANCE[dtype]
+    assert all((a - b).abs().max() <= tol * max(1.0, b.abs().max()) for a, b in zip(grads, ref_grads))
+    assert all(g[0, 3].abs().max() == 0 for g in (grads[0], ref_grads[0]))  # predicts nothing: no gradient
+
+
+def test_chunked_head_costs_the_full_heads_flops_not_a_second_pass():
+    """Each chunk's gradients are taken in the forward: the step runs the head's three matmuls once
+    (logits, hidden-state and weight gradients), as the full head does; nothing is recomputed."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lit_lora.nll import chunked_head_nll
+
+    batch, t, width, vocab = 2, 64, 8, 300
+    head = torch.nn.Linear(width, vocab, bias=False)
+    labels = torch.randint(0, vocab, (batch, t))
+    counts = []
+    for chunk in (None, 32):  # None: the full head; 32: four chunks
+        hidden = torch.randn(batch, t, width, requires_grad=True)
+        with FlopCounterMode(display=False) as counter:
+            nll, n = token_nll(head(hidden), labels) if chunk is None else chunked_head_nll(hidden, head, labels,
+                                                                                          chunk=chunk)
+            (nll / n).backward()
+        counts.append(counter.get_total_flops())
+    assert counts[1] == counts[0] == 3 * 2 * batch * t * width * vocab
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_per_position_nll_gives_each_positions_loss_and_its_gradient_under_any_weights(softcap):
+    from lit_lora.errors import LitLoraError
+    from lit_lora.nll import chunked_head_nll, head_token_nll
+
+    hidden, head, labels = _head_case(1, torch.float32, batch=3, t=5)
+    head.requires_grad_(False)  # a frozen head, as LoRA leaves it
+    ref = F.cross_entropy(_full_head(hidden, head, softcap).flatten(0, 1), labels.roll(-1, 1).flatten(),
+                          ignore_index=-100, reduction="none").view(3, 5)
+    ref[:, -1] = 0  # the last position predicts nothing (roll wrapped the first label round)
+    weights = torch.randn(3, 5)  # per-sequence and per-position weights, as preference losses put on them
+    ref_grad, = torch.autograd.grad((ref * weights).sum(), hidden)
+    values = head_token_nll(hidden, head, labels, softcap, chunk=4)  # 15 positions: 4 + 4 + 4 + 3
+    grad, = torch.autograd.grad((values * weights).sum(), hidden)
+    assert values.shape == (3, 5) and values.dtype == torch.float32
+    assert (values[0, 0] == 0) and (values[1, 2] == 0) and (values[:, -1] == 0).all()  # their targets are -100
+    assert (values.detach() - ref.detach()).abs().max() <= 1e-5
+    assert (grad - ref_grad).abs().max() <= 1e-5
+    with torch.no_grad():  # evaluation: the same values, no graph
+        assert (head_token_nll(hidden, head, labels, softcap, chunk=4) - ref).abs().max() <= 1e-5
+    assert float(values.sum()) == pytest.approx(float(chunked_head_nll(hidden, head, labels, softcap)[0]), abs=1e-5)
+    head.requires_grad_(True)
+    with pytest.raises(LitLoraError, match="per-position losses cannot train the output head"):
+        head_token_nll(hidden, head, labels)
 
 
 def test_chunked_loss_never_holds_the_full_float32_logits():
@@ -223,8 +289,9 @@ def test_chunked_loss_never_holds_the_full_float32_logits():
     assert peaks[1] < full_logits_fp32 / 2  # 32 of 256 positions at a time
 
 
-@pytest.mark.parametrize("modules_to_save", [None, ["lm_head"]])
-def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(modules_to_save, monkeypatch):
+@pytest.mark.parametrize("modules_to_save, lora_head", [(None, False), (["lm_head"], False), (None, True)])
+def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(modules_to_save, lora_head,
+                                                                               monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lit_lora.lora.settings import LoraSettings
@@ -234,7 +301,8 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
     torch.manual_seed(0)
     base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=50, bos_token_id=0,
                                       eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    model = apply_lora(base, LoraSettings(target_modules=["c_attn"], modules_to_save=modules_to_save)).train()
+    targets = ["c_attn", "lm_head"] if lora_head else ["c_attn"]  # LoRA on the head: PEFT's LoRA layer runs it
+    model = apply_lora(base, LoraSettings(target_modules=targets, modules_to_save=modules_to_save)).train()
     for p in model.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.1)  # lora_B starts at zero: give every trained tensor a gradient path
@@ -255,4 +323,59 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
     (full, full_n, full_grads), (nll, n, grads) = results
     assert n == full_n == 22 - 3 and nll == pytest.approx(full, abs=1e-5)
     assert any("modules_to_save" in k for k in grads) == bool(modules_to_save)
+    assert any("lm_head.lora_A" in k for k in grads) == lora_head
     assert max((grads[k] - full_grads[k]).abs().max().item() for k in grads) <= 1e-5
+
+
+def _family_model(model_type, dtype):
+    """A tiny random model of `model_type` with LoRA on its default targets and its output head trained
+    (modules_to_save), every trained tensor non-zero so each has a gradient path."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lit_lora.lora.settings import LoraSettings
+    from lit_lora.lora.wrap import apply_lora
+    from tests.test_families import FAMILIES, GQA, VOCAB
+
+    fields = FAMILIES[model_type][0] if model_type in FAMILIES else dict(GQA, head_dim=8)  # gemma: not fitted there
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, vocab_size=VOCAB, **fields), dtype=dtype)
+    head = base.get_output_embeddings()
+    name = next(n for n, m in base.named_modules() if m is head)
+    model = apply_lora(base, LoraSettings(modules_to_save=[name])).train()
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("model_type", sorted(CHUNKED_HEAD_FAMILIES))
+def test_every_chunked_family_gives_the_full_heads_loss_and_gradients_in_float32_and_bf16(model_type, monkeypatch):
+    """LoRA and a trained head (PEFT's wrapper), prompt-masked and padded rows, chunks of 5 over 24 positions
+    (a partial last one), float32 and bf16-mixed over a bfloat16 base; Gemma 2 soft-caps its logits."""
+    from lit_lora.nll import model_nll, output_head
+
+    ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[0, :4] = -100
+    monkeypatch.setattr("lit_lora.nll.LOSS_CHUNK_TOKENS", 5)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _family_model(model_type, dtype)
+        parts = output_head(model)[0]
+        assert type(parts.head).__name__ == "ModulesToSaveWrapper"
+        assert (parts.softcap is not None) == (model_type == "gemma2")
+        results = []
+        for chunked in (False, True):
+            model.zero_grad()
+            torch.manual_seed(1)  # the same dropout masks
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                nll, n = model_nll(model, ids, mask, labels, chunked=chunked)
+            (nll / n).backward()
+            results.append((float(nll.detach() / n), int(n),
+                            {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}))
+        (full_loss, full_n, full), (loss, n, grads) = results
+        assert n == full_n == 2 * 11 - 3 - 3 and loss == pytest.approx(full_loss, abs=1e-5)
+        assert any("modules_to_save" in k for k in grads) and any("lora_A" in k for k in grads)
+        tol = TOLERANCE[dtype]
+        assert all((grads[k] - full[k]).abs().max() <= tol * max(1.0, full[k].abs().max()) for k in grads), model_type
