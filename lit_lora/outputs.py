@@ -22,6 +22,11 @@ from lit_lora.errors import LitLoraError
 MANIFEST = "lit_lora_manifest.json"
 # Hidden folders inside an output folder while it is written in place (check_output_dir ignores them).
 _STAGING = ".lit_lora-"
+
+
+def _contents(folder: Path) -> list[str]:
+    """The names in `folder`, without the staging folders of a write in place."""
+    return [p.name for p in folder.iterdir() if not p.name.startswith(_STAGING)]
 # Exports written before the manifest existed: an adapter folder with our lit_lora.json and PEFT's files only.
 _LEGACY_ADAPTER = {"adapter_model.safetensors", "adapter_config.json", "README.md", "lit_lora.json"}
 # The fields of every line of our completion files (`generate --output`, `predict`).
@@ -48,7 +53,7 @@ def _our_files(folder: Path) -> set[str] | None:
         files = manifest.get("files")
         if isinstance(files, list) and all(isinstance(f, str) for f in files):
             return set(files) | {MANIFEST}
-    present = {p.name for p in folder.iterdir() if not p.name.startswith(_STAGING)}
+    present = set(_contents(folder))
     if "lit_lora.json" in present and present <= _LEGACY_ADAPTER:
         return present
     return None
@@ -59,10 +64,10 @@ def check_output_dir(output_dir: str | os.PathLike, option: str, overwrite: bool
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise LitLoraError(f"{option} {str(output_dir)!r} is a file, not a folder")
-    if not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith(_STAGING)):
+    if not out.exists() or not _contents(out):
         return out
     ours = _our_files(out)
-    present = sorted(p.name for p in out.iterdir() if not p.name.startswith(_STAGING))
+    present = sorted(_contents(out))
     others = [name for name in present if ours is None or name not in ours]
     if others:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
@@ -123,7 +128,7 @@ def _move_in(staged: Path, out: Path) -> None:
     """Rename the staged files into `out`, our earlier output there (if any) set aside first and the manifest
     last; on any failure the files moved so far go back, and `out` holds what it held before."""
     old = out / f"{_STAGING}old-{os.getpid()}"
-    earlier = sorted((p.name for p in out.iterdir() if not p.name.startswith(_STAGING)), key=lambda n: n != MANIFEST)
+    earlier = sorted(_contents(out), key=lambda n: n != MANIFEST)
     new = sorted((p.name for p in staged.iterdir()), key=lambda n: n == MANIFEST)
     set_aside: list[str] = []
     moved: list[str] = []

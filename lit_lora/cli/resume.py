@@ -139,8 +139,12 @@ def data_changes(current: dict[str, Any], saved: Optional[dict[str, Any]]) -> Op
 
 
 def _differs(a: Any, b: Any) -> bool:
-    as_list = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731  (YAML has no tuples)
-    return as_list(a) != as_list(b)
+    return _as_list(a) != _as_list(b)
+
+
+def _as_list(value: Any) -> Any:
+    """Tuples as lists: a checkpoint's YAML-born values have no tuples."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _paths(value: Any) -> Any:
@@ -153,7 +157,7 @@ def _paths(value: Any) -> Any:
 
 
 def _shown(value: Any) -> str:
-    return repr(list(value) if isinstance(value, tuple) else value)
+    return repr(_as_list(value))
 
 
 def logger_location(logger: Any, default_root_dir: Optional[str] = None) -> tuple[str, str]:

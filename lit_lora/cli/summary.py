@@ -116,11 +116,11 @@ def _auto_batch_limit(cfg: Any) -> Optional[int]:
     from lit_lora.hub import load_tokenizer
 
     data = cfg.data.as_dict()
+    if not data["train_files"]:
+        return None
     try:
         check_data_files(cfg.data)
     except LitLoraError:
-        return None
-    if not data["train_files"]:
         return None
     tokenizer = load_tokenizer(data["tokenizer_name_or_path"], trust_remote_code=data["trust_remote_code"])
     train = build_training_splits(data, tokenizer)[0]
@@ -134,11 +134,10 @@ def _gpt2_builder(cfg: Any) -> Any:
     from lit_lora.model.module import LitLora
 
     settings = cfg.model.clone().as_dict()
-    lora = dict(settings["lora"])
 
     def build(shape: dict[str, int]) -> Any:
         with without_weights():
-            return LitLora(**dict(settings, model_config=shape, tokenizer_name_or_path="unused", adapter_path=None,
-                                  lora=lora)).model
+            return LitLora(**dict(settings, model_config=shape, tokenizer_name_or_path="unused",
+                                  adapter_path=None)).model
 
     return build

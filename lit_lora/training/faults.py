@@ -170,8 +170,8 @@ class GracefulStop(Callback):
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException) and (self._distributed and trainer.training
-                                                        or not self._distributed and self._noticed(trainer)):
+        if isinstance(exception, SIGTERMException) and ((self._distributed and trainer.training)
+                                                        or (not self._distributed and self._noticed(trainer))):
             self.signal_name = self.signal_name or "SIGTERM"
             self._save(trainer)
         self._restore()
