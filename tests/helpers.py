@@ -181,7 +181,9 @@ class DeferFiniteCheck(Callback):
     steps and before saving) on the CPU."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        pl_module.finite_loss.defer = True
+        from lit_lora.monitoring.finite_loss import FiniteLossStop
+
+        next(c for c in trainer.callbacks if isinstance(c, FiniteLossStop)).guard.defer = True
 
 
 class HostReads:

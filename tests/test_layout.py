@@ -20,6 +20,7 @@ PACKAGE = REPO / "lit_lora"
 # Lowest first. A module may import its own layer and those before it, never one after it.
 LAYERS = [
     ("errors", "notes", "settings", "constants", "outputs", "jsonl", "nll"),
+    ("objectives",),
     ("hub", "quantization"),
     ("lora",),
     ("measure",),
