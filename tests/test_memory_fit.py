@@ -112,7 +112,7 @@ def fake_free(monkeypatch):
     def set_usable(usable):
         free = int((usable + HEADROOM_BYTES) / (1 - HEADROOM_FRACTION)) + 1
         assert usable_bytes(free) >= usable
-        monkeypatch.setattr("lit_lora.data.auto_batch.free_bytes", lambda device: free)
+        monkeypatch.setattr("lit_lora.monitoring.auto_batch.free_bytes", lambda device: free)
 
     return set_usable
 
