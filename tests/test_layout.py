@@ -182,6 +182,50 @@ def test_the_checks_catch_an_upward_import_a_cycle_and_an_unexplained_lazy_impor
     assert oversized(pkg) == [f"pkg/high.py: def h: body of {MAX_FUNCTION_LINES + 1} lines"]
 
 
+def calls_against_the_flow(root: Path) -> list[str]:
+    """Where data flows backwards in `fit`: the LightningModule (the file defining `LitLora`) or an objective
+    reading the data module, or the data package reading the model or writing to the trainer. The batch,
+    the callbacks and the CLI's build are the only ways between them."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(root.parent).as_posix()
+        is_model = any(isinstance(n, ast.ClassDef) and n.name == "LitLora" for n in tree.body) or "/objectives/" in rel
+        is_data = "/data/" in rel
+        for node in ast.walk(tree):
+            if is_model and isinstance(node, ast.Attribute) and node.attr == "datamodule":
+                found.append(f"{rel}:{node.lineno} reads the data module")
+            if is_model and isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                found += [f"{rel}:{node.lineno} imports {n}" for n in names if n.startswith(f"{root.name}.data")]
+            if is_data and isinstance(node, ast.Attribute) and node.attr in ("lightning_module", "model"):
+                found.append(f"{rel}:{node.lineno} reads the model")
+            if is_data and isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    chain = ast.unparse(target)
+                    if isinstance(target, ast.Attribute) and re.search(r"\btrainer\.", chain):
+                        found.append(f"{rel}:{node.lineno} writes {chain}")
+    return found
+
+
+def test_data_flows_one_way_in_fit():
+    assert calls_against_the_flow(PACKAGE) == []
+
+
+def test_the_flow_check_catches_a_model_reading_the_data_and_data_writing_the_trainer(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "module.py").write_text("class LitLora:\n    def training_step(self, batch, i):\n"
+                                   "        return self.trainer.datamodule.step_tokens(i)\n")
+    (pkg / "data" / "dm.py").write_text("class Data:\n    def setup(self):\n"
+                                        "        self.trainer.accumulate_grad_batches = 2\n"
+                                        "        model = self.trainer.lightning_module\n")
+    assert calls_against_the_flow(pkg) == ["pkg/data/dm.py:3 writes self.trainer.accumulate_grad_batches",
+                                           "pkg/data/dm.py:4 reads the model",
+                                           "pkg/module.py:3 reads the data module"]
+
+
 def test_modules_classes_and_functions_stay_small():
     assert oversized(PACKAGE) == []
 
