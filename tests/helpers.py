@@ -255,7 +255,7 @@ class _LossStep(torch.nn.Module):
         self.lit = module
 
     def forward(self, batch: dict) -> Any:
-        return self.lit._nll(batch)
+        return self.lit.objective.nll(self.lit.model, batch)
 
 
 def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -> int:
