@@ -1,7 +1,7 @@
 """The rules of `--ckpt_path`, as pure functions over plain values (unit-tested without a `fit`).
 
-LightningCLI's own resume loads the checkpoint's hyperparameters over the flags the user typed (pitfall
-12) and fails with a raw error on a bad file; `LitLoraCLI` applies these rules instead.
+LightningCLI's own resume loads the checkpoint's hyperparameters over the flags the user typed (so
+a typed flag would silently lose) and fails with a raw error on a bad file; `LitLoraCLI` applies these rules instead.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The training loss: summed next-token NLL over the real target tokens (`lit_lora.nll`: chunked, and what
 the memory estimate's dry run computes too), and its normalisation over the tokens of the whole optimizer
-step (pitfall 8: not a mean of micro-batch means)."""
+step (not a mean of micro-batch means, which would weigh a short micro-batch's tokens more than a long one's)."""
 
 from __future__ import annotations
 
