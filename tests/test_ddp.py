@@ -63,7 +63,7 @@ def workdir(tmp_path_factory):
 
 def _start_ddp(cwd: Path, *args: str, torchrun: bool = False) -> subprocess.Popen:
     """`fit` with 2 processes, started in the background: Lightning's launcher starts rank 1 itself, or
-    torchrun starts both (the multi-node launch of the README, on one machine)."""
+    torchrun starts both (the multi-node launch of docs/distributed.md, on one machine)."""
     cwd.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     env.pop("PL_GLOBAL_SEED", None)

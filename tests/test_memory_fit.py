@@ -1,4 +1,4 @@
-"""Memory (issue 15): the estimate with the chunked loss against MemTracker at GPT-2 small's widths, the
+"""Memory: the estimate with the chunked loss against MemTracker at GPT-2 small's widths, the
 targets `summary` prints for GPT-2 small and XL (and XL's QLoRA) without building their weights, `--data.batch_size auto`
 on a faked device size (fresh and resumed), and `summary --memory_gb`."""
 

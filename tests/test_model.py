@@ -128,7 +128,7 @@ def test_training_step_updates_lora_weights(tiny_model_dir):
 
 
 def test_accumulated_micro_batches_train_like_one_batch_on_ragged_data(in_tmp):
-    """Pitfall 8: with gradient accumulation on prompt/completion data of very different lengths, the loss
+    """With gradient accumulation on prompt/completion data of very different lengths, the loss
     is the mean over the target tokens of the whole optimizer step, not a mean of micro-batch means. Batch 2
     x 2 accumulated must then train the same adapter as batch 4 (same samples per step, no dropout)."""
     import json

@@ -71,7 +71,7 @@ class LitLoraData(pl.LightningDataModule):
                 token), "last" (the final assistant turn), "all". Alpaca trains its `output`.
             packing: Join documents or examples into full blocks, each attending only to itself (positions
                 restart per document). Default: on for text, off for examples (length-bucketed batches
-                instead; see the README for the measurement).
+                instead; see docs/data-and-chat.md for the measurement).
             dataset_name: A Hugging Face dataset instead of train_files: a hub id, a `save_to_disk` folder, a
                 folder of data files, or one .json/.jsonl/.parquet/.csv file.
             dataset_config: The dataset's configuration name, if it has several.

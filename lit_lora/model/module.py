@@ -72,7 +72,7 @@ class LitLora(pl.LightningModule):
             adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
             learning_rate: Peak AdamW learning rate. The default was measured on small models: for GPT-2 small
-                and wider ones start lower (README: Learning-rate defaults).
+                and wider ones start lower (docs/models-and-training.md).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
             optimizer: "adamw" (torch's fused AdamW) or "paged_adamw" (bitsandbytes' paged AdamW, CUDA only: its
@@ -85,7 +85,7 @@ class LitLora(pl.LightningModule):
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
             quantization: QLoRA: bitsandbytes quantizes the base's linear layers as they load, "nf4" or "fp4"
-                (4-bit) or "int8"; the other layers keep base_dtype (README: QLoRA; needs the qlora extra).
+                (4-bit) or "int8"; the other layers keep base_dtype (docs/memory-and-qlora.md; needs the qlora extra).
             quantization_options: BitsAndBytesConfig fields: bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
                 (default: base_dtype), bnb_4bit_quant_storage, llm_int8_skip_modules, llm_int8_threshold.
             attn_implementation: Attention kernel ("sdpa", "eager", ...); default SDPA, else eager (said).

@@ -13,7 +13,7 @@ from lit_lora.quantization import require_bitsandbytes
 from lit_lora.settings import check_number
 
 # The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a
-# 100-step run does not spend its budget warming up (benchmarks/quality.py; README: Learning-rate defaults).
+# 100-step run does not spend its budget warming up (benchmarks/quality.py; docs/models-and-training.md).
 DEFAULT_WARMUP_RATIO = 0.05
 
 
