@@ -33,7 +33,8 @@ class LitLoraData(pl.LightningDataModule):
         train_files: Union[str, list[str], None] = None,
         val_files: Union[str, list[str], None] = None,
         val_fraction: float = 0.05,
-        format: Literal["auto", "text", "jsonl", "prompt_completion", "messages", "sharegpt", "alpaca"] = "auto",
+        format: Literal["auto", "text", "jsonl_text", "prompt_completion", "messages", "sharegpt", "alpaca",
+                        "jsonl"] = "auto",
         text_field: str = "text",
         chat_template: str = "auto",
         train_on: Literal["assistant", "last", "all"] = "assistant",
@@ -61,9 +62,10 @@ class LitLoraData(pl.LightningDataModule):
                 (see `format`). Not needed by `validate` or `test` given `val_files`/`test_files`.
             val_files: Validation files or globs, same formats. When omitted, `val_fraction` is split off.
             val_fraction: Fraction of training blocks (or examples) held out for validation, with `seed`.
-            format: "auto" detects it from the extension and the first record's fields (and says so): `text`
-                (`text_field`), `prompt_completion` (strings, or TRL's message lists), `messages`, `sharegpt`
-                (`conversations`), `alpaca` (`instruction`, `input`, `output`); plain files are `text`.
+            format: "auto" detects it from the extension and the first record's fields (and says so):
+                `jsonl_text` (JSONL with a `text_field`; `jsonl` is the same), `prompt_completion` (strings, or
+                TRL's message lists), `messages`, `sharegpt` (`conversations`), `alpaca` (`instruction`,
+                `input`, `output`); plain files are `text`.
             text_field: Name of the text field in JSONL files and Hugging Face datasets.
             chat_template: For conversations: "auto" (the tokenizer's own, else the built-in "plain"),
                 "tokenizer", "plain", or a Jinja file. Saved with checkpoints, adapters and merged models.
@@ -133,8 +135,6 @@ class LitLoraData(pl.LightningDataModule):
         """Rows (blocks or examples) of the split `stage` reads: what caps an automatic batch size."""
         data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
         return len(data)
-
-    # -- building the splits ----------------------------------------------------------------------------
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -215,9 +215,8 @@ class LitLoraData(pl.LightningDataModule):
                           sampler=EvalShardSampler(len(prompts), *self._rank_world()),
                           collate_fn=PromptCollator(self.load_tokenizer(), self.chat_template), num_workers=self.hparams.num_workers)
 
-    # -- resume state: seed + epoch + position, never a permutation (TrainOrder) -------------------------
-
     def state_dict(self) -> dict[str, int]:
+        """The resume state: seed, epoch and position, never a permutation (`TrainOrder`)."""
         return self.order.state_dict(self.trainer) if self.order is not None else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

@@ -7,6 +7,7 @@ data module, so a new objective plugs in without touching the training loop or t
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, NamedTuple
 
 import torch
@@ -53,5 +54,7 @@ class Objective(torch.nn.Module):
         raise NotImplementedError
 
     def init_args(self) -> dict[str, Any]:
-        """The constructor's arguments, plain values: how a checkpoint records this objective."""
-        return {}
+        """The constructor's arguments, as plain values, read from the attributes of the same names: how a
+        checkpoint records this objective. Override it when an argument is kept under another name."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self" and hasattr(self, name)}
