@@ -4,7 +4,7 @@ options, defaults and links; the resume rules are in `resume.py`, the run-folder
 The build, in LightningCLI's order: `parse_arguments` reads the checkpoint of `--ckpt_path` once and merges
 its settings by the resume rules; `before_instantiate_classes` checks the trainer options and data files;
 the model, the data module and the trainer are built (`instantiate_trainer` claims the run folder and adds
-the forced callbacks); `after_instantiate_classes` checks the tokenizer against the model. Inside `fit`
+`run_callbacks()`); `after_instantiate_classes` checks the tokenizer against the model. Inside `fit`
 the data module feeds batches, the model computes from them, and the callbacks watch and decide for both
 (`AutoBatchSize`, `DataPlan`, `RunSummary`, `FiniteLossStop`)."""
 
@@ -27,16 +27,12 @@ from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
 from lit_lora.hub import check_vocabulary, tokenizer_source
 from lit_lora.model.module import LitLora
-from lit_lora.monitoring.auto_batch import AutoBatchSize
-from lit_lora.monitoring.data_plan import DataPlan
-from lit_lora.monitoring.finite_loss import FiniteLossStop
 from lit_lora.monitoring.hparams import HparamsMetric
 from lit_lora.monitoring.loss_trend import LossTrend
 from lit_lora.monitoring.memory import MemoryMonitor
 from lit_lora.monitoring.progress import with_run_eta
-from lit_lora.monitoring.run_summary import RunSummary
+from lit_lora.monitoring.run_callbacks import run_callbacks
 from lit_lora.monitoring.samples import SampleGenerator
-from lit_lora.monitoring.start_loss import StartValLoss
 from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.outputs import ensure_writable, shown
 from lit_lora.restore import export_best_checkpoint
@@ -45,7 +41,6 @@ from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable,
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 from lit_lora.notes import print_note
-from lit_lora.training.quantized_layout import QuantizedTrainingLayout
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -218,12 +213,7 @@ class LitLoraCLI(LightningCLI):
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
         for i, callback in enumerate(trainer.callbacks):
             trainer.callbacks[i] = with_run_eta(callback) or callback
-        saved_layout = (self.resume_checkpoint or {}).get(LitLoraData.__qualname__) or None
-        # In this order, each hook after the data module's own: the batch size is chosen (setup), the data's
-        # decisions reach the trainer and the model (setup, train start), the summary prints (fit start);
-        # the loss is watched from the first step.
-        trainer.callbacks.extend([AutoBatchSize(saved_layout), DataPlan(), RunSummary(), FiniteLossStop(),
-                                  StartValLoss(), QuantizedTrainingLayout()])
+        trainer.callbacks.extend(run_callbacks((self.resume_checkpoint or {}).get(LitLoraData.__qualname__) or None))
         return trainer
 
 
