@@ -11,15 +11,15 @@ every run is scored on, the rest is the training file. Every run:
 
 - sees the same batches in the same order for a seed: lit_lora's datamodule builds them (LitLoraData, the
   seed as data.seed), and the plain loop and the Trainer are fed that loader's batches;
-- runs the same number of optimizer steps, with the same LoRA settings as conf/gpt2.yaml;
+- runs the same number of optimizer steps, with the same LoRA settings as conf/gpt2/lora.yaml;
 - is scored by one function: the token-weighted NLL of the final weights on the validation file
   (`lit_lora.nll.model_nll`, summed over all tokens, divided by their count).
 
-Rows: the base alone; `lit_lora fit --config conf/gpt2.yaml` (its model and optimizer defaults; only the
-data, steps and batch shape are set, plus no early stopping and no gradient checkpointing, which change
-which steps run and how fast, not what a step computes); a plain PEFT loop (torch AdamW at its defaults and
-a constant learning rate, no warm-up, no clipping); `transformers.Trainer` with the TrainingArguments of
-PEFT's quicktour for LoRA (learning_rate=1e-3, weight_decay=0.01, and the Trainer's defaults: linear decay to
+Rows: the base alone; `lit_lora fit --config conf/gpt2/lora.yaml` (its model and optimizer defaults: the
+default learning rate replaces the config's 1e-3; only the data, steps and batch shape are set, plus no early
+stopping and no gradient checkpointing, which change which steps run and how fast, not what a step computes);
+a plain PEFT loop (torch AdamW at its defaults and a constant learning rate, no warm-up, no clipping);
+`transformers.Trainer` with the TrainingArguments of PEFT's quicktour for LoRA (learning_rate=1e-3, weight_decay=0.01, and the Trainer's defaults: linear decay to
 0, no warm-up, clipping at 1.0); and lit_lora's run again on the base quantized to 4 bits (`--model.quantization
 nf4`: QLoRA's cost in quality on the same budget). A constant-rate run is scored at each step budget on the way (the first
 steps of a longer run are the shorter run).
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -49,7 +50,7 @@ import torch  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}  # conf/gpt2.yaml
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}  # conf/gpt2/lora.yaml
 TRAINER_LR, TRAINER_WD = 1e-3, 0.01  # PEFT quicktour's TrainingArguments for LoRA
 PRETRAIN_BATCH = 8
 
@@ -250,8 +251,11 @@ QLORA_ARGS = ["--model.quantization", "nf4"]  # the QLoRA row: lit_lora's defaul
 def run_lit_lora(base: str, files: tuple[str, str], dm: Any, steps: int, seed: int, work: str,
                  extra: list[str]) -> float:
     from lit_lora.cli.trainer_cli import LitLoraCLI
+    from lit_lora.model import LitLora
 
-    args = ["fit", "--config", os.path.join(REPO, "conf", "gpt2.yaml"),
+    # The config states GPT-2 small's rate; this row measures the default learning rate.
+    default_lr = inspect.signature(LitLora.__init__).parameters["learning_rate"].default
+    args = ["fit", "--config", os.path.join(REPO, "conf", "gpt2", "lora.yaml"), "--model.learning_rate", str(default_lr),
             "--model.model_name_or_path", base,
             "--data.train_files", files[0], "--data.val_files", files[1],
             "--data.block_size", str(dm.hparams.block_size), "--data.batch_size", str(dm.hparams.batch_size),

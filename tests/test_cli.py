@@ -13,10 +13,10 @@ from lit_lora.model import LitLora
 from tests.conftest import REPO
 from tests.helpers import fit_args, run_cli, scalars
 
-CONFIGS = sorted((REPO / "conf").glob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "conf").rglob("*.yaml") if p.parent.name != "shared")  # conf/MODEL/JOB.yaml
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "conf")) for c in CONFIGS])
 def test_shipped_config_parses_through_the_cli(config, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as exit_:
@@ -28,7 +28,7 @@ def test_shipped_config_parses_through_the_cli(config, capsys, monkeypatch):
 
 
 def test_gpt2_config_is_the_reference_run():
-    cfg = yaml.safe_load((REPO / "conf" / "gpt2.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "conf" / "gpt2" / "lora.yaml").read_text())
     assert cfg["model"]["model_name_or_path"] == "gpt2" and "model_config" not in cfg["model"]
     assert cfg["model"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}
     assert cfg["model"]["gradient_checkpointing"] is True and cfg["trainer"]["max_epochs"] == 3

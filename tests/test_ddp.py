@@ -335,14 +335,14 @@ def test_on_a_4bit_base_two_processes_train_the_one_process_adapter_until_a_nan_
 
 
 def test_fsdp_config_builds_the_stated_strategy():
-    # Lightning's FSDP needs CUDA, so on CPU we check what conf/gpt2-fsdp.yaml builds, without a Trainer.
+    # Lightning's FSDP needs CUDA, so on CPU we check what conf/gpt2/fsdp.yaml builds, without a Trainer.
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
     from lit_lora.model import LitLora
     from lit_lora.training.distributed import DecoderLayerPolicy
 
-    strategy = yaml.safe_load((REPO / "conf" / "gpt2-fsdp.yaml").read_text())["trainer"]["strategy"]
+    strategy = yaml.safe_load((REPO / "conf" / "gpt2" / "fsdp.yaml").read_text())["trainer"]["strategy"]
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=FSDPStrategy)
     built = parser.instantiate_classes(parser.parse_object({"strategy": strategy})).strategy

@@ -17,7 +17,7 @@ from lit_lora.measure.memory import estimate_training_memory
 from tests.conftest import REPO
 from tests.helpers import fit_args, memtracker_activations, run_cli
 
-GPU_SUMMARY = ["--config", "conf/gpt2.yaml", "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
+GPU_SUMMARY = ["--config", "conf/gpt2/lora.yaml", "--trainer.accelerator", "gpu", "--trainer.precision", "bf16-mixed",
                "--model.base_dtype", "bfloat16", "--data.batch_size", "8", "--data.block_size", "512"]
 
 

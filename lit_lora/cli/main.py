@@ -1,8 +1,8 @@
 """`python -m lit_lora.cli SUBCOMMAND ...`: LightningCLI's fit/validate/test/predict plus our own tools.
 
     python -m lit_lora.cli fit --config conf/quickstart.yaml
-    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt
-    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt --ckpt_path last
+    python -m lit_lora.cli fit --config conf/gpt2/lora.yaml --data.train_files my.txt
+    python -m lit_lora.cli fit --config conf/gpt2/lora.yaml --data.train_files my.txt --ckpt_path last
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m lit_lora.cli summary --config conf/gpt2.yaml`: what `fit` would train, and its peak memory.
+"""`python -m lit_lora.cli summary --config conf/gpt2/lora.yaml`: what `fit` would train, and its peak memory.
 
 Takes everything `fit` takes (config files, `--model.*`/`--data.*`/`--trainer.*` overrides, `--ckpt_path`) and
 prints the summary `fit` prints at its start: parameter counts, model class, dtype, device, LoRA settings and
@@ -7,7 +7,7 @@ checkpointing. It builds the model on the meta device from its config (no weight
 nothing. It reads no data file (they need not exist), except for `--data.batch_size auto`: then the training
 files, when they exist, are tokenized (into the cache `fit` reads) to cap the batch as `fit` does.
 
-    python -m lit_lora.cli summary --config conf/gpt2.yaml --model.model_config '{}' \\
+    python -m lit_lora.cli summary --config conf/gpt2/lora.yaml --model.model_config '{}' \\
         --model.tokenizer_name_or_path DIR --trainer.accelerator gpu --trainer.precision bf16-mixed
 """
 

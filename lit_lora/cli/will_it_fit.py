@@ -2,7 +2,7 @@
 the configured model (and, for a GPT-2, each published GPT-2 size) on a card of `--memory_gb` GB (or the
 visible GPU), with the run's other settings.
 
-    python -m lit_lora.cli summary --config conf/gpt2.yaml --trainer.accelerator gpu --memory_gb 8
+    python -m lit_lora.cli summary --config conf/gpt2/lora.yaml --trainer.accelerator gpu --memory_gb 8
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Peak training memory of a LoRA run, before running it.
 
-    python -m lit_lora.cli summary --config conf/gpt2.yaml
+    python -m lit_lora.cli summary --config conf/gpt2/lora.yaml
 
 Two parts. The *static* part is exact, in bytes, from the model as built: every parameter and buffer
 (at the dtype the precision setting leaves them in), one gradient per trainable parameter, and AdamW's

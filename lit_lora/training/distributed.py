@@ -33,7 +33,7 @@ class DecoderLayerPolicy:
 
     The layer classes are the model's own `_no_split_modules` (transformers' list of the blocks that must
     stay whole on one device: GPT2Block, LlamaDecoderLayer, ...), read at the first call, which FSDP makes
-    with the root module. Give it as `trainer.strategy.init_args.auto_wrap_policy` (conf/gpt2-fsdp.yaml)."""
+    with the root module. Give it as `trainer.strategy.init_args.auto_wrap_policy` (conf/gpt2/fsdp.yaml)."""
 
     def __init__(self) -> None:
         self.layer_names: Optional[set[str]] = None
