@@ -34,8 +34,11 @@ class DataPlan(Callback):
         total = planned_steps(trainer)
         if hasattr(pl_module, "schedule_steps"):
             pl_module.schedule_steps = int(total) if math.isfinite(total) else None
+        # The first train loader is built by now; Lightning skips on_train_epoch_start for an epoch it resumes.
+        self.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        """After the epoch's train loader is built (or kept)."""
         reload = getattr(trainer.datamodule, "reload_after_epochs", None)
         if reload is not None and self._user_reload is None:
             self._user_reload = trainer.reload_dataloaders_every_n_epochs
