@@ -9,8 +9,7 @@ import torch
 
 from lit_lora.cli import main
 from tests.conftest import REPO
-from tests.helpers import fit_args
-from tests.test_compat import LEGACY, TOKENIZER, TRAINED_WITH
+from tests.helpers import LEGACY, TOKENIZER, TRAINED_WITH, fit_args
 
 
 def _edited(tmp_path, edit) -> str:

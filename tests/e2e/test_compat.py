@@ -1,25 +1,16 @@
 """A checkpoint written by lit_lora before the package was layered (tests/fixtures/legacy-format1.ckpt: the
 quickstart at step 4 with LoRA r=4 on c_attn) keeps loading through `--ckpt_path`, `export` and
-`generate`, and gives the numbers it gave then."""
+`generate`, and gives the numbers it gave then (its `validate` and resume: tests/e2e/resume/)."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from lit_lora.cli import main
 from lit_lora.training.checkpoint_io import load_checkpoint_file
-from tests.conftest import REPO
-from tests.helpers import run_cli
-
-LEGACY = REPO / "tests" / "fixtures" / "legacy-format1.ckpt"
-TOKENIZER = str(REPO / "examples" / "quickstart" / "tokenizer")
-# The flags it was trained with, over conf/quickstart.yaml.
-TRAINED_WITH = ["--config", str(REPO / "conf" / "quickstart.yaml"), "--model.lora.r", "4", "--model.lora.alpha", "8",
-                "--model.lora.target_modules", "[c_attn]", "--trainer.enable_progress_bar", "false",
-                "--samples.prompts", "[]"]
+from tests.helpers import LEGACY, TOKENIZER
 
 
 def test_generate_from_the_legacy_checkpoint_gives_the_text_it_gave(tmp_path):
@@ -40,13 +31,3 @@ def test_export_of_the_legacy_checkpoint_holds_its_weights(tmp_path):
     for key, value in expected.items():
         name = key.removeprefix("model.").replace(".default", "")
         assert torch.equal(saved[name], value)
-
-
-def test_validate_and_resume_from_the_legacy_checkpoint(tmp_path, capsys):
-    logs = ["--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--data.cache_dir", str(tmp_path / "c")]
-    cli = run_cli(["validate", *TRAINED_WITH, *logs, "--ckpt_path", str(LEGACY)], cwd=REPO)
-    # val_loss printed by `validate` at commit 60a2c98
-    assert float(cli.trainer.callback_metrics["val_loss"]) == pytest.approx(6.278231620788574, abs=1e-5)
-    cli = run_cli(["fit", *TRAINED_WITH, *logs, "--ckpt_path", str(LEGACY), "--trainer.max_steps", "6",
-                   "--trainer.val_check_interval", "2"], cwd=REPO)
-    assert cli.trainer.global_step == 6 and cli.model.lora_settings.r == 4

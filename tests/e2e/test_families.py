@@ -1,17 +1,17 @@
 """Every model family we name, end to end on CPU: a tiny random model of each family, saved with
 `save_pretrained` and loaded back through `from_pretrained` as a user's folder would be (no hub).
 
-One small fit per family (no target flags: the family's defaults), shared by its checks: the printed
-counts, a resume from a mid-epoch checkpoint (same per-step losses), the exported adapter in PEFT, the
-merged model in plain transformers, greedy text from checkpoint, adapter and merged model, gradient
-checkpointing, and the FSDP unit. The real kill -9 resume test is GPT-2's (test_resume.py).
+One small fit per family (no target flags: the family's defaults; the session's `family` runs,
+tests/e2e/conftest.py), shared by its checks: the printed counts, the exported adapter in PEFT, the merged
+model in plain transformers, greedy text from checkpoint, adapter and merged model, gradient
+checkpointing, and the FSDP unit. Its resume from a mid-epoch checkpoint (same per-step losses) is checked
+in tests/e2e/resume/, with the real kill -9 resume test (GPT-2's).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
@@ -19,84 +19,10 @@ import torch
 from lit_lora.cli import main
 from lit_lora.lora.targets import DEFAULT_TARGETS
 from tests.conftest import QUICKSTART
-from tests.helpers import assert_resume_repeats, checkpoints_dir, cli_output, memtracker_activations
+from tests.helpers import RUN_BLOCK as BLOCK
+from tests.helpers import VOCAB, bos_tokenizer_dir, cli_output, memtracker_activations
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             max_position_embeddings=128)
-GQA = dict(SMALL, num_key_value_heads=2)  # grouped-query attention: 2 key/value heads for 4 query heads
-# (model_type, config fields, tokenizer): tied and untied output heads, GQA, and a tokenizer that adds BOS.
-FAMILIES = {
-    "gpt2": ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}, "plain"),
-    "gpt_neo": ({"hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 128,
-                 "attention_types": [[["global", "local"], 1]], "window_size": 16}, "plain"),
-    "gpt_neox": (dict(SMALL, rotary_pct=0.25, tie_word_embeddings=False), "plain"),  # Pythia: untied
-    "opt": ({"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "max_position_embeddings": 128, "word_embed_proj_dim": 32}, "plain"),
-    "llama": (dict(GQA, tie_word_embeddings=True), "bos"),  # SmolLM2: tied, GQA, BOS
-    "mistral": (dict(GQA, tie_word_embeddings=False), "bos"),
-    "qwen2": (dict(GQA, tie_word_embeddings=True), "plain"),  # Qwen2.5 small: tied, no BOS
-    "qwen3": (dict(GQA, head_dim=8, tie_word_embeddings=True), "plain"),
-    "phi3": (dict(GQA, tie_word_embeddings=False, pad_token_id=None, original_max_position_embeddings=128), "plain"),
-    "gemma2": (dict(GQA, head_dim=8, sliding_window=16, tie_word_embeddings=True), "plain"),
-}
-VOCAB = 520  # the quickstart tokenizer's 512 tokens, and a BOS added for the "bos" tokenizer
-STEPS, SAVE_EVERY, BLOCK, BATCH = 6, 3, 32, 2
 PROMPT = "ROMEO:"
-
-
-def _bos_tokenizer(folder):
-    """The quickstart tokenizer with a `<s>` BOS that it puts before every text (as Llama's do) and no pad
-    token, built with `tokenizers` as the quickstart's was."""
-    from tokenizers.processors import TemplateProcessing
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
-    tok.add_special_tokens({"bos_token": "<s>"})
-    bos = tok.convert_tokens_to_ids("<s>")
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                              special_tokens=[("<s>", bos)])
-    tok.pad_token = None
-    tok.save_pretrained(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request, tmp_path_factory):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    model_type = request.param
-    fields, tokenizer_kind = FAMILIES[model_type]
-    root = tmp_path_factory.mktemp(model_type)
-    model_dir = root / "model"
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, **fields)
-    AutoModelForCausalLM.from_config(config).save_pretrained(str(model_dir))
-    if tokenizer_kind == "bos":
-        _bos_tokenizer(model_dir)
-    else:
-        AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer")).save_pretrained(str(model_dir))
-    (root / "train.txt").write_text((QUICKSTART / "train.txt").read_text()[:6_000])
-    (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
-    flags = ["--model.model_name_or_path", str(model_dir), "--data.train_files", str(root / "train.txt"),
-             "--data.val_files", str(root / "val.txt"), "--data.block_size", str(BLOCK),
-             "--data.batch_size", str(BATCH), "--data.cache_dir", str(root / "cache"), "--model.learning_rate", "1e-2",
-             "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3",
-             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-             "--trainer.enable_model_summary", "false", "--checkpoint.every_n_train_steps", str(SAVE_EVERY),
-             "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null",
-             "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
-    (root / "full").mkdir()
-    fit_out = cli_output(root / "full", "fit", *flags, notes=True)
-    (root / "resumed").mkdir()
-    resumed = checkpoints_dir(root / "resumed")
-    resumed.mkdir(parents=True)
-    shutil.copy(checkpoints_dir(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", resumed / "last.ckpt")
-    cli_output(root / "resumed", "fit", *flags, "--ckpt_path", "last")
-    last = checkpoints_dir(root / "full") / f"step{STEPS:03d}.ckpt"
-    cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"))
-    return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, tokenizer=tokenizer_kind,
-                last=last, merged=root / "merged",
-                adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
 
 
 def _ours(family):
@@ -128,10 +54,6 @@ def test_fit_adapts_the_familys_default_targets_and_prints_true_counts(family):
     params = list(module.model.parameters())
     assert total == sum(p.numel() for p in params) and base + trainable == total
     assert trainable == sum(p.numel() for p in params if p.requires_grad) > 0
-
-
-def test_resume_from_a_mid_epoch_checkpoint_repeats_the_same_losses(family):
-    assert_resume_repeats(family["root"] / "full", family["root"] / "resumed", SAVE_EVERY, f"step{STEPS:03d}.ckpt")
 
 
 def test_exported_adapter_and_merged_model_give_our_logits(family):
@@ -250,13 +172,13 @@ def test_flops_per_token_are_within_2_percent_of_flop_counter_on_a_real_step(fam
 def bos_tokenizer(tmp_path_factory):
     from lit_lora.hub import load_tokenizer
 
-    return load_tokenizer(str(_bos_tokenizer(tmp_path_factory.mktemp("bos-tokenizer"))))
+    return load_tokenizer(str(bos_tokenizer_dir(tmp_path_factory.mktemp("bos-tokenizer"))))
 
 
 def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsys):
     from lit_lora.hub import load_tokenizer
 
-    tok = load_tokenizer(str(_bos_tokenizer(tmp_path / "tok")))
+    tok = load_tokenizer(str(bos_tokenizer_dir(tmp_path / "tok")))
     assert tok.pad_token_id == tok.eos_token_id
     assert capsys.readouterr().err == (f"lit_lora: tokenizer {tmp_path / 'tok'} has no pad token; padding with its "
                                        "EOS token '<|endoftext|>' (padding is masked out of attention and loss)\n")

@@ -5,64 +5,34 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import signal
-import time
 
 import pytest
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import main
 from lit_lora.model import LitLora
-from tests.helpers import fit_args, run_cli, scalars, start_cli
+from tests.helpers import fit_args, run_cli, scalars
 
 
-def _config(tmp, model_dir, corpus) -> str:
-    cfg = {
-        "model": {"model_name_or_path": str(model_dir), "warmup_steps": 2},
-        "data": {"train_files": str(corpus), "block_size": 32, "batch_size": 4, "cache_dir": str(tmp / "c")},
-        "trainer": {"max_steps": 40, "log_every_n_steps": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "callbacks": [{"class_path": "tests.helpers.RecordBatches",
-                                   "init_args": {"path": str(tmp / "rec.jsonl"), "pause_at_step": 5,
-                                                 "marker": str(tmp / "paused"), "until_signal": True}}]},
-    }
-    path = tmp / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
-@pytest.mark.slow
-# Ctrl-C (SIGINT, our handler), as on a desk's one GPU; SIGTERM (Lightning's handler, then the same stop)
-# is what tests/test_ddp.py sends every process of a real run, as a cluster preempts (one real run less).
-@pytest.mark.parametrize("signum", [signal.SIGINT], ids=["SIGINT"])
-def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
-    proc = start_cli(tmp_path, "fit", "--config", _config(tmp_path, tiny_model_dir, shakespeare))
-    while not (tmp_path / "paused").exists():  # the run waits at step 5 for our signal
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    name = signal.Signals(signum).name
-    assert "lit_lora: received SIGINT; stopping after the current batch" in out  # at once
-    assert f"lit_lora: received {name}; saved" in out and "at step 6" in out
-    # Stopped after that batch: no validation ran after the signal (it would have saved a best checkpoint).
-    assert sorted(p.name for p in (tmp_path / "lightning_logs/lit_lora/version_0/checkpoints").iterdir()) == \
-        ["last.ckpt"]
-    ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 6 and ckpt["LitLoraData"]["batches_done"] == 6
-    assert "exported" not in out  # an interrupted run is not exported as if it had finished
-    assert "weights_only" not in out  # Lightning's "`weights_only` was not set" line (a quiet run)
-    # and it resumes from there
-    cfg = yaml.safe_load(open(tmp_path / "cfg.yaml"))
-    cfg["trainer"]["max_steps"] = 8
-    cfg["trainer"]["callbacks"] = []
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    run_cli(["fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last"], cwd=tmp_path)  # here: cheaper
-    ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 8
+@pytest.mark.parametrize("defer", [False, True], ids=["checked-at-once", "checked-before-saving"])
+def test_non_finite_loss_stops_without_overwriting_last_checkpoint(in_tmp, tiny_model_dir, shakespeare, capsys,
+                                                                   defer):
+    extra = ["--trainer.callbacks+=tests.helpers.DeferFiniteCheck"] if defer else []
+    args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "8", "--trainer.log_every_n_steps",
+                    "5", "--checkpoint.every_n_train_steps", "1", "--checkpoint.save_on_exception", "true",
+                    "--trainer.callbacks+=tests.helpers.Poison", "--trainer.callbacks.at_step", "3", *extra)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    when = "noticed after step 4 and stopped before saving a checkpoint" if defer else "stopped before updating weights"
+    assert re.search(rf"lit_lora: error: non-finite training loss \(nan\) at step 4 \(learning rate 0\.00\d+\); {when}\.", err)
+    last = in_tmp / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert not list(last.parent.glob("*exception*")) and not list(last.parent.glob(".*tmp*"))
 
 
 class SigintInValidation(Callback):

@@ -17,8 +17,7 @@ import yaml
 
 from lit_lora.cli import main
 from lit_lora.model.module import LitLora
-from tests.helpers import fit_args
-from tests.test_compat import LEGACY, TOKENIZER
+from tests.helpers import LEGACY, TOKENIZER, fit_args
 
 SEED = 20261201
 

@@ -1,5 +1,5 @@
 """On a CUDA GPU (skipped without one; benchmarks/gpu_check.py runs them): a bf16-mixed fit with fused
-AdamW writes LoRA-only float32 checkpoints and resumes exactly, CUDA memory and MFU tags, `--model.compile`,
+AdamW writes LoRA-only float32 checkpoints and resumes (exactly: tests/e2e/resume/), CUDA memory and MFU tags, `--model.compile`,
 FSDP on one GPU, Liger's fused loss against the chunked one, QLoRA with paged AdamW, and the peak allocated
 against the estimate."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import fit_args, run_cli
+from tests.helpers import fit_args, gpu_fit, run_cli
 
 pytestmark = pytest.mark.gpu
 
@@ -30,30 +30,6 @@ def test_bf16_mixed_fit_keeps_lora_in_float32_and_resumes(in_tmp, tiny_model_dir
     assert resumed.trainer.global_step == 6
 
 
-def _gpu_run(cwd, tiny_model_dir, shakespeare, *extra):
-    gpu = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
-           "--trainer.log_every_n_steps", "2")
-    cwd.mkdir(parents=True, exist_ok=True)
-    return run_cli(fit_args(tiny_model_dir, shakespeare, cwd, *gpu, *extra), cwd=cwd)
-
-
-def test_exact_resume_on_gpu_repeats_the_same_losses(in_tmp, tiny_model_dir, shakespeare):
-    from tests.helpers import scalars
-
-    saving = ("--checkpoint.every_n_train_steps", "3", "--checkpoint.save_top_k", "-1", "--checkpoint.monitor",
-              "null", "--checkpoint.filename", "step{step:03d}", "--trainer.log_every_n_steps", "1",
-              "--trainer.max_steps", "6")
-    full = _gpu_run(in_tmp / "full", tiny_model_dir, shakespeare, *saving)
-    checkpoints = Path("lightning_logs") / "lit_lora" / "version_0" / "checkpoints"
-    (in_tmp / "resumed" / checkpoints).mkdir(parents=True)
-    shutil.copy(in_tmp / "full" / checkpoints / "step003.ckpt", in_tmp / "resumed" / checkpoints / "last.ckpt")
-    resumed = _gpu_run(in_tmp / "resumed", tiny_model_dir, shakespeare, *saving, "--ckpt_path", "last")
-    assert resumed.trainer.global_step == full.trainer.global_step == 6
-    a = dict(scalars(str(in_tmp / "full" / "lightning_logs"), "train_loss"))
-    b = dict(scalars(str(in_tmp / "resumed" / "lightning_logs"), "train_loss"))
-    assert all(abs(a[s] - b[s]) <= 1e-5 for s in (3, 4, 5))
-
-
 def test_qlora_on_gpu_moves_the_4bit_base_trains_with_paged_adamw_and_resumes(in_tmp, tiny_model_dir, shakespeare):
     """The 4-bit base is quantized on the CPU as it loads and moved by Lightning; paged AdamW steps it."""
     pytest.importorskip("bitsandbytes")
@@ -63,14 +39,14 @@ def test_qlora_on_gpu_moves_the_4bit_base_trains_with_paged_adamw_and_resumes(in
              "--model.optimizer", "paged_adamw", "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k",
              "-1", "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}",
              "--trainer.log_every_n_steps", "1", "--trainer.max_steps", "4")
-    full = _gpu_run(in_tmp / "full", tiny_model_dir, shakespeare, *qlora)
+    full = gpu_fit(in_tmp / "full", tiny_model_dir, shakespeare, *qlora)
     layers = [m for m in full.model.model.modules() if type(m).__name__ == "Linear4bit"]
     assert layers and all(m.weight.device.type == "cuda" and m.weight.quant_state.absmax.is_cuda for m in layers)
     assert type(full.trainer.optimizers[0]).__name__ == "PagedAdamW"
     checkpoints = Path("lightning_logs") / "lit_lora" / "version_0" / "checkpoints"
     (in_tmp / "resumed" / checkpoints).mkdir(parents=True)
     shutil.copy(in_tmp / "full" / checkpoints / "step002.ckpt", in_tmp / "resumed" / checkpoints / "last.ckpt")
-    _gpu_run(in_tmp / "resumed", tiny_model_dir, shakespeare, *qlora, "--ckpt_path", "last")
+    gpu_fit(in_tmp / "resumed", tiny_model_dir, shakespeare, *qlora, "--ckpt_path", "last")
     a = dict(scalars(str(in_tmp / "full" / "lightning_logs"), "train_loss"))
     b = dict(scalars(str(in_tmp / "resumed" / "lightning_logs"), "train_loss"))
     assert all(abs(a[s] - b[s]) <= 1e-5 for s in (2, 3))
@@ -79,7 +55,7 @@ def test_qlora_on_gpu_moves_the_4bit_base_trains_with_paged_adamw_and_resumes(in
 def test_cuda_memory_and_mfu_tags_are_logged(in_tmp, tiny_model_dir, shakespeare):
     from tests.helpers import scalars
 
-    _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "6")
+    gpu_fit(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "6")
     logs = str(in_tmp / "lightning_logs")  # run_cli ran there
     for tag in ("memory/allocated_mb", "memory/peak_allocated_mb", "memory/reserved_mb", "memory/free_mb"):
         assert scalars(logs, tag) and all(v > 0 for _, v in scalars(logs, tag)), tag
@@ -88,14 +64,14 @@ def test_cuda_memory_and_mfu_tags_are_logged(in_tmp, tiny_model_dir, shakespeare
 
 
 def test_compile_trains_on_gpu(in_tmp, tiny_model_dir, shakespeare):
-    cli = _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--model.compile", "true")
+    cli = gpu_fit(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--model.compile", "true")
     from lit_lora.training.speed import compile_target, is_compiled
 
     assert is_compiled(compile_target(cli.model.model)) and cli.trainer.global_step == 3
 
 
 def test_fsdp_on_one_gpu_trains_and_saves_lora_only(in_tmp, tiny_model_dir, shakespeare):
-    cli = _gpu_run(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--trainer.strategy", "fsdp")
+    cli = gpu_fit(in_tmp, tiny_model_dir, shakespeare, "--trainer.max_steps", "3", "--trainer.strategy", "fsdp")
     ckpt = torch.load(cli.trainer.checkpoint_callback.last_model_path, weights_only=True)
     assert ckpt["global_step"] == 3 and set(ckpt["state_dict"]) == cli.model.trainable_keys()
 

@@ -2,11 +2,12 @@
 `save_pretrained` and loaded back through `from_pretrained` with `--model.quantization nf4`, as a user's
 folder would be.
 
-One fit per family (6 steps, a checkpoint every 3), resumed from step 3, merged and exported, shared by
-the checks: 4-bit layers under float32 LoRA, true counts, exact resume, LoRA-only checkpoints, the adapter
+One fit per family (6 steps, a checkpoint every 3), resumed from step 3, merged and exported (the session's
+`qlora` runs, tests/e2e/conftest.py), shared by the checks: 4-bit layers under float32 LoRA, true counts,
+LoRA-only checkpoints, the adapter
 on the 4-bit and on the full-precision base, the merge into the full-precision weights, validate, generate
 and predict from the checkpoint, the exact static bytes of `summary`, and one line for every bad input.
-DDP with a quantized base is in test_ddp.py. bitsandbytes' CPU inference layout (CPUs with AVX512-BF16) is
+The exact resume is checked in tests/e2e/resume/, DDP with a quantized base in test_ddp.py. bitsandbytes' CPU inference layout (CPUs with AVX512-BF16) is
 forced here on any CPU and run for real where the CPU has it (DEVELOPING.md).
 """
 
@@ -14,98 +15,25 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 import torch
 
 from lit_lora.cli import main
-from tests.conftest import QUICKSTART
-from tests.helpers import assert_resume_repeats, checkpoints_dir, cli_output, scalars
+from tests.helpers import QLORA_FAMILIES as FAMILIES
+from tests.helpers import RUN_BLOCK as BLOCK
+from tests.helpers import RUN_STEPS as STEPS
+from tests.helpers import checkpoints_dir, cli_output, save_qlora_base, scalars
 
 pytest.importorskip("bitsandbytes")  # in the dev extras; a checkout without them skips, saying so
 
-FAMILIES = {
-    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128},
-    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
-}
-VOCAB, STEPS, SAVE_EVERY, BLOCK, BATCH = 512, 6, 3, 32, 2
 PROMPT = "ROMEO:"
-
-
-def _save(folder, model_type, fields, seed=0):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
-    torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=tokenizer.eos_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, **fields)
-    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def _nf4():
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """runs(family): that family's fit, resume and merge, done once for the module."""
-    done = {}
-
-    def run(family):
-        if family not in done:
-            done[family] = _fit_resume_merge(family, tmp_path_factory)
-        return done[family]
-
-    return run
-
-
-@pytest.fixture(params=sorted(FAMILIES))
-def qlora(request, runs):
-    return runs(request.param)
-
-
-@pytest.fixture
-def qlora_gpt2(runs):
-    """The GPT-2 run, for the checks that do not depend on the family."""
-    return runs("gpt2")
-
-
-def _fit_resume_merge(family, tmp_path_factory):
-    fields = dict(FAMILIES[family])
-    model_type = fields.pop("model_type")
-    root = tmp_path_factory.mktemp(f"qlora-{model_type}")
-    model_dir = _save(root / "model", model_type, fields)
-    (root / "train.txt").write_text((QUICKSTART / "train.txt").read_text()[:6_000])
-    (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
-    flags = ["--model.model_name_or_path", str(model_dir), "--model.quantization", "nf4",
-             "--data.train_files", str(root / "train.txt"), "--data.val_files", str(root / "val.txt"),
-             "--data.block_size", str(BLOCK), "--data.batch_size", str(BATCH), "--data.cache_dir", str(root / "cache"),
-             "--model.learning_rate", "1e-2", "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS),
-             "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
-             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-             "--checkpoint.every_n_train_steps", str(SAVE_EVERY), "--checkpoint.save_top_k", "-1",
-             "--checkpoint.monitor", "null", "--checkpoint.filename", "step{step:03d}", "--samples.prompts", "[]"]
-    (root / "full").mkdir()
-    fit_out = cli_output(root / "full", "fit", *flags, notes=True)
-    (root / "resumed").mkdir()
-    resumed = checkpoints_dir(root / "resumed")
-    resumed.mkdir(parents=True)
-    shutil.copy(checkpoints_dir(root / "full") / f"step{SAVE_EVERY:03d}.ckpt", resumed / "last.ckpt")
-    # No --model.quantization: a resumed run takes the checkpoint's.
-    cli_output(root / "resumed", "fit", *[f for f in flags if f not in ("--model.quantization", "nf4")],
-               "--ckpt_path", "last")
-    last = checkpoints_dir(root / "full") / f"step{STEPS:03d}.ckpt"
-    merge_out = cli_output(root, "merge", "--ckpt_path", str(last), "--output_dir", str(root / "merged"),
-                           notes=True)
-    return dict(type=model_type, root=root, model_dir=model_dir, fit_out=fit_out, last=last, flags=flags,
-                merged=root / "merged", merge_out=merge_out,
-                adapter=root / "full" / "lightning_logs" / "lit_lora" / "version_0" / "adapter")
 
 
 def _ours(qlora):
@@ -143,10 +71,6 @@ def test_the_base_is_4bit_under_float32_lora_and_the_counts_are_the_full_precisi
     assert ckpt["lit_lora"]["quantization"] == "nf4"
     losses = dict(scalars(str(qlora["root"] / "full" / "lightning_logs"), "train_loss"))
     assert losses[STEPS - 1] < losses[0]
-
-
-def test_a_resumed_run_repeats_the_same_losses_on_the_4bit_base(qlora):
-    assert_resume_repeats(qlora["root"] / "full", qlora["root"] / "resumed", SAVE_EVERY, f"step{STEPS:03d}.ckpt")
 
 
 def test_the_adapter_gives_our_logits_on_the_4bit_base_and_merge_uses_the_full_precision_one(qlora):
@@ -282,33 +206,9 @@ def test_without_bitsandbytes_the_error_names_the_install_command(monkeypatch):
         check_device("nf4", "cuda", sharded=True)
 
 
-def test_a_checkpoint_resumes_only_with_the_quantization_it_was_trained_with(qlora_gpt2, trained_run, tmp_path):
-    from lit_lora.errors import LitLoraError
-    from lit_lora.model import LitLora
-
-    flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
-    err = cli_output(tmp_path, "fit", *flags, "--model.quantization", "fp4", "--ckpt_path", str(qlora_gpt2["last"]),
-                     code=2)
-    assert "--model.quantization is 'fp4' but the checkpoint was trained with 'nf4'" in err
-    err = cli_output(tmp_path, "fit", *flags, "--model.quantization_options", '{"bnb_4bit_use_double_quant": true}',
-                     "--ckpt_path", str(qlora_gpt2["last"]), code=2)
-    assert ("the checkpoint was trained with model.quantization 'nf4', this run has "
-            "'nf4, bnb_4bit_use_double_quant=True'") in err
-    err = cli_output(tmp_path, "fit", *flags[2:], "--model.model_name_or_path", str(trained_run.base),
-                     "--model.quantization", "nf4", "--ckpt_path", str(trained_run.ckpt), code=2)
-    assert "--model.quantization is 'nf4' but the checkpoint was trained with None" in err
-    # Through the Python API the base is what the caller built: a full-precision one is refused too.
-    module = LitLora(model_name_or_path=str(qlora_gpt2["model_dir"]), block_size=BLOCK)
-    with pytest.raises(LitLoraError, match=r"trained with model.quantization 'nf4', this run has null"):
-        module.on_load_checkpoint(torch.load(qlora_gpt2["last"], weights_only=True))
-    err = cli_output(tmp_path, "generate", "--ckpt_path", str(qlora_gpt2["last"]), "--prompt", "x",
-                     "--dtype", "bfloat16", code=2)
-    assert re.search(r"--dtype bfloat16 converts every weight, but this model's base is quantized", err)
-
-
 def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_gpt2, tmp_path):
     fields = dict(FAMILIES["gpt2"])
-    other = _save(tmp_path / "other", fields.pop("model_type"), fields, seed=1)
+    other = save_qlora_base(tmp_path / "other", fields.pop("model_type"), fields, seed=1)
     err = cli_output(tmp_path, "merge", "--ckpt_path", str(qlora_gpt2["last"]),
                      "--model.model_name_or_path", str(other), "--output_dir", str(tmp_path / "m"), code=2)
     assert "the base model's weights differ from those the checkpoint was trained on" in err

@@ -1,7 +1,7 @@
 """Elastic resume on one process: a checkpoint continued with another batch size trains each sample of its
 epoch once, in the epoch's global order, and with the same global batch ends with the uninterrupted weights.
 
-(Two processes -> one is in test_ddp.py.) In-process runs of a 2-layer GPT-2 with dropout off: 32 blocks,
+(Two processes -> one is in test_multi_process.py.) In-process runs of a 2-layer GPT-2 with dropout off: 32 blocks,
 batch 4, 8 steps per epoch, 2 epochs, a checkpoint after every step.
 """
 
@@ -16,7 +16,7 @@ import yaml
 
 from lit_lora.data.samplers import ResumableSampler
 from tests.conftest import QUICKSTART, save_tiny_gpt2
-from tests.test_ddp import _ckpt, _lora, _max_diff, _single
+from tests.helpers import checkpoint_file, fit_in_process, lora_state, max_diff
 
 N_TRAIN, STEPS_PER_EPOCH = 32, 8
 
@@ -50,11 +50,11 @@ def runs(tmp_path_factory):
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     flags = ("--config", str(root / "cfg.yaml"))
-    out = {"full": _single(root / "full", *flags, "--data.batch_size", "4")}
+    out = {"full": fit_in_process(root / "full", *flags, "--data.batch_size", "4")}
     for name, step, extra in (("halves", 2, ("--trainer.accumulate_grad_batches", "2")), ("after-last", 8, ())):
         (root / name).mkdir()
-        shutil.copy(_ckpt(root / "full", f"step{step:06d}.ckpt"), root / name / "start.ckpt")
-        out[name] = _single(root / name, *flags, "--data.batch_size", "2", "--ckpt_path", "start.ckpt", *extra)
+        shutil.copy(checkpoint_file(root / "full", f"step{step:06d}.ckpt"), root / name / "start.ckpt")
+        out[name] = fit_in_process(root / name, *flags, "--data.batch_size", "2", "--ckpt_path", "start.ckpt", *extra)
     for name, (code, _, err) in out.items():
         assert code == 0, (name, err[-3000:])
     return {name: root / name for name in out} | {"out": out}
@@ -70,9 +70,9 @@ def test_a_mid_epoch_checkpoint_continues_with_another_batch_size_at_the_same_sa
     # Batch 2 x 2 accumulated is the same global batch as 4: the same optimizer steps, learning rates
     # included (the schedule counts the resumed epoch's steps), and the same final weights.
     last = f"step{2 * STEPS_PER_EPOCH:06d}.ckpt"
-    assert torch.load(_ckpt(halves, last), weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
-    a, b = _lora(_ckpt(full, last)), _lora(_ckpt(halves, last))
-    assert _max_diff(a, b) <= 1e-5
+    assert torch.load(checkpoint_file(halves, last), weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+    a, b = lora_state(checkpoint_file(full, last)), lora_state(checkpoint_file(halves, last))
+    assert max_diff(a, b) <= 1e-5
     assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 1e-3  # they did train
 
 

@@ -1,4 +1,5 @@
-"""Exact resume: a run killed with SIGKILL mid-epoch and resumed matches the uninterrupted run.
+"""Interrupted runs: one killed with SIGKILL mid-epoch and resumed matches the uninterrupted run; one stopped
+by a signal saves a resumable checkpoint, exits cleanly and resumes from it.
 
 The killed run is a subprocess, because kill -9 is the point; the uninterrupted and the resumed runs are
 driven in this process (each subprocess costs the Lightning import, ~5 s).
@@ -94,3 +95,50 @@ def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_m
         assert (value - w_cut["state_dict"][key]).abs().max() <= 1e-6, key
     # Resumed in the same run folder, not a new version_1.
     assert not (cut / "lightning_logs" / "lit_lora" / "version_1").exists()
+
+
+def _signal_config(tmp, model_dir, corpus) -> str:
+    cfg = {
+        "model": {"model_name_or_path": str(model_dir), "warmup_steps": 2},
+        "data": {"train_files": str(corpus), "block_size": 32, "batch_size": 4, "cache_dir": str(tmp / "c")},
+        "trainer": {"max_steps": 40, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False,
+                    "callbacks": [{"class_path": "tests.helpers.RecordBatches",
+                                   "init_args": {"path": str(tmp / "rec.jsonl"), "pause_at_step": 5,
+                                                 "marker": str(tmp / "paused"), "until_signal": True}}]},
+    }
+    path = tmp / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.slow
+# Ctrl-C (SIGINT, our handler), as on a desk's one GPU; SIGTERM (Lightning's handler, then the same stop)
+# is what test_multi_process.py sends every process of a real run, as a cluster preempts (one real run less).
+@pytest.mark.parametrize("signum", [signal.SIGINT], ids=["SIGINT"])
+def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
+    proc = start_cli(tmp_path, "fit", "--config", _signal_config(tmp_path, tiny_model_dir, shakespeare))
+    while not (tmp_path / "paused").exists():  # the run waits at step 5 for our signal
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    name = signal.Signals(signum).name
+    assert "lit_lora: received SIGINT; stopping after the current batch" in out  # at once
+    assert f"lit_lora: received {name}; saved" in out and "at step 6" in out
+    # Stopped after that batch: no validation ran after the signal (it would have saved a best checkpoint).
+    assert sorted(p.name for p in (tmp_path / "lightning_logs/lit_lora/version_0/checkpoints").iterdir()) == \
+        ["last.ckpt"]
+    ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6 and ckpt["LitLoraData"]["batches_done"] == 6
+    assert "exported" not in out  # an interrupted run is not exported as if it had finished
+    assert "weights_only" not in out  # Lightning's "`weights_only` was not set" line (a quiet run)
+    # and it resumes from there
+    cfg = yaml.safe_load(open(tmp_path / "cfg.yaml"))
+    cfg["trainer"]["max_steps"] = 8
+    cfg["trainer"]["callbacks"] = []
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run_cli(["fit", "--config", str(tmp_path / "cfg.yaml"), "--ckpt_path", "last"], cwd=tmp_path)  # here: cheaper
+    ckpt = torch.load(tmp_path / "lightning_logs/lit_lora/version_0/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 8

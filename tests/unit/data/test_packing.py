@@ -12,7 +12,7 @@ from lit_lora.data.batches import Collator, RowsView
 from lit_lora.data.corpus import build_split
 from lit_lora.nll import document_inputs, model_nll
 from tests.conftest import QUICKSTART
-from tests.test_families import FAMILIES, VOCAB
+from tests.helpers import FAMILIES, VOCAB
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -334,7 +334,7 @@ def _family_model(model_type, dtype):
 
     from lit_lora.lora.settings import LoraSettings
     from lit_lora.lora.wrap import apply_lora
-    from tests.test_families import FAMILIES, GQA, VOCAB
+    from tests.helpers import FAMILIES, GQA, VOCAB
 
     fields = FAMILIES[model_type][0] if model_type in FAMILIES else dict(GQA, head_dim=8)  # gemma: not fitted there
     torch.manual_seed(0)
