@@ -44,8 +44,9 @@ def ddp_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ddp_runs(ddp_workdir):
-    """Every DDP run that tests/e2e/test_ddp.py and tests/e2e/resume/ read, overlapped so that both cores stay busy (a DDP run's ranks start one after
-    the other). Resumed runs start from a copy of a checkpoint in a folder of their own.
+    """Every DDP run that tests/e2e/test_ddp.py and tests/e2e/resume/ read, overlapped so that both cores stay
+    busy (a DDP run's ranks start one after the other). Resumed runs start from a copy of a checkpoint in a
+    folder of their own.
 
     - `ddp`: 2 processes from scratch, `--data.batch_size 4` (Lightning's launcher starts rank 1);
     - `single`: 1 process (in this one) from scratch, `--data.batch_size 8`;
@@ -115,7 +116,8 @@ def family(request, tmp_path_factory):
     (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
     flags = ["--model.model_name_or_path", str(model_dir), "--data.train_files", str(root / "train.txt"),
              "--data.val_files", str(root / "val.txt"), "--data.block_size", str(BLOCK),
-             "--data.batch_size", str(RUN_BATCH), "--data.cache_dir", str(root / "cache"), "--model.learning_rate", "1e-2",
+             "--data.batch_size", str(RUN_BATCH), "--data.cache_dir", str(root / "cache"),
+             "--model.learning_rate", "1e-2",
              "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS), "--trainer.val_check_interval", "3",
              "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false", "--checkpoint.every_n_train_steps", str(SAVE_EVERY),
@@ -171,7 +173,8 @@ def _fit_resume_merge(family, tmp_path_factory):
     (root / "val.txt").write_text((QUICKSTART / "val.txt").read_text()[:800])
     flags = ["--model.model_name_or_path", str(model_dir), "--model.quantization", "nf4",
              "--data.train_files", str(root / "train.txt"), "--data.val_files", str(root / "val.txt"),
-             "--data.block_size", str(BLOCK), "--data.batch_size", str(RUN_BATCH), "--data.cache_dir", str(root / "cache"),
+             "--data.block_size", str(BLOCK), "--data.batch_size", str(RUN_BATCH),
+             "--data.cache_dir", str(root / "cache"),
              "--model.learning_rate", "1e-2", "--model.warmup_steps", "1", "--trainer.max_steps", str(STEPS),
              "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",

@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM
 
 from lit_lora.lora.export import export_adapter, merge_to_dir
 from lit_lora.restore import module_from_checkpoint
-from lit_lora.training.checkpoint_io import atomic_torch_save
 from lit_lora.cli import main
 from lit_lora.errors import LitLoraError
 from lit_lora.model import LitLora
@@ -128,21 +127,6 @@ def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
     assert not (tmp_path / "merged").exists()
     assert sorted(p.name for p in out.iterdir()) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-
-
-def test_atomic_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):
-    path = tmp_path / "last.ckpt"
-    atomic_torch_save({"a": torch.ones(3)}, path)
-
-    def broken_save(obj, fh):
-        fh.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(LitLoraError, match="No space left on device.*previous file there is intact"):
-        atomic_torch_save({"a": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_bad_checkpoint_files_are_one_line_errors(trained, tiny_model_dir, shakespeare, tmp_path, capsys):

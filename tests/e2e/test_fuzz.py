@@ -23,9 +23,15 @@ SEED = 20261201
 
 
 def _outcome(capsys, args: list[str], valid: bool) -> None:
+    """Valid input trains (exit 0, no error line); invalid input stops with exit 2 and exactly one line, the
+    last one written, `lit_lora: error: ...`. Nothing else is accepted: no other exit code, no traceback."""
     code = main(args)
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit_lora: error:")]
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    err = [line for line in lines if line.startswith("lit_lora: error:")]
     assert (code, len(err)) == ((0, 0) if valid else (2, 1)), (valid, code, err, args)
+    assert not any(line.startswith("Traceback") for line in lines), (valid, lines[-20:], args)
+    if not valid:
+        assert lines[-1] == err[0], (lines[-5:], args)
 
 
 def _mutate_bytes(rng: random.Random, data: bytes) -> bytes:

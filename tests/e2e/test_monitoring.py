@@ -13,11 +13,7 @@ import pytest
 import torch
 
 from lit_lora.cli import main
-from lit_lora.measure.flops import training_flops_per_token
-from lit_lora.lora import LoraSettings
-from lit_lora.measure.memory import estimate_training_memory, static_bytes
-from lit_lora.model import LitLora
-from lit_lora.monitoring import RunProgressBar, RunRichProgressBar, SampleGenerator, TokenThroughput, format_samples
+from lit_lora.monitoring import RunProgressBar, RunRichProgressBar, SampleGenerator, format_samples
 from tests.conftest import REPO
 from tests.helpers import fit_args, run_cli, scalars
 
@@ -190,131 +186,10 @@ def test_fit_prints_the_summary_and_the_bar_shows_loss_tokens_and_eta(watched_ru
 # -- throughput counting without a trainer run ----------------------------------------------------------------
 
 
-class _Recorder:
-    def __init__(self):
-        self.logged = []
-
-    def log_metrics(self, metrics, step):
-        self.logged.append((step, dict(metrics)))
-
-
-def test_padded_batches_count_only_real_tokens_and_log_once_per_interval():
-    recorder = _Recorder()
-    trainer = SimpleNamespace(
-        global_step=0, log_every_n_steps=2, should_stop=False, loggers=[recorder], precision="32-true"
-    )
-    module = SimpleNamespace(device=torch.device("cpu"), log=lambda *a, **k: None)
-    callback = TokenThroughput()
-    callback.on_train_start(trainer, module)
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    batch = {"input_ids": torch.zeros(2, 4, dtype=torch.long), "attention_mask": mask}
-    for step in range(1, 5):
-        callback.on_train_batch_start(trainer, module, batch, step - 1)
-        trainer.global_step = step
-        callback.on_train_batch_end(trainer, module, None, batch, step - 1)
-    assert [s for s, _ in recorder.logged] == [1, 3]  # batch indices, as Lightning logs train_loss
-    for _, metrics in recorder.logged:
-        # 5 real tokens per batch of 2 samples.
-        assert metrics["throughput/tokens_per_sec"] / metrics["throughput/samples_per_sec"] == pytest.approx(2.5)
-
-
 # -- FLOPs per token against torch's FlopCounterMode ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "lora",
-    [LoraSettings(), LoraSettings(target_modules=["c_fc"]), LoraSettings(modules_to_save=["lm_head"])],
-    ids=["default", "c_fc-only", "lm_head-trained"],  # c_fc only: layer 0's attention needs no backward
-)
-def test_flops_per_token_match_flop_counter_on_a_real_step(tiny_model_dir, lora):
-    from torch.utils.flop_counter import FlopCounterMode
-
-    torch.manual_seed(0)
-    model = LitLora(model_name_or_path=str(tiny_model_dir), lora=lora, gradient_checkpointing=False, block_size=32)
-    model.train()
-    optimizer = model.configure_optimizers()["optimizer"]
-    batch = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
-    counter = FlopCounterMode(display=False)
-    with counter:  # one training step: forward, loss, backward, AdamW
-        nll, n = model._nll({"input_ids": batch, "labels": batch})
-        (nll / n).backward()
-        optimizer.step()
-    measured = counter.get_total_flops() / batch.numel()
-    assert training_flops_per_token(model.model, seq_len=32).model == pytest.approx(measured, rel=0.02)
-
-
-def _unique_bytes(tensors):
-    seen, total = set(), 0
-    for t in tensors:
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
-
-
-@pytest.mark.parametrize("base_dtype", [None, "bfloat16"])
-def test_static_memory_is_exact_in_bytes(tiny_model_dir, base_dtype):
-    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32, base_dtype=base_dtype)
-    weights, grads, opt_bytes = static_bytes(model.model, "32-true")
-    assert weights == _unique_bytes(list(model.model.parameters()) + list(model.model.buffers()))
-    optimizer = model.configure_optimizers()["optimizer"]
-    batch = torch.randint(0, 512, (2, 32))
-    nll, n = model._nll({"input_ids": batch, "labels": batch})
-    (nll / n).backward()
-    optimizer.step()
-    assert grads == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-    assert opt_bytes == sum(t.numel() * t.element_size() for t in state)
-    estimate = estimate_training_memory(model.model, 2, 32, "32-true", False)
-    assert estimate.static == weights + grads + opt_bytes and estimate.total == estimate.static + estimate.activations
-
-
-def test_static_memory_follows_precisions_that_convert_the_module(tiny_model_dir):
-    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32)
-    n_params = sum(p.numel() for p in set(model.model.parameters()))
-    n_trainable = sum(p.numel() for p in model.model.parameters() if p.requires_grad)
-    weights, grads, _ = static_bytes(model.model, "bf16-true")  # Lightning casts everything, LoRA included
-    assert weights == 2 * n_params and grads == 2 * n_trainable
-    assert static_bytes(model.model, "bf16-mixed") == static_bytes(model.model, "32-true")  # autocast casts copies
-
-
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_activation_estimate_grows_with_batch_and_block_and_shrinks_with_checkpointing(tiny_model_dir, precision):
-    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=128)
-
-    def act(batch, block, gc):
-        return estimate_training_memory(model.model, batch, block, precision, gc).activations
-
-    for gc in (False, True):
-        by_batch = [act(b, 64, gc) for b in (1, 2, 8)]
-        by_block = [act(4, t, gc) for t in (16, 64, 128)]
-        assert by_batch == sorted(set(by_batch)) and by_block == sorted(set(by_block)), gc
-    for batch, block in ((1, 16), (8, 128)):
-        assert act(batch, block, True) < act(batch, block, False)
-
-
 # -- samples: private RNG, modes restored ----------------------------------------------------------------------
-
-
-def test_sampling_leaves_the_global_rng_and_module_modes_alone(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32)
-    peft_model = model.model
-    peft_model.train()
-    frozen_eval = peft_model.get_base_model().transformer.h[0].mlp.dropout
-    frozen_eval.eval()  # a module kept in eval on purpose must stay so
-    modes = {name: m.training for name, m in peft_model.named_modules()}
-    generator = SampleGenerator(prompts=["The"], max_new_tokens=12, temperature=1.0, seed=3)
-    cpu_state = torch.get_rng_state()
-    first = generator.complete(peft_model, tokenizer, "The")
-    second = generator.complete(peft_model, tokenizer, "The")
-    assert torch.equal(torch.get_rng_state(), cpu_state)
-    assert {name: m.training for name, m in peft_model.named_modules()} == modes
-    assert first == second and first  # seeded per call: same weights, same text
-    greedy = SampleGenerator(prompts=["The"], max_new_tokens=12, temperature=0.0)
-    assert greedy.complete(peft_model, tokenizer, "The") == greedy.complete(peft_model, tokenizer, "The")
 
 
 # -- early stopping ---------------------------------------------------------------------------------------------

@@ -5,17 +5,12 @@ network. What bitsandbytes logs only on some CPUs or some paths is sent through 
 from __future__ import annotations
 
 import importlib.util
-import inspect
-import logging
 import os
-import re
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from lit_lora.cli import quiet
 from tests.conftest import REPO
 
 
@@ -62,48 +57,3 @@ def test_the_quickstart_prints_only_lit_loras_lines(foreign_lines):
 def test_a_qlora_quickstart_prints_only_lit_loras_lines(foreign_lines):
     pytest.importorskip("bitsandbytes")
     assert foreign_lines["qlora"] == [], "\n".join(foreign_lines["qlora"])
-
-
-def _dropped(caplog, logger, emit):
-    """Whether `logger`'s record from `emit()` reaches the handlers: without lit_lora's filter, then with it."""
-    reached = []
-    for install in (False, True):
-        for record_filter in quiet._LOG_FILTERS.values():
-            logging.getLogger(logger.name).removeFilter(record_filter)
-        if install:
-            quiet.quiet_third_parties()
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger=logger.name):
-            emit()
-        reached.append([r.getMessage() for r in caplog.records if r.name == logger.name])
-    return reached
-
-
-def test_bitsandbytes_kernels_community_line_is_dropped(caplog):
-    """Logged at import on CPUs with AVX512-BF16 without the `kernels` package: the message is taken from
-    bitsandbytes' own source and sent through its own logger, as on such a CPU."""
-    pytest.importorskip("bitsandbytes")
-    from bitsandbytes.backends.cpu import ops
-
-    (message,) = re.findall(r'"(Failed to load CPU gemm_4bit_forward from kernels-community: [^"]*)"',
-                            inspect.getsource(ops))
-    error = ModuleNotFoundError("No module named 'kernels'")
-    before, after = _dropped(caplog, ops.logger, lambda: ops.logger.warning(message, error))
-    assert before == [message % error] and after == []
-
-
-def test_bitsandbytes_int8_cast_line_is_dropped(caplog):
-    """An int8 layer in eval mode on a float32 input (a validation batch): bitsandbytes' real matmul."""
-    bnb = pytest.importorskip("bitsandbytes")
-    from bitsandbytes.autograd import _functions
-
-    layer = bnb.nn.Linear8bitLt(64, 32, has_fp16_weights=False).to("cpu").eval()
-    x = torch.randn(2, 64)
-
-    def forward():
-        with torch.no_grad():
-            layer(x)
-
-    before, after = _dropped(caplog, _functions.logger, forward)
-    assert before == ["MatMul8bitLt: inputs will be cast from torch.float32 to float16 during quantization"]
-    assert after == []

@@ -7,9 +7,7 @@ import re
 from contextlib import redirect_stderr
 from io import StringIO
 
-import pytest
 
-from lit_lora.monitoring.loss_trend import rising_note
 from tests.helpers import fit_args, run_cli, scalars
 
 
@@ -39,18 +37,3 @@ def test_a_learning_rate_too_high_is_said_once_with_its_value(tmp_path, tiny_mod
     assert lines[0].startswith("lit_lora: the training loss rose over the first 3 steps (")
     # The rate in use at step 3 of a 6-step cosine, and the peak.
     assert re.search(r"at learning rate 0\.0\d+ \(peak 0\.1\); if it keeps rising, lower --model\.learning_rate$", lines[0])
-
-
-@pytest.mark.parametrize("means, said", [
-    ([5.0, 4.0, 3.0], False),
-    ([5.0, 5.1, 5.04], False),  # within 1% of the first: noise
-    ([5.0, 4.9, 5.06], True),
-    ([float("nan"), 5.0, 6.0], False),  # a non-finite loss stops the run itself (training.faults)
-])
-def test_rising_note(means, said):
-    note = rising_note(means, 30, 1e-3, 2e-3)
-    assert (note is not None) == said
-    if said:
-        assert note == ("lit_lora: the training loss rose over the first 30 steps (5.0000 -> 5.0600, first and last "
-                        "of 3 logging intervals) at learning rate 0.001 (peak 0.002); if it keeps rising, lower "
-                        "--model.learning_rate")

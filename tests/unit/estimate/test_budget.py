@@ -41,7 +41,7 @@ def test_estimate_is_within_5_percent_of_memtracker_at_gpt2_small_widths(batch, 
     block = 320  # 320 and 640 positions: the loss runs 2 and 3 chunks of 256
     torch.manual_seed(0)
     # GPT-2 small's widths and vocabulary (768, 3,072, 50,257) at 2 of its 12 layers: the full depth is
-    # benchmarks/memory_check.py's (README figures); the dry run counts depth exactly (tests/unit/test_measure.py).
+    # benchmarks/memory_check.py's (README figures); the dry run counts depth exactly (tests/unit/estimate/test_counts.py).
     module = LitLora(model_config={"n_layer": 2}, tokenizer_name_or_path="unused", gradient_checkpointing=gc,
                      block_size=block)
     estimate = estimate_training_memory(module.model, batch, block, "32-true", gc, device_type="cpu")
