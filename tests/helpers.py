@@ -44,6 +44,10 @@ FAMILIES = {
     "gemma2": (dict(GQA, head_dim=8, sliding_window=16, tie_word_embeddings=True), "plain"),
 }
 VOCAB = 520  # the quickstart tokenizer's 512 tokens, and a BOS added for the "bos" tokenizer
+# A one-layer Gemma 2, whose attention has no sdpa implementation.
+GEMMA2 = {"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": VOCAB}
+
 # QLoRA's families, at twice the width (bitsandbytes' 4-bit blocks of 64 values).
 QLORA_FAMILIES = {
     "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128},
@@ -450,3 +454,8 @@ def save_qlora_base(folder: Any, model_type: str, fields: dict, seed: int = 0) -
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def packed_for_cpu_inference(layer: Any) -> bool:
+    """Whether bitsandbytes has repacked this 4-bit layer's weight into its CPU inference layout."""
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))

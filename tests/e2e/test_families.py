@@ -20,7 +20,7 @@ from lit_lora.cli import main
 from lit_lora.lora.targets import DEFAULT_TARGETS
 from tests.conftest import QUICKSTART
 from tests.helpers import RUN_BLOCK as BLOCK
-from tests.helpers import VOCAB, bos_tokenizer_dir, cli_output, memtracker_activations
+from tests.helpers import GEMMA2, cli_output, memtracker_activations
 
 PROMPT = "ROMEO:"
 
@@ -168,22 +168,6 @@ def test_flops_per_token_are_within_2_percent_of_flop_counter_on_a_real_step(fam
 # -- tokenizers of these families ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def bos_tokenizer(tmp_path_factory):
-    from lit_lora.hub import load_tokenizer
-
-    return load_tokenizer(str(bos_tokenizer_dir(tmp_path_factory.mktemp("bos-tokenizer"))))
-
-
-def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsys):
-    from lit_lora.hub import load_tokenizer
-
-    tok = load_tokenizer(str(bos_tokenizer_dir(tmp_path / "tok")))
-    assert tok.pad_token_id == tok.eos_token_id
-    assert capsys.readouterr().err == (f"lit_lora: tokenizer {tmp_path / 'tok'} has no pad token; padding with its "
-                                       "EOS token '<|endoftext|>' (padding is masked out of attention and loss)\n")
-
-
 def test_a_tokenizer_larger_than_the_models_embedding_is_one_line_for_fit_validate_and_generate(tmp_path,
                                                                                                  tiny_model_dir):
     from transformers import AutoTokenizer
@@ -206,39 +190,7 @@ def test_a_tokenizer_larger_than_the_models_embedding_is_one_line_for_fit_valida
     assert not (tmp_path / "cache").exists(), "refused before anything was tokenized"
 
 
-def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos_tokenizer, monkeypatch):
-    from lit_lora.data import corpus
-    from lit_lora.hub import bos_prefix
-
-    bos, eos = bos_tokenizer.bos_token_id, bos_tokenizer.eos_token_id
-    assert bos_prefix(bos_tokenizer) == [bos] and bos_tokenizer("a")["input_ids"][0] == bos
-    # Two files (two documents), the first cut into several rows: BOS before each document only.
-    monkeypatch.setattr(corpus, "ROWS_PER_BATCH", 2)
-    one, two = tmp_path / "a.txt", tmp_path / "b.txt"
-    one.write_text((QUICKSTART / "train.txt").read_text()[:5_000])
-    two.write_text("A second document.\n")
-    monkeypatch.setattr("lit_lora.data.files.CHUNK_BYTES", 1_000)  # rows of ~1 KB: the first file is 5 rows
-    blocks = corpus.build_split([str(one), str(two)], "text", bos_tokenizer, 16, str(tmp_path / "cache"))
-    stream = [t for row in blocks["input_ids"] for t in row]
-    alone = [bos_tokenizer(p.read_text(), add_special_tokens=False)["input_ids"] for p in (one, two)]
-    expected = [bos] + alone[0] + [eos] + [bos] + alone[1] + [eos]
-    assert stream == expected[: len(stream)] and stream.count(bos) == expected[: len(stream)].count(bos) == 2
-    # Prompt/completion: [BOS] prompt completion [EOS]; BOS is not trained on, nor put before the completion.
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(json.dumps({"prompt": "Q: hi", "completion": " A: hello"}) + "\n")
-    row = corpus.build_split([str(pairs)], "prompt_completion", bos_tokenizer, 64, str(tmp_path / "cache"))[0]
-    p = bos_tokenizer("Q: hi", add_special_tokens=False)["input_ids"]
-    c = bos_tokenizer(" A: hello", add_special_tokens=False)["input_ids"] + [eos]
-    assert row["input_ids"] == [bos] + p + c and row["labels"] == [-100] * (1 + len(p)) + c
-    # Cut to the smallest block: BOS and one completion token, never longer than the block.
-    short = corpus.build_split([str(pairs)], "prompt_completion", bos_tokenizer, 2, str(tmp_path / "cache"))[0]
-    assert short["input_ids"] == [bos, c[0]] and short["labels"] == [-100, c[0]]
-
-
 # -- bad input: one line, exit 2, before any weights are built ----------------------------------------------
-
-GEMMA2 = {"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": VOCAB}
 
 
 @pytest.fixture(scope="module")
@@ -257,15 +209,6 @@ def not_causal(tmp_path_factory):
 ENCODER = ("model type 'bert' is an encoder (a masked language model: its attention sees the whole text), not a "
            "causal language model; expected one such as gpt2, gpt_neox, llama, mistral, qwen2, qwen3, phi3, gemma2 "
            "(or a config with is_decoder: true)")
-
-
-def test_an_encoder_decoder_family_keeps_its_causal_lm_class():
-    from transformers import BartConfig, BertConfig
-
-    from lit_lora.hub import causal_lm_class
-
-    assert causal_lm_class(BartConfig()).__name__ == "BartForCausalLM"  # its decoder, causal by itself
-    assert causal_lm_class(BertConfig(is_decoder=True)).__name__ == "BertLMHeadModel"
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -308,43 +251,3 @@ def test_a_model_that_cannot_be_built_is_one_line(flags, message, not_causal, tm
                  str(QUICKSTART / "tokenizer"), "--data.train_files", str(QUICKSTART / "train.txt")])
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"lit_lora: error: {message.format(**paths)}"]
-
-
-def test_published_config_fields_are_accepted_and_the_callers_dict_is_left_alone():
-    from lit_lora.hub import build_config
-
-    # Keys real config.json files carry: read by the family (Phi-3's partial_rotary_factor), translated by
-    # transformers (rope_theta), or kept and unused (GPT-2's n_ctx, Qwen2's use_mrope).
-    build_config({"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4, "partial_rotary_factor": 0.5})
-    build_config({"n_ctx": 1024})
-    build_config({"model_type": "qwen2", "use_mrope": False})
-    fields = {"model_type": "llama", "rope_theta": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
-    given = json.loads(json.dumps(fields))
-    build_config(fields)
-    assert fields == given  # resuming with the same model_config must match the checkpoint's
-
-
-def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_all_linear(capsys):
-    from lit_lora.hub import load_base_model
-    from lit_lora.lora.settings import LoraSettings
-    from lit_lora.lora.targets import resolve_targets
-    from lit_lora.nll import output_head
-
-    model = load_base_model("unused", model_config=GEMMA2)
-    assert model.config._attn_implementation == "eager"
-    assert capsys.readouterr().err == ("lit_lora: Gemma2ForCausalLM has no SDPA attention in transformers; using "
-                                       "eager attention\n")
-    starcoder = load_base_model("unused", model_config={"model_type": "starcoder2", "hidden_size": 32,
-                                                        "intermediate_size": 64, "num_hidden_layers": 1,
-                                                        "num_attention_heads": 4, "num_key_value_heads": 2,
-                                                        "vocab_size": VOCAB})
-    lora, note = resolve_targets(LoraSettings(), starcoder)
-    assert lora.target_modules == "all-linear" and note == (
-        "lit_lora: no default LoRA targets for model type 'starcoder2'; adapting all-linear (every linear layer "
-        "but the output head). Set --model.lora.target_modules to choose")
-    assert resolve_targets(LoraSettings(target_modules=["c_fc"]), starcoder) == (LoraSettings(target_modules=["c_fc"]),
-                                                                                  None)
-    # A head we have not checked runs in full (Starcoder2's is plain, but others scale their logits).
-    assert output_head(starcoder) == (None, "lit_lora: the loss computes the full logits for model type 'starcoder2' "
-                                            "(the chunked output head is checked for gpt2, llama and the README's "
-                                            "other families only)")

@@ -23,7 +23,7 @@ from lit_lora.cli import main
 from tests.helpers import QLORA_FAMILIES as FAMILIES
 from tests.helpers import RUN_BLOCK as BLOCK
 from tests.helpers import RUN_STEPS as STEPS
-from tests.helpers import checkpoints_dir, cli_output, save_qlora_base, scalars
+from tests.helpers import checkpoints_dir, cli_output, packed_for_cpu_inference, save_qlora_base, scalars
 
 pytest.importorskip("bitsandbytes")  # in the dev extras; a checkout without them skips, saying so
 
@@ -188,24 +188,6 @@ def test_bad_quantization_options_are_one_line(in_tmp, tiny_model_dir, shakespea
     assert len(err) == 1 and err[0].startswith("lit_lora: error: ") and text in err[0], err
 
 
-def test_without_bitsandbytes_the_error_names_the_install_command(monkeypatch):
-    import sys
-
-    from lit_lora.errors import LitLoraError
-    from lit_lora.quantization import bnb_config, check_device
-
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
-    with pytest.raises(LitLoraError, match=r"needs bitsandbytes, which is not installed: pip install -e "
-                                           r"\"\.\[qlora\]\""):
-        bnb_config("nf4", None, None)
-    with pytest.raises(LitLoraError, match="model.quantization='int8' runs on cpu, cuda, xpu devices with "
-                                           "bitsandbytes, not on 'mps'"):
-        check_device("int8", "mps")
-    with pytest.raises(LitLoraError, match="model.quantization='nf4' does not work with FSDP here; use "
-                                           "--trainer.strategy ddp"):
-        check_device("nf4", "cuda", sharded=True)
-
-
 def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_gpt2, tmp_path):
     fields = dict(FAMILIES["gpt2"])
     other = save_qlora_base(tmp_path / "other", fields.pop("model_type"), fields, seed=1)
@@ -218,10 +200,6 @@ def test_a_different_base_is_caught_by_the_fingerprint_of_a_quantized_run(qlora_
 # -- the CPU inference layout (bitsandbytes on CPUs with AVX512-BF16) --------------------------------------------
 
 
-def _packed(layer):
-    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
-
-
 def _watch_4bit_forwards(monkeypatch):
     """Every 4-bit layer call as (training, the weight in the CPU inference layout when it ran, its tokens)."""
     import bitsandbytes.nn.modules as bnb_modules
@@ -229,7 +207,7 @@ def _watch_4bit_forwards(monkeypatch):
     seen, forward = [], bnb_modules.Linear4bit.forward
 
     def watched(self, x):
-        seen.append((self.training and torch.is_grad_enabled(), _packed(self), x.shape[-2]))
+        seen.append((self.training and torch.is_grad_enabled(), packed_for_cpu_inference(self), x.shape[-2]))
         return forward(self, x)
 
     monkeypatch.setattr(bnb_modules.Linear4bit, "forward", watched)
@@ -265,31 +243,6 @@ def test_training_never_runs_on_the_cpu_inference_layout_bitsandbytes_repacks_to
     assert len(seen) > 8 and all(packed for _, packed, _ in seen[8:])
 
 
-def test_a_model_repacked_for_cpu_inference_before_fit_is_one_line(monkeypatch):
-    """Through the Python API a model may run in eval mode before training; its repacked weights cannot be
-    restored exactly, so `fit` refuses them. While held, bitsandbytes does not repack."""
-    import bitsandbytes as bnb
-    import bitsandbytes.nn.modules as bnb_modules
-
-    from lit_lora.errors import LitLoraError
-    from lit_lora.quantization import check_training_layout, hold_training_layout, release_training_layout
-
-    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
-    model = torch.nn.Sequential(bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4")).cpu().eval()
-    x = torch.randn(2, 64)
-    held = hold_training_layout(model)
-    with torch.no_grad():
-        model(x)
-    assert held == [model[0]] and not _packed(model[0])
-    check_training_layout(model)
-    release_training_layout(held)
-    with torch.no_grad():
-        model(x)
-    assert _packed(model[0])
-    with pytest.raises(LitLoraError, match=r"^bitsandbytes repacked 1 of the model's 1 4-bit layers for CPU inference"):
-        check_training_layout(model)
-
-
 def _cpu_has_avx512_bf16():
     from bitsandbytes.functional import has_avx512bf16
 
@@ -309,9 +262,9 @@ def test_on_a_cpu_with_avx512_bf16_inference_runs_repacked_and_close_to_the_trai
     assert held == layers
     with torch.no_grad():
         exact = model(input_ids=ids).logits
-    assert not any(_packed(layer) for layer in layers)
+    assert not any(packed_for_cpu_inference(layer) for layer in layers)
     release_training_layout(held)
     with torch.no_grad():
         fast = model(input_ids=ids).logits
-    assert all(_packed(layer) for layer in layers)
+    assert all(packed_for_cpu_inference(layer) for layer in layers)
     assert (fast - exact).abs().max().item() <= 0.05 * exact.abs().max().item()

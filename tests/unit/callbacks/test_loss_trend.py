@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from lit_lora.monitoring.loss_trend import rising_note

@@ -3,7 +3,6 @@ byte, and the activation estimate's direction."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 

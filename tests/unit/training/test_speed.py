@@ -3,7 +3,6 @@ and compile are in tests/e2e/test_performance.py."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
