@@ -1,4 +1,4 @@
-"""Fine-tune quality (issue 16): the validation loss lit_lora's defaults reach, against a plain PEFT loop at
+"""Fine-tune quality: the validation loss lit_lora's defaults reach, against a plain PEFT loop at
 constant learning rates and `transformers.Trainer`, on small pretrained GPT-2 bases. Not a test.
 
     python benchmarks/quality.py                 # the README's table (23 min here once the bases are cached)

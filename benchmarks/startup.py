@@ -3,7 +3,7 @@
     python benchmarks/startup.py               # 5 interleaved rounds, ~5 minutes on 2 busy cores
     python benchmarks/startup.py --repeats 9
 
-Target (issue 7): `--help` and bad-input errors cost at most 1.2x the bare Lightning import. Each round runs
+Target: `--help` and bad-input errors cost at most 1.2x the bare Lightning import. Each round runs
 every command once, in the same order (baseline first); the ratio of a round compares runs made seconds
 apart, and the medians over rounds are reported. Commands run from the repository root, offline.
 

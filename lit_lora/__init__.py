@@ -5,6 +5,7 @@ one listed after it (tests/test_layout.py checks this and that no import goes in
 
     errors, notes, settings, constants, outputs, jsonl, nll   one-line errors, notes on stderr, settings
                  coercion, shared values, safe output paths, JSON Lines reading, the next-token loss
+    objectives/  what a step computes from its batch: the Objective contract, SFT's token-weighted NLL
     hub, quantization   loading base models of any family (QLoRA: quantized by bitsandbytes) and
                  tokenizers (hub id or local folder)
     lora/        LoRA in PEFT's terms: settings, default targets per family, wrapping, export and merge

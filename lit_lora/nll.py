@@ -1,6 +1,6 @@
-"""The next-token negative log-likelihood of a causal LM: the loss training and evaluation compute
-(model/loss.py) and the one the memory estimate's dry run replays (measure/dry_run.py), so both run the
-same kernels.
+"""The next-token negative log-likelihood of a causal LM: the loss the SFT objective trains and evaluates
+(objectives/sft.py), the per-token values other objectives build on, and the one the memory estimate's dry
+run replays (measure/dry_run.py), so all run the same kernels.
 
 The (batch x block x vocab) logits are never held whole. The output head and the cross-entropy run on
 `LOSS_CHUNK_TOKENS` positions at a time (GPT-2 small at 8 x 512: 4,096 x 50,257 logits are 823 MB in
@@ -247,3 +247,21 @@ def _liger(hidden: torch.Tensor, head: Any, targets: torch.Tensor, softcap: Opti
         hidden = hidden.to(weight.dtype)
     return liger_fused_linear_cross_entropy(hidden, weight, targets, bias, ignore_index=IGNORE_INDEX,
                                             reduction="sum", softcap=softcap).float()
+
+
+def step_loss(
+    nll: torch.Tensor, n_tokens: torch.Tensor, step_tokens: Optional[torch.Tensor], accumulate: int, world: int
+) -> torch.Tensor:
+    """The loss to backpropagate for one micro-batch whose summed NLL over `n_tokens` targets is `nll`.
+
+    Without `step_tokens`: the mean over this micro-batch's target tokens. With it (the target tokens of the
+    whole optimizer step, every micro-batch of every process): the micro-batch's share of the step's token
+    mean, not a mean of micro-batch means, which would weigh a short example's tokens more. Lightning
+    divides each micro-batch's loss by `accumulate` and DDP averages the gradients over the processes, so
+    this scales back by both.
+    """
+    if step_tokens is None:
+        return nll / n_tokens.clamp(min=1)
+    # The factor in float64, rounded once to the loss's dtype; kept on the device (no host sync).
+    step_tokens = torch.as_tensor(step_tokens, device=nll.device)
+    return nll * (accumulate * world / step_tokens.clamp(min=1).double()).to(nll.dtype)

@@ -280,7 +280,9 @@ class DeferFiniteCheck(Callback):
     steps and before saving) on the CPU."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        pl_module.finite_loss.defer = True
+        from lit_lora.monitoring.finite_loss import FiniteLossStop
+
+        next(c for c in trainer.callbacks if isinstance(c, FiniteLossStop)).guard.defer = True
 
 
 class HostReads:
@@ -352,7 +354,7 @@ class _LossStep(torch.nn.Module):
         self.lit = module
 
     def forward(self, batch: dict) -> Any:
-        return self.lit._nll(batch)
+        return self.lit.objective.nll(self.lit.model, batch)
 
 
 def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -> int:
@@ -393,7 +395,7 @@ DDP_FLAGS = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--traine
 
 def start_ddp(cwd: Any, *args: str, torchrun: bool = False) -> Any:
     """`fit` with 2 processes, started in the background: Lightning's launcher starts rank 1 itself, or
-    torchrun starts both (the multi-node launch, on one machine)."""
+    torchrun starts both (the multi-node launch of docs/distributed.md, on one machine)."""
     import subprocess
     import sys
 

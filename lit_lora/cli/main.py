@@ -36,7 +36,8 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def top_level_help() -> str:
-    lines = ["usage: python -m lit_lora.cli SUBCOMMAND [options]", "", "LoRA fine-tuning of GPT-2-class models.", ""]
+    lines = ["usage: python -m lit_lora.cli SUBCOMMAND [options]", "",
+             "LoRA fine-tuning of small causal language models of ten families.", ""]
     lines.append("Subcommands (each has its own --help):")
     for name, text in TRAINER_COMMANDS.items():
         lines.append(f"  {name:<10} {text}")

@@ -105,6 +105,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # With --json, stdout holds JSON lines only: what setup says (format, template, counts) goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         data.setup("fit")
+        if data.batch_size is None:
+            raise LitLoraError("preview needs a number for data.batch_size: auto is chosen at the start of fit")
         summary = data.data_lines(data.batch_size)
     tokenizer, rows = data.tokenizer, RowsView(data.train_ds)
     collate = Collator(tokenizer.pad_token_id)

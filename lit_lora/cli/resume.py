@@ -1,16 +1,24 @@
-"""The rules of `--ckpt_path`, as pure functions over plain values (unit-tested without a `fit`).
+"""The rules of `--ckpt_path`, in one module: which checkpoint a path names, which of its settings win over
+the flags typed now, what is said about the changes, and which logger run a resumed run continues. Pure
+functions over plain values (unit-tested without a `fit`), and `apply_checkpoint_settings`, which applies
+them to the parsed configuration.
 
-LightningCLI's own resume loads the checkpoint's hyperparameters over the flags the user typed (pitfall
-12) and fails with a raw error on a bad file; `LitLoraCLI` applies these rules instead.
+LightningCLI's own resume loads the checkpoint's hyperparameters over the flags the user typed, so a
+changed learning rate would be silently undone, and fails with a raw error on a bad file; `LitLoraCLI`
+applies these rules instead.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
-from lit_lora.training.checkpoint_io import find_last_checkpoint
+from lit_lora.hub import tokenizer_source
+from lit_lora.notes import print_note
+from lit_lora.training.checkpoint_io import find_last_checkpoint, run_version_of
 
 # How a resumed run treats each model option typed with another value than the checkpoint's. Every
 # LitLora argument is listed (a unit test checks it), so a new option must be classified here.
@@ -42,6 +50,7 @@ RESUME_RULES: dict[str, str] = {
     "compile_options": "used",
     "trust_remote_code": "used",
     "generation": "used",
+    "objective": "refused",  # another objective needs other batches and another optimizer path
 }
 # LoRA fields: those that shape or scale the trained tensors are refused; dropout only acts in the step.
 LORA_RULES: dict[str, str] = {
@@ -186,3 +195,76 @@ def _mlflow_experiment_id(tracking_uri: str, name: str) -> str:
 
     experiment = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(name)
     return experiment.experiment_id if experiment is not None else name
+
+
+def apply_checkpoint_settings(cfg: Any, ckpt: dict[str, Any], defaults: dict[str, Any], training: bool) -> None:
+    """Merge the checkpoint's model settings into the parsed subcommand config `cfg` by `RESUME_RULES` (a
+    setting typed now wins where the rules allow), say what changed when `training`, render conversations
+    with the recorded chat template, and continue the checkpoint's logger run."""
+    model_cfg = cfg.model
+    current = {key: plain(value) for key, value in vars(model_cfg).items()}
+    saved = ckpt.get("hyper_parameters") or {}
+    merged = merge_checkpoint_hparams(current, defaults, saved)
+    if training:
+        from lightning.pytorch.utilities import rank_zero_only  # lazy: this module's rules load without Lightning
+
+        if rank_zero_only.rank == 0:
+            for line in (applied_changes(merged, saved),
+                         data_changes(plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
+                if line:
+                    print_note(line)
+    for key, value in merged.items():
+        if value == current[key]:
+            continue
+        if isinstance(value, dict) and hasattr(model_cfg[key], "keys"):  # a settings group such as lora
+            for field, field_value in value.items():
+                model_cfg[key][field] = field_value
+        else:
+            model_cfg[key] = value
+    # jsonargparse computed the linked data options at parse time, from the values before this merge.
+    cfg.data.tokenizer_name_or_path = tokenizer_source(model_cfg.tokenizer_name_or_path, model_cfg.model_name_or_path)
+    cfg.data.trust_remote_code = model_cfg.trust_remote_code
+    recorded = ckpt["lit_lora"].get("chat_template")
+    if recorded and cfg.data.get("chat_template", "auto") == "auto":  # render as the checkpoint's run did
+        cfg.data.chat_template = recorded
+    if training:
+        # Continue the same logger run and checkpoint folder instead of starting a new one.
+        set_logger_run(cfg.trainer, cfg.ckpt_path, ckpt["lit_lora"].get("logger_run_id"))
+
+
+def set_logger_run(trainer_cfg: Any, ckpt_path: str, run_id: Optional[str]) -> None:
+    """Point the configured logger at the checkpoint's run: its `version_N` folder (TensorBoard, CSV) when the
+    checkpoint lies in this logger's `version_N/checkpoints` (a copy elsewhere starts a new folder, never
+    another run's `version_N` here), or its run id (MLflow), unless the user chose one."""
+    logger = trainer_cfg.get("logger")
+    if logger is None or isinstance(logger, bool):
+        return
+    target = logger[0] if isinstance(logger, list) else logger
+    init = getattr(target, "init_args", None)
+    if init is None:
+        return
+    if "version" in init and init.get("version") is None:
+        version = version_in(ckpt_path, init.get("save_dir") or "lightning_logs", init.get("name") or "")
+        if version is not None:
+            init.version = version
+    if run_id is not None and "run_id" in init and init.get("run_id") is None:
+        init.run_id = run_id
+
+
+def version_in(ckpt_path: str, save_dir: str, name: str) -> Optional[int]:
+    """N when the checkpoint lies in save_dir/name/version_N/checkpoints, the folder a resumed run goes on
+    writing into; None for a checkpoint anywhere else (another folder's version_N is not this one's)."""
+    version = run_version_of(ckpt_path)
+    own = Path(ckpt_path).resolve().parent.parent.parent == Path(save_dir, name).resolve()
+    return version if own else None
+
+
+def plain(value: Any) -> Any:
+    """A jsonargparse value as plain dicts and lists."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value

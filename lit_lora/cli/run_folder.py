@@ -16,12 +16,12 @@ from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_lora.cli.resume import logger_location
+from lit_lora.cli.resume import logger_location, version_in
 from lit_lora.data.files import resolve_files
 from lit_lora.errors import LitLoraError
 from lit_lora.data.sources import file_list
 from lit_lora.outputs import shown
-from lit_lora.training.checkpoint_io import claim_run_version, run_version_of
+from lit_lora.training.checkpoint_io import claim_run_version
 from lit_lora.notes import print_note
 
 # Lightning's callbacks that refuse to run without a logger (they only log).
@@ -145,7 +145,7 @@ def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) ->
             keep_csv_history(logger)
         return
     save_dir, name = logger_location(False, trainer.default_root_dir)
-    version = _version_in(ckpt_path, save_dir, name) if ckpt_path else None
+    version = version_in(ckpt_path, save_dir, name) if ckpt_path else None
     if version is None:
         version = _claim_for_all_ranks(save_dir, name)
     trainer._default_root_dir = os.path.abspath(os.path.join(save_dir, name, f"version_{version}"))
@@ -156,14 +156,6 @@ def claim_run_folders(trainer: Any, resuming: bool, ckpt_path: Optional[str]) ->
             names = ", ".join(sorted({type(c).__name__ for c in aside}))
             print_note(f"no logger (--trainer.logger false): {names} off; checkpoints and config.yaml go to "
                        f"{shown(trainer.default_root_dir)}")
-
-
-def _version_in(ckpt_path: str, save_dir: str, name: str) -> Optional[int]:
-    """N when the checkpoint lies in save_dir/name/version_N/checkpoints, the folder a resumed run goes on
-    writing into; None for a checkpoint anywhere else (another folder's version_N is not this one's)."""
-    version = run_version_of(ckpt_path)
-    own = Path(ckpt_path).resolve().parent.parent.parent == Path(save_dir, name).resolve()
-    return version if own else None
 
 
 def share_run_folder(trainer_cfg: Any) -> None:
@@ -221,25 +213,6 @@ class RunConfig(SaveConfigCallback):
         os.makedirs(folder, exist_ok=True)
         self.parser.save(self.config, os.path.join(folder, self.config_filename), skip_none=False,
                          overwrite=self.overwrite, multifile=self.multifile)
-
-
-def set_logger_run(trainer_cfg: Any, ckpt_path: str, run_id: Optional[str]) -> None:
-    """Point the configured logger at the checkpoint's run: its `version_N` folder (TensorBoard, CSV) when the
-    checkpoint lies in this logger's `version_N/checkpoints` (a copy elsewhere starts a new folder, never
-    another run's `version_N` here), or its run id (MLflow), unless the user chose one."""
-    logger = trainer_cfg.get("logger")
-    if logger is None or isinstance(logger, bool):
-        return
-    target = logger[0] if isinstance(logger, list) else logger
-    init = getattr(target, "init_args", None)
-    if init is None:
-        return
-    if "version" in init and init.get("version") is None:
-        version = _version_in(ckpt_path, init.get("save_dir") or "lightning_logs", init.get("name") or "")
-        if version is not None:
-            init.version = version
-    if run_id is not None and "run_id" in init and init.get("run_id") is None:
-        init.run_id = run_id
 
 
 def keep_csv_history(logger: Any) -> None:

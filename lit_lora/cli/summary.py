@@ -111,7 +111,7 @@ def _auto_batch_limit(cfg: Any) -> Optional[int]:
     """fit's cap on an `auto` batch, from the training rows (tokenized as fit does, into the same cache); None
     when no training files are there (summary needs none; a dataset name is not fetched)."""
     from lit_lora.cli.run_folder import check_data_files  # start-up: see _summary_cli_class
-    from lit_lora.data.auto_batch import batch_limit
+    from lit_lora.monitoring.auto_batch import batch_limit
     from lit_lora.data.sources import build_training_splits
     from lit_lora.hub import load_tokenizer
 

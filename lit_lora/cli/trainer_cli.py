@@ -1,5 +1,12 @@
 """`LitLoraCLI`: LightningCLI with our defaults, forced callbacks and checkpoint-aware resume. It wires
-options, defaults and links; the resume rules are in `resume.py`, the run-folder rules in `run_folder.py`."""
+options, defaults and links; the resume rules are in `resume.py`, the run-folder rules in `run_folder.py`.
+
+The build, in LightningCLI's order: `parse_arguments` reads the checkpoint of `--ckpt_path` once and merges
+its settings by the resume rules; `before_instantiate_classes` checks the trainer options and data files;
+the model, the data module and the trainer are built (`instantiate_trainer` claims the run folder and adds
+`run_callbacks()`); `after_instantiate_classes` checks the tokenizer against the model. Inside `fit`
+the data module feeds batches, the model computes from them, and the callbacks watch and decide for both
+(`AutoBatchSize`, `DataPlan`, `RunSummary`, `FiniteLossStop`)."""
 
 from __future__ import annotations
 
@@ -12,21 +19,20 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.config_errors import check_trainer_options
-from lit_lora.cli.resume import (applied_changes, data_changes, logger_location, merge_checkpoint_hparams,
-                                resolve_ckpt_path)
+from lit_lora.cli.resume import plain, apply_checkpoint_settings, logger_location, resolve_ckpt_path
 from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, run_dir,
-                                     say_where_resumed_run_writes, set_logger_run, share_run_folder)
+                                     say_where_resumed_run_writes, share_run_folder)
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
-from lit_lora.hub import tokenizer_source
+from lit_lora.hub import check_vocabulary, tokenizer_source
 from lit_lora.model.module import LitLora
 from lit_lora.monitoring.hparams import HparamsMetric
 from lit_lora.monitoring.loss_trend import LossTrend
 from lit_lora.monitoring.memory import MemoryMonitor
 from lit_lora.monitoring.progress import with_run_eta
+from lit_lora.monitoring.run_callbacks import run_callbacks
 from lit_lora.monitoring.samples import SampleGenerator
-from lit_lora.monitoring.start_loss import StartValLoss
 from lit_lora.monitoring.throughput import TokenThroughput
 from lit_lora.outputs import ensure_writable, shown
 from lit_lora.restore import export_best_checkpoint
@@ -35,7 +41,6 @@ from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable,
 from lit_lora.training.devices import default_precision
 from lit_lora.training.faults import GracefulStop
 from lit_lora.notes import print_note
-from lit_lora.training.quantized_layout import QuantizedTrainingLayout
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -130,51 +135,33 @@ class LitLoraCLI(LightningCLI):
 
     # -- checkpoint-aware resume ---------------------------------------------------------------------------
 
-    def _parse_ckpt_path(self) -> None:
-        """Replaces LightningCLI's version (see resume.py)."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        self.resume_checkpoint: Optional[dict[str, Any]] = None
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
         if not cfg or not cfg.get("ckpt_path"):
             return
-        location = logger_location(_plain(cfg.trainer.get("logger")), cfg.trainer.get("default_root_dir"))
+        location = logger_location(plain(cfg.trainer.get("logger")), cfg.trainer.get("default_root_dir"))
         ckpt_path, found = resolve_ckpt_path(cfg.ckpt_path, *location)
         if found and rank_zero_only.rank == 0:  # known from the launcher's environment, before the Trainer
             print_note(f"resuming from {ckpt_path}")
-        ckpt = load_checkpoint_file(ckpt_path)
+        # Read once: the trainer's checkpoint IO hands this copy to Lightning's restore, and the automatic
+        # batch size takes the saved layout from it.
+        self.resume_checkpoint = load_checkpoint_file(ckpt_path)
         if sub == "fit" and self.resumes_training:
-            check_resumable(ckpt, ckpt_path)
+            check_resumable(self.resume_checkpoint, ckpt_path)
         cfg.ckpt_path = ckpt_path
-        model_cfg = cfg.model
-        current = {key: _plain(value) for key, value in vars(model_cfg).items()}
-        defaults = {key: _plain(value) for key, value in vars(self._parser(sub).get_defaults().model).items()}
-        saved = ckpt.get("hyper_parameters") or {}
-        merged = merge_checkpoint_hparams(current, defaults, saved)
-        if sub == "fit" and self.resumes_training and rank_zero_only.rank == 0:
-            for line in (applied_changes(merged, saved),
-                         data_changes(_plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
-                if line:
-                    print_note(line)
-        for key, value in merged.items():
-            if value == current[key]:
-                continue
-            if isinstance(value, dict) and hasattr(model_cfg[key], "keys"):  # a settings group such as lora
-                for field, field_value in value.items():
-                    model_cfg[key][field] = field_value
-            else:
-                model_cfg[key] = value
-        # jsonargparse computed the linked data options at parse time, from the values before this merge.
-        model_name = model_cfg.model_name_or_path
-        cfg.data.tokenizer_name_or_path = tokenizer_source(model_cfg.tokenizer_name_or_path, model_name)
-        cfg.data.trust_remote_code = model_cfg.trust_remote_code
-        recorded = ckpt["lit_lora"].get("chat_template")
-        if recorded and cfg.data.get("chat_template", "auto") == "auto":  # render as the checkpoint's run did
-            cfg.data.chat_template = recorded
-        if sub == "fit":
-            # Continue the same logger run and checkpoint folder instead of starting a new one.
-            set_logger_run(cfg.trainer, ckpt_path, ckpt["lit_lora"].get("logger_run_id"))
+        defaults = {key: plain(value) for key, value in vars(self._parser(sub).get_defaults().model).items()}
+        apply_checkpoint_settings(cfg, self.resume_checkpoint, defaults, sub == "fit" and self.resumes_training)
+        # Lightning's own reading of --ckpt_path would merge every saved setting over the user's; ours (above)
+        # decided which win. It skips an unset path, so the path is set again once it has run.
+        self._ckpt_path, cfg.ckpt_path = ckpt_path, None
 
     def before_instantiate_classes(self) -> None:
         sub = self.config.get("subcommand")
+        if self.resume_checkpoint is not None:
+            self.config[sub].ckpt_path = self._ckpt_path
         trainer_cfg = self.config[sub].trainer if sub else self.config.trainer
         if trainer_cfg.get("precision") is None:
             trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
@@ -183,9 +170,12 @@ class LitLoraCLI(LightningCLI):
         if sub in ("fit", "validate", "test"):
             check_data_files(self.config[sub].data)
 
+    def after_instantiate_classes(self) -> None:
+        if hasattr(self.datamodule, "load_tokenizer") and hasattr(self.model, "model"):
+            # Before any tokenizing: a tokenizer larger than the model's embedding fails in one line.
+            check_vocabulary(self.model.model, self.datamodule.load_tokenizer())
+
     def before_fit(self) -> None:
-        if hasattr(self.datamodule, "resume_checkpoint"):  # data.batch_size auto keeps the checkpoint's layout
-            self.datamodule.resume_checkpoint = self.config["fit"].get("ckpt_path")
         if self.config["fit"].get("ckpt_path"):  # the step-0 validation was the run's start, not this one's
             self.trainer.num_sanity_val_steps = 0
         say_where_resumed_run_writes(self.trainer, self.config["fit"].get("ckpt_path"))
@@ -219,10 +209,11 @@ class LitLoraCLI(LightningCLI):
         claim_run_folders(trainer, resuming, self.config[sub].get("ckpt_path") if sub == "fit" else None)
         if not isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        trainer.strategy.checkpoint_io.preload(self.config[sub].get("ckpt_path"), self.resume_checkpoint)
         # Lightning's default bar, plus the run's ETA and without v_num; a bar class the user chose is kept.
         for i, callback in enumerate(trainer.callbacks):
             trainer.callbacks[i] = with_run_eta(callback) or callback
-        trainer.callbacks.extend([StartValLoss(), QuantizedTrainingLayout()])
+        trainer.callbacks.extend(run_callbacks((self.resume_checkpoint or {}).get(LitLoraData.__qualname__) or None))
         return trainer
 
 
@@ -233,24 +224,8 @@ class ParseOnlyCLI(LitLoraCLI):
     resumes_training = False  # a weights-only checkpoint is fine: nothing trains
 
     def after_instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: Optional[str]) -> None:
-        pass
+        self.subcommand = None  # LightningCLI runs the subcommand only when one is set
 
 
 def _stopped_by_signal(trainer: Any) -> bool:
     return any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
-
-
-def _plain(value: Any) -> Any:
-    """A jsonargparse value as plain dicts and lists."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(value)
-    return value

@@ -25,16 +25,25 @@ class RowsView(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: Any) -> dict[str, Any]:
+        if isinstance(i, tuple):  # with its optimizer step's target tokens (samplers.WithStepTokens)
+            return {**self[i[0]], "step_target_tokens": i[1]}
         row = self.ds[int(i)]
         row["sample_id"] = int(i)
         return row
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+    def __getitems__(self, indices: list[Any]) -> list[dict[str, Any]]:
+        # An index may come with its optimizer step's target tokens (samplers.WithStepTokens).
+        steps = [i[1] if isinstance(i, tuple) else None for i in indices]
+        indices = [int(i[0] if isinstance(i, tuple) else i) for i in indices]
         # One Arrow slice per batch instead of one lookup per sample.
-        rows = (self.ds if self._blocks is None else self._blocks)[[int(i) for i in indices]]
+        rows = (self.ds if self._blocks is None else self._blocks)[indices]
         keys = list(rows)
-        return [{**{k: rows[k][j] for k in keys}, "sample_id": int(i)} for j, i in enumerate(indices)]
+        out = [{**{k: rows[k][j] for k in keys}, "sample_id": i} for j, i in enumerate(indices)]
+        for row, step in zip(out, steps):
+            if step is not None:
+                row["step_target_tokens"] = step
+        return out
 
 
 class Collator:
@@ -53,8 +62,10 @@ class Collator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [r["input_ids"] for r in rows]
         sample_ids = torch.tensor([r["sample_id"] for r in rows])
+        # A batch lies within one optimizer step: its rows carry the same step total.
+        step = {k: torch.tensor(rows[0][k]) for k in ("step_target_tokens",) if k in rows[0]}
         if "position_ids" in rows[0]:
-            return {**self._packed(rows), "sample_ids": sample_ids}
+            return {**self._packed(rows), "sample_ids": sample_ids, **step}
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -65,7 +76,7 @@ class Collator:
             labels[j, :n] = torch.tensor(r["labels"])
             mask[j, :n] = 1
         labels[:, 0] = IGNORE_INDEX  # a row's first token is never predicted: its label says so
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "sample_ids": sample_ids}
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "sample_ids": sample_ids, **step}
 
     def _packed(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [len(r["input_ids"]) for r in rows]

@@ -47,7 +47,7 @@ def record_format(record: Any, text_field: str) -> Optional[str]:
             return fmt
     if "prompt" in record:
         return "prompt_completion"
-    return "jsonl" if text_field in record else None
+    return "jsonl_text" if text_field in record else None
 
 
 def is_conversational(record: Any) -> bool:

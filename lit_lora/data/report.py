@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.generation.chat import end_of_turn_note
 
 
 def row_stats(ds: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +76,16 @@ def data_lines(lengths: np.ndarray, targets: np.ndarray, counts: Mapping[str, in
     lines.append(f"data: {'packing' if packed else 'padding'} efficiency {100 * efficiency:.1f}% (tokens / "
                  f"positions of the padded batches{how})")
     return lines
+
+
+def training_data_lines(data: Any, batch_size: int) -> list[str]:
+    """`data_lines` for a set-up `LitLoraData`'s training split, for batches of `batch_size` in the order of
+    its first epoch."""
+    lengths, targets = data.order.row_stats()
+    order = data.order.sampler_for(0, 1, batch_size).epoch_order(0)
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    template = data.chat_template
+    settings = dict(data.hparams, detected=data.data_format, packed="position_ids" in data.train_ds.column_names,
+                    template=template and data.template_name,
+                    end_of_turn_note=template and end_of_turn_note(data.tokenizer, template))
+    return data_lines(lengths, targets, data.counts, padding_efficiency(lengths, batches), settings)

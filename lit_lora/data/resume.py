@@ -68,17 +68,16 @@ def whole_epoch_batches(sampler: ResumableSampler) -> int:
     return -(-(sampler.num_samples // sampler.world_size) // sampler.batch_size)
 
 
-def reload_after(trainer: Any, sampler: ResumableSampler) -> Optional[int]:
-    """When the resumed epoch counts another number of batches than a whole one, make Lightning build the
-    train loader again after it; returns the user's setting, to restore then (None: nothing changed)."""
+def epochs_until_whole(sampler: ResumableSampler, current_epoch: int) -> Optional[int]:
+    """When the resumed epoch counts another number of batches than a whole one: after how many epochs
+    Lightning must build the train loader again (its `reload_dataloaders_every_n_epochs`, for that one
+    reload); None when the counts agree."""
     # Lightning counts an epoch's batches once, when it builds the loader; without a fresh loader the next
-    # epoch would stop at the resumed epoch's count.
+    # epoch would stop at the resumed epoch's count. It reloads when current_epoch - (the epoch it last
+    # loaded at) reaches the setting, and it loads now.
     if -(-len(sampler) // sampler.batch_size) == whole_epoch_batches(sampler):
         return None
-    previous = trainer.reload_dataloaders_every_n_epochs
-    # Lightning reloads when current_epoch - (epoch it last loaded at) reaches the setting; it loaded now.
-    trainer.reload_dataloaders_every_n_epochs = sampler.epoch + 1 - trainer.current_epoch
-    return previous
+    return sampler.epoch + 1 - current_epoch
 
 
 class ResumableMarkerLoader(DataLoader):

@@ -152,6 +152,34 @@ class ResumableSampler(Sampler[int]):
         return start * self.batch_size + len(rest) // self.world_size
 
 
+class WithStepTokens(Sampler[tuple[int, int]]):
+    """A `ResumableSampler`'s indices, each with the target tokens of the optimizer step its batch belongs to
+    (all `accumulate` micro-batches on every rank: `ResumableSampler.step_totals`), so a batch carries what
+    its loss is normalised by and the model never asks the data for it.
+
+    Args:
+        sampler: The training sampler; its epoch, resume position and layout decide the steps.
+        counts: Target tokens of each row of the dataset.
+        accumulate: Micro-batches per optimizer step.
+    """
+
+    def __init__(self, sampler: ResumableSampler, counts: np.ndarray, accumulate: int) -> None:
+        self.sampler, self.counts, self.accumulate = sampler, counts, accumulate
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, batch = self.sampler.epoch, self.sampler.batch_size
+        totals = self.sampler.step_totals(epoch, self.counts, self.accumulate)
+        start = self.sampler.plan(epoch).start  # Lightning's batch counter at the first batch yielded here
+        for k, i in enumerate(self.sampler):
+            yield i, int(totals[(start + k // batch) // self.accumulate])
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class EvalShardSampler(torch.utils.data.Sampler[int]):
     """Sequential, every world_size-th index: evaluation data split across ranks without padding."""
 

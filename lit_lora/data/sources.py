@@ -103,7 +103,7 @@ def _from_dataset(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int])
     train_split = splits[hp["train_split"]]
     fmt = hp["format"]
     if fmt == "auto":
-        fmt = record_format(train_split[0] if len(train_split) else {}, hp["text_field"]) or "jsonl"
+        fmt = record_format(train_split[0] if len(train_split) else {}, hp["text_field"]) or "jsonl_text"
     kwargs = dict(fmt=fmt, **_split_kwargs(hp, tokenizer))
     train = build_split([], hf_rows=_dataset_rows(train_split, fmt, hp), **dict(kwargs, report=report))
     val = None

@@ -82,7 +82,7 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
 
 
 def _quantization_lines(quantization: Optional[str], kind: str) -> list[str]:
-    """What a card says of a base quantized in training (README: QLoRA has the measured differences)."""
+    """What a card says of a base quantized in training (docs/memory-and-qlora.md has the measured differences)."""
     if not quantization:
         return []
     if kind == "adapter":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Optional
 
+from lit_lora.errors import LitLoraError
+
 
 def base_model(model: Any) -> Any:
     """The transformers model inside a PEFT wrapper (or `model` itself)."""
@@ -21,6 +23,13 @@ def context_length(model: Any) -> Optional[int]:
     """The longest sequence the model's positions allow (GPT-2 `n_positions`, others `max_position_embeddings`)."""
     config = model.config
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def check_context(model: Any, block_size: int) -> None:
+    """One line when `block_size` is longer than the model's context."""
+    n_ctx = context_length(model)
+    if n_ctx is not None and block_size > n_ctx:
+        raise LitLoraError(f"data.block_size={block_size} is larger than the model's context of {n_ctx} tokens")
 
 
 def uses_conv1d(model: Any) -> bool:

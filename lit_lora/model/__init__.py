@@ -2,7 +2,7 @@
 state, the model build and the checkpoint's own section.
 
 `lit_lora.model.LitLora` (a `class_path` in users' configs) is imported on first use, so importing
-`lit_lora.model.loss` does not load Lightning.
+`lit_lora.model.schedule` does not load Lightning.
 """
 
 from typing import Any
@@ -18,7 +18,7 @@ def __getattr__(name: str) -> Any:
         return LitLora
     if name == "token_nll":
         # lazy re-export: importing the package must not load Lightning
-        from lit_lora.model.loss import token_nll
+        from lit_lora.nll import token_nll
 
         return token_nll
     raise AttributeError(f"module 'lit_lora.model' has no attribute {name!r}")

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_lora.errors import LitLoraError
 from lit_lora.hub import load_base_model
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
 from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
 from lit_lora.measure.host import host_memory_mb
 from lit_lora.nll import output_head
-from lit_lora.quantization import bnb_config
+from lit_lora.quantization import bnb_config, check_quantization
 from lit_lora.notes import print_note
 
 
@@ -36,27 +38,55 @@ def without_weights() -> Iterator[None]:
         _WITHOUT_WEIGHTS.reset(token)
 
 
-def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str, float]]:
-    """(PEFT model in train mode, the LoRA settings it has, host RSS in MB after loading and after LoRA).
+@dataclass(frozen=True)
+class ModelSettings:
+    """The options of `LitLora` that decide the network it trains (their defaults and `--help` text are
+    its own), typed, for `build_peft_model`."""
 
-    `hp` holds `LitLora`'s hyperparameters. With `adapter_path` the adapter's own settings replace `lora`.
-    """
+    model_name_or_path: str
+    model_config: Optional[dict[str, Any]]
+    base_dtype: Optional[str]
+    attn_implementation: Optional[str]
+    trust_remote_code: bool
+    quantization: Optional[str]
+    quantization_options: Optional[dict[str, Any]]
+    adapter_path: Optional[str]
+    gradient_checkpointing: bool
+    lora: LoraSettings
+
+    tokenizer_name_or_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_quantization(self.quantization, self.quantization_options)
+        if self.model_config is not None and not self.tokenizer_name_or_path:
+            raise LitLoraError("model.model_config builds a model without downloading it, so model.tokenizer_"
+                               "name_or_path must name a local tokenizer directory too (nothing falls back to the hub)")
+
+    @classmethod
+    def from_hparams(cls, hp: Mapping[str, Any]) -> "ModelSettings":
+        values = {f.name: hp.get(f.name) for f in fields(cls)}
+        return cls(**{**values, "lora": LoraSettings.coerce(values["lora"])})
+
+
+def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, float]]:
+    """(PEFT model in train mode, the LoRA settings it has, host RSS in MB after loading and after LoRA).
+    With `adapter_path` the adapter's own settings replace `lora`."""
     weights = not _WITHOUT_WEIGHTS.get()
-    method = hp.get("quantization")
+    method = hp.quantization
     base = load_base_model(
-        hp["model_name_or_path"], hp["model_config"], hp["base_dtype"], hp["attn_implementation"],
-        hp["trust_remote_code"], weights=weights,
-        quantization=bnb_config(method, hp.get("quantization_options"), hp["base_dtype"]) if method else None,
+        hp.model_name_or_path, hp.model_config, hp.base_dtype, hp.attn_implementation,
+        hp.trust_remote_code, weights=weights,
+        quantization=bnb_config(method, hp.quantization_options, hp.base_dtype) if method else None,
     )
     memory_marks = {"after_model_load": host_memory_mb()[0]}
-    if hp["adapter_path"] and not weights:  # its settings, not its weights: the same shapes
-        lora = LoraSettings.from_peft_config(read_adapter_config(hp["adapter_path"]))
+    if hp.adapter_path and not weights:  # its settings, not its weights: the same shapes
+        lora = LoraSettings.from_peft_config(read_adapter_config(hp.adapter_path))
         model = apply_lora(base, lora)
-    elif hp["adapter_path"]:
-        model = load_adapter_for_training(base, hp["adapter_path"])
+    elif hp.adapter_path:
+        model = load_adapter_for_training(base, hp.adapter_path)
         lora = LoraSettings.from_peft_config(model.peft_config["default"])
     else:
-        lora, note = resolve_targets(LoraSettings.coerce(hp["lora"]), base)
+        lora, note = resolve_targets(hp.lora, base)
         if note and rank_zero_only.rank == 0:
             print_note(note)
         model = apply_lora(base, lora)
@@ -72,7 +102,7 @@ def build_peft_model(hp: Mapping[str, Any]) -> tuple[Any, LoraSettings, dict[str
     head_note = output_head(model)[1]
     if head_note and rank_zero_only.rank == 0:
         print_note(head_note)
-    if hp["gradient_checkpointing"]:
+    if hp.gradient_checkpointing:
         enable_checkpointing(model)
     memory_marks["after_lora"] = host_memory_mb()[0]
     # from_pretrained returns eval mode, and Lightning keeps each module's mode: without this the base

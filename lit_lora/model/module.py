@@ -1,38 +1,35 @@
-"""`LitLora`: the LightningModule that fine-tunes a PEFT-LoRA-adapted causal LM. It keeps the steps, the
-optimiser and the checkpoint hooks; the model build, the loss, the schedule and the checkpoint section
-live beside it in this package.
+"""`LitLora`: the LightningModule that fine-tunes a PEFT-LoRA-adapted causal LM. It owns the network, the
+optimizer and the checkpoint; what a step computes from its batch is the objective's (`lit_lora.objectives`),
+and what watches the run (summary, non-finite loss, export) are callbacks the CLI adds. It reads nothing but
+its batch and the trainer's layout: never the data module.
 
-    python -m lit_lora.cli fit --config conf/gpt2.yaml --data.train_files my.txt
+    python -m lit_lora.cli fit --config conf/quickstart.yaml
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Literal, Optional
+from importlib import import_module
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from torchmetrics import SumMetric
 
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.decode import generate_ids
 from lit_lora.generation.settings import GenerationSettings
-from lit_lora.lora.layers import context_length, frozen_weights_fingerprint
+from lit_lora.lora.layers import check_context, frozen_weights_fingerprint
 from lit_lora.lora.settings import LoraSettings
-from lit_lora.measure.summary import global_batch_line, summary_lines
-from lit_lora.model.build import build_peft_model
+from lit_lora.model.build import ModelSettings, build_peft_model
 from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section, keep_lora_only
-from lit_lora.model.loss import model_nll, step_loss
 from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import (check_optimizer_device, check_optimizer_settings, current_lr, kept_length,
-                                     optimizer_and_schedule)
-from lit_lora.quantization import check_device, check_quantization, quantization_key
-from lit_lora.training.contracts import TrainingData
+from lit_lora.model.schedule import OptimizerSettings, check_optimizer_device, kept_length, optimizer_and_schedule
+from lit_lora.objectives.base import Objective, StepLayout
+from lit_lora.objectives.sft import SupervisedNll
+from lit_lora.quantization import check_device, quantization_key
 from lit_lora.training.distributed import clip_gradients, unwrapped_name
-from lit_lora.training.faults import FiniteLossGuard
-from lit_lora.training.speed import check_compile_options, compile_in_place, compile_target, enable_tf32, is_compiled
-from lit_lora.training.steps import planned_steps
+from lit_lora.training.speed import check_compile_options, speed_up
 from lit_lora.notes import print_note
 
 
@@ -62,6 +59,7 @@ class LitLora(pl.LightningModule):
         compile_options: Optional[dict[str, Any]] = None,
         trust_remote_code: bool = False,
         generation: GenerationSettings = GenerationSettings(),  # noqa: B008  (expanded like lora)
+        objective: Union[Objective, dict[str, Any], None] = None,
     ) -> None:
         """
         Args:
@@ -74,7 +72,7 @@ class LitLora(pl.LightningModule):
             adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
             learning_rate: Peak AdamW learning rate. The default was measured on small models: for GPT-2 small
-                and wider ones start lower (README: Learning-rate defaults).
+                and wider ones start lower (docs/models-and-training.md).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
             betas: AdamW betas.
             optimizer: "adamw" (torch's fused AdamW) or "paged_adamw" (bitsandbytes' paged AdamW, CUDA only: its
@@ -87,7 +85,7 @@ class LitLora(pl.LightningModule):
             base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
                 optimizer state stay float32. Default: float32.
             quantization: QLoRA: bitsandbytes quantizes the base's linear layers as they load, "nf4" or "fp4"
-                (4-bit) or "int8"; the other layers keep base_dtype (README: QLoRA; needs the qlora extra).
+                (4-bit) or "int8"; the other layers keep base_dtype (docs/memory-and-qlora.md; needs the qlora extra).
             quantization_options: BitsAndBytesConfig fields: bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
                 (default: base_dtype), bnb_4bit_quant_storage, llm_int8_skip_modules, llm_int8_threshold.
             attn_implementation: Attention kernel ("sdpa", "eager", ...); default SDPA, else eager (said).
@@ -98,33 +96,32 @@ class LitLora(pl.LightningModule):
             compile_options: Keyword arguments for `torch.compile`, e.g. `{"mode": "max-autotune"}`.
             trust_remote_code: Allow model repositories to run their own code. Off unless you turn it on.
             generation: How `predict` completes prompts (the settings of `python -m lit_lora.cli generate`).
+            objective: What a step computes from its batch; default: supervised next-token NLL on the
+                batch's labels (`lit_lora.objectives.sft.SupervisedNll`). Another is a class_path to an
+                `lit_lora.objectives.base.Objective` subclass.
         """
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["objective"])
         self.hparams["lora"] = LoraSettings.coerce(lora).as_dict()  # plain values: torch.load(weights_only=True)
         # Chosen at predict time: kept out of checkpoints and of what a `--ckpt_path` run merges back.
         self.hparams.pop("generation", None)
         self.generation = GenerationSettings.coerce(generation)
-        if model_config is not None and not tokenizer_name_or_path:
-            raise LitLoraError("model.model_config builds a model without downloading it, so model.tokenizer_"
-                               "name_or_path must name a local tokenizer directory too (nothing falls back to the hub)")
-        check_optimizer_settings(self.hparams)
-        check_quantization(quantization, quantization_options)
+        self.objective = _objective(objective)
+        # Recorded as a class path and plain arguments; None: the default, so older checkpoints match.
+        self.hparams["objective"] = _objective_record(self.objective)
+        self.optimizer_settings = OptimizerSettings.from_hparams(self.hparams)
         if compile:
             check_compile_options(compile_options)
-        self.model, lora_settings, self.memory_marks = build_peft_model(self.hparams)
+        self.model, lora_settings, self.memory_marks = build_peft_model(ModelSettings.from_hparams(self.hparams))
         # The resolved targets (or an adapter_path's), also in what Lightning logs first (MLflow refuses changes).
         self.hparams["lora"] = lora_settings.as_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)
-        n_ctx = context_length(self.model)
-        if n_ctx is not None and block_size > n_ctx:
-            raise LitLoraError(f"data.block_size={block_size} is larger than the model's context of {n_ctx} tokens")
-        self.val_nll = SumMetric()
-        self.val_tokens = SumMetric()
-        self.finite_loss = FiniteLossGuard()
-        self.finite_loss.rate = lambda: current_lr(self._trainer)
-        self._step_nll: Optional[torch.Tensor] = None  # the step's NLL and target count so far
-        self._step_n: Optional[torch.Tensor] = None
+        check_context(self.model, block_size)
+        self.block_size, self.gradient_checkpointing = block_size, gradient_checkpointing  # read by the callbacks
+        # Handed over by the CLI's DataPlan callback once the data is set up, never read from the data module:
+        # the run's optimizer steps as the data counts them, and the chat template its checkpoints record.
+        self.schedule_steps: Optional[int] = None
+        self.chat_template: Optional[str] = None
         self._total_steps: Optional[int] = None
         self._started_total: Optional[int] = None  # the schedule length of the run a checkpoint resumes
         self._rng_to_restore: Optional[dict[str, Any]] = None
@@ -134,18 +131,9 @@ class LitLora(pl.LightningModule):
         self._fingerprint = frozen_weights_fingerprint(self.model, linear_weights=quantization is None)
         self._quantization = quantization_key(quantization, quantization_options)  # checkpoints record it
 
-    # Settings are read from self.hparams; these name the ones other objects read (training.contracts).
     @property
-    def lora_settings(self) -> LoraSettings:
+    def lora_settings(self) -> LoraSettings:  # what the callbacks read (training.contracts.TrainedModule)
         return LoraSettings.coerce(self.hparams.lora)
-
-    @property
-    def block_size(self) -> int:
-        return self.hparams.block_size
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return self.hparams.gradient_checkpointing
 
     def base_fingerprint(self) -> str:
         """A cheap fingerprint of the frozen base weights (`lora.layers.frozen_weights_fingerprint`)."""
@@ -164,67 +152,33 @@ class LitLora(pl.LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return model_nll(self.model, batch["input_ids"], batch.get("attention_mask"), batch["labels"],
-                         position_ids=batch.get("position_ids"))
-
-    def _data(self) -> Optional[TrainingData]:
-        data = self.trainer.datamodule
-        return data if isinstance(data, TrainingData) else None
-
-    def on_fit_start(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        # The first line is the parameter counts; the rest is what `lit_lora.cli summary` prints.
-        batch_size = self._data().batch_size if self._data() is not None else None
-        for line in summary_lines(self.model, self.lora_settings, batch_size, self.block_size,
-                                  str(self.trainer.precision), str(self.device), self.gradient_checkpointing):
-            print_note(line)
-        if batch_size:
-            print_note(global_batch_line(self.trainer, batch_size))
-
-    # -- steps ---------------------------------------------------------------------------------------------
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nll, n = self._nll(batch)
-        accumulate, world = self.trainer.accumulate_grad_batches, self.trainer.world_size
-        data = self._data()
-        step_tokens = None
-        if (accumulate > 1 or world > 1) and data is not None:
-            step_tokens = data.step_target_tokens(self.current_epoch, batch_idx, accumulate)
-        loss = step_loss(nll, n, step_tokens, accumulate, world)
-        self.finite_loss.observe(loss, self.global_step)
-        # Logged: this process's token mean over the step's micro-batches so far (all of them at the last one,
-        # which is the value Lightning logs).
-        if batch_idx % accumulate == 0 or self._step_nll is None:
-            self._step_nll, self._step_n = nll.detach(), n
-        else:
-            self._step_nll, self._step_n = self._step_nll + nll.detach(), self._step_n + n
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if batch_idx == 0:
+            self.objective.check_batch(batch)
+        accumulate = self.trainer.accumulate_grad_batches
+        layout = StepLayout(accumulate, self.trainer.world_size)
+        loss, metrics = self.objective.training_loss(self.model, batch, batch_idx % accumulate == 0, layout)
         # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
         # the value logged at each logging step (monitoring.progress.RunProgressBar).
-        self.log("train_loss", self._step_nll / self._step_n.clamp(min=1), batch_size=batch["input_ids"].shape[0])
+        for name, value in metrics.items():
+            self.log(f"train_{name}", value, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.global_step % self.trainer.log_every_n_steps == 0:
-            self.finite_loss.check_everywhere(self.trainer.strategy, self.global_step)
-
-    def on_train_end(self) -> None:
-        self.finite_loss.check_everywhere(self.trainer.strategy, self.global_step)
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        nll, n = self._nll(batch)
-        self.val_nll.update(nll)
-        self.val_tokens.update(n)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.objective.update_eval(self.model, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)  # the same sums; _log_eval("test") names and resets them
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.objective.update_eval(self.model, batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+
+    def _log_eval(self, split: str) -> None:
+        for i, (name, value) in enumerate(self.objective.compute_eval().items()):
+            self.log(f"{split}_{name}", value, prog_bar=i == 0, sync_dist=False)  # summed across ranks already
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """New tokens for a batch of left-padded prompts (`--data.predict_file`), decoded and written by
@@ -232,23 +186,10 @@ class LitLora(pl.LightningModule):
         return generate_ids(self.model, batch["input_ids"], batch["attention_mask"], self.generation,
                             batch["eos_token_id"], seed_offset=batch_idx)
 
-    def _log_eval(self, split: str) -> None:
-        # Token-weighted: exp(total NLL / total tokens), not a mean of per-batch values.
-        nll, n = self.val_nll.compute(), self.val_tokens.compute()
-        self.val_nll.reset()
-        self.val_tokens.reset()
-        if n == 0:
-            return
-        loss = nll / n
-        self.log(f"{split}_loss", loss, prog_bar=True, sync_dist=False)
-        self.log(f"{split}_ppl", torch.exp(loss), sync_dist=False)
-
-    # -- optimisation ------------------------------------------------------------------------------------
-
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
         # The schedule's length is read in on_train_start: estimating it here loads the data before resume.
-        return optimizer_and_schedule(params, self.hparams, lambda: self._total_steps)
+        return optimizer_and_schedule(params, self.optimizer_settings, lambda: self._total_steps)
 
     def configure_gradient_clipping(
         self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None
@@ -256,20 +197,15 @@ class LitLora(pl.LightningModule):
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def setup(self, stage: str) -> None:
-        check_device(self.hparams.quantization, self.trainer.strategy.root_device.type,
-                     sharded=type(self.trainer.strategy).__name__ == "FSDPStrategy")
-        check_optimizer_device(self.hparams.optimizer, self.trainer.strategy.root_device.type)
-        if self.hparams.tf32:
-            enable_tf32(self.trainer.strategy.root_device)
-        target = compile_target(self.model)
-        if stage == "fit" and self.hparams.compile and not is_compiled(target):
-            compile_in_place(target, self.hparams.compile_options)
-        if self.trainer.world_size > 1 and self.finite_loss.defer is None:
-            # Checked at the points where all processes check together (FiniteLossGuard.check_everywhere).
-            self.finite_loss.defer = True
+        device, hp = self.trainer.strategy.root_device, self.hparams
+        check_device(hp.quantization, device.type, sharded=type(self.trainer.strategy).__name__ == "FSDPStrategy")
+        check_optimizer_device(hp.optimizer, device.type)
+        speed_up(self.model, device, hp.tf32, hp.compile_options if stage == "fit" and hp.compile else None)
 
     def on_train_start(self) -> None:
-        total = planned_steps(self.trainer)
+        # `schedule_steps` is set by the CLI's ScheduleLength callback from the data's own count; without
+        # it, Lightning's estimate.
+        total = self.schedule_steps if self.schedule_steps is not None else self.trainer.estimated_stepping_batches
         self._total_steps, note = kept_length(int(total) if math.isfinite(total) else None, self._started_total)
         if note and self.trainer.is_global_zero:
             print_note(note)
@@ -280,13 +216,10 @@ class LitLora(pl.LightningModule):
     # -- checkpoints: LoRA weights + what resume needs -------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._trainer is not None and self._trainer.training:
-            # Never save weights a non-finite loss has updated.
-            self.finite_loss.check_everywhere(self.trainer.strategy, self.global_step)
         keep_lora_only(checkpoint, self.trainable_keys(), self.state_dict)
-        template = self._data().chat_template if self._trainer is not None and self._data() is not None else None
-        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), self._trainer, template, self._total_steps,
-                                                    self._quantization)
+        # Updated, not replaced: a callback may have recorded the data's chat template there first.
+        checkpoint["lit_lora"] = checkpoint_section(self.base_fingerprint(), self._trainer, self.chat_template,
+                                                    self._total_steps, self._quantization)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = self.check_checkpoint(checkpoint)
@@ -298,3 +231,25 @@ class LitLora(pl.LightningModule):
         shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
         fingerprint = frozen_weights_fingerprint(self.model, linear_weights=False) if dequantized else self._fingerprint
         return check_checkpoint(checkpoint, shapes, fingerprint, self._quantization, dequantized)
+
+
+def _objective(value: Union[Objective, dict[str, Any], None]) -> Objective:
+    """The objective given, or built from a checkpoint's record (`_objective_record`), or the default."""
+    if value is None:
+        return SupervisedNll()
+    if isinstance(value, Objective):
+        return value
+    if isinstance(value, dict) and "class_path" in value:
+        module, _, name = value["class_path"].rpartition(".")
+        cls = getattr(import_module(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, Objective):
+            return cls(**(value.get("init_args") or {}))
+    raise LitLoraError(f"model.objective={value!r} is not an Objective (expected a class_path to a subclass of "
+                       "lit_lora.objectives.base.Objective)")
+
+
+def _objective_record(objective: Objective) -> Optional[dict[str, Any]]:
+    if type(objective) is SupervisedNll:
+        return None
+    cls = type(objective)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": objective.init_args()}

@@ -1,5 +1,5 @@
 """The global RNG states a checkpoint keeps, so dropout masks after a resume are the ones the uninterrupted
-run would have drawn (Lightning saves none; pitfall 13)."""
+run would have drawn (Lightning's checkpoints save none, so a resumed run would draw other masks)."""
 
 from __future__ import annotations
 

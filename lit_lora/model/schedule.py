@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -12,18 +13,35 @@ from lit_lora.quantization import require_bitsandbytes
 from lit_lora.settings import check_number
 
 # The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a
-# 100-step run does not spend its budget warming up (benchmarks/quality.py; README: Learning-rate defaults).
+# 100-step run does not spend its budget warming up (benchmarks/quality.py; docs/models-and-training.md).
 DEFAULT_WARMUP_RATIO = 0.05
 
 
-def check_optimizer_settings(hp: Any) -> None:
-    """One line for a learning rate, weight decay, beta, warm-up or floor out of range (`hp`: LitLora's)."""
-    check_number("model.learning_rate", hp["learning_rate"], above=0)
-    check_number("model.weight_decay", hp["weight_decay"], at_least=0)
-    for beta in hp["betas"]:
-        check_number("model.betas", beta, at_least=0, below=1)
-    check_warmup(hp["warmup_steps"], hp["warmup_ratio"])
-    check_number("model.min_lr_ratio", hp["min_lr_ratio"], at_least=0, at_most=1)
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer and schedule options of `LitLora` (their defaults and `--help` text are its own), typed,
+    for the builders here. Checked when made: one line for a value out of range."""
+
+    learning_rate: float
+    weight_decay: float
+    betas: tuple[float, float]
+    optimizer: str
+    warmup_steps: Optional[int]
+    warmup_ratio: Optional[float]
+    min_lr_ratio: float
+
+    def __post_init__(self) -> None:
+        check_number("model.learning_rate", self.learning_rate, above=0)
+        check_number("model.weight_decay", self.weight_decay, at_least=0)
+        for beta in self.betas:
+            check_number("model.betas", beta, at_least=0, below=1)
+        check_warmup(self.warmup_steps, self.warmup_ratio)
+        check_number("model.min_lr_ratio", self.min_lr_ratio, at_least=0, at_most=1)
+
+    @classmethod
+    def from_hparams(cls, hp: Mapping[str, Any]) -> "OptimizerSettings":
+        values = {f.name: hp[f.name] for f in fields(cls)}
+        return cls(**{**values, "betas": tuple(values["betas"])})
 
 
 def check_optimizer_device(name: str, device_type: str) -> None:
@@ -85,15 +103,16 @@ def current_lr(trainer: Any) -> Optional[float]:
     return float(optimizers[0].param_groups[0]["lr"]) if optimizers else None
 
 
-def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_steps: Callable[[], Optional[int]]) -> dict:
-    """AdamW over `params` with the module's settings `hp`, stepped every optimizer step by the schedule.
+def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: OptimizerSettings,
+                           total_steps: Callable[[], Optional[int]]) -> dict:
+    """AdamW over `params` with the settings `hp`, stepped every optimizer step by the schedule.
     `total_steps()` is read when the schedule runs: the run's length is known only once training starts."""
     # PyTorch's fused AdamW (CUDA, and CPU since torch 2.4) updates all LoRA tensors in one kernel
     # instead of ~10 Python-level ops per tensor: GPT-2 small's 72 LoRA tensors on this CPU,
     # 10.3 ms -> 1.6 ms per step.
     fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
     try:
-        if hp.get("optimizer") == "paged_adamw":  # QLoRA's: state pages to host memory when the GPU is short
+        if hp.optimizer == "paged_adamw":  # QLoRA's: state pages to host memory when the GPU is short
             import bitsandbytes
 
             optimizer = bitsandbytes.optim.PagedAdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay,
@@ -106,7 +125,7 @@ def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_step
 
     def factor(step: int) -> float:
         total = total_steps()
-        warmup = warmup_length(hp.get("warmup_steps"), hp.get("warmup_ratio"), total)
+        warmup = warmup_length(hp.warmup_steps, hp.warmup_ratio, total)
         return warmup_cosine(step, warmup, total, hp.min_lr_ratio)
 
     optimizer.register_load_state_dict_post_hook(lambda opt: _settings_in_use(opt, hp))
@@ -114,7 +133,7 @@ def optimizer_and_schedule(params: list[torch.nn.Parameter], hp: Any, total_step
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _settings_in_use(optimizer: torch.optim.Optimizer, hp: Any) -> None:
+def _settings_in_use(optimizer: torch.optim.Optimizer, hp: OptimizerSettings) -> None:
     """After a checkpoint's optimizer state loads: its parameter groups take this run's weight decay and
     betas (torch restores the saved ones), so a resumed run uses what its hparams.yaml records."""
     for group in optimizer.param_groups:

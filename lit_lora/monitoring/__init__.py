@@ -6,7 +6,7 @@ validation loss and the early loss trend.
 
 The CLI adds each as a forced callback with its own option group (`--memory.*`, `--throughput.*`,
 `--samples.*`, `--hparams_metric.*`, `--loss_trend.*`; the step-0 loss follows
-`--trainer.num_sanity_val_steps`). Tag names are stable; README.md ("Watching a run") lists them.
+`--trainer.num_sanity_val_steps`). Tag names are stable; docs/watching-a-run.md lists them.
 Nothing here synchronises the GPU on every step: counts stay on the device and are read once per
 `log_every_n_steps`. The callbacks are imported on first use (`lit_lora.monitoring.MemoryMonitor` keeps
 working as a `class_path`).

@@ -115,7 +115,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         n_weights = sum(v.numel() for v in checkpoint.get("state_dict", {}).values())
         print_note(f"saved {path} ({size / 1e6:.2f} MB, LoRA-only: {n_weights:,} weights)")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._preloaded: Optional[tuple[str, dict[str, Any]]] = None
+
+    def preload(self, path: Optional[str], checkpoint: Optional[dict[str, Any]]) -> None:
+        """The checkpoint at `path`, already read (and checked) by the CLI: the restore takes this copy
+        instead of reading the file again."""
+        self._preloaded = (str(path), checkpoint) if path and checkpoint is not None else None
+
     def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        if self._preloaded is not None and self._preloaded[0] == str(path):
+            checkpoint, self._preloaded = self._preloaded[1], None  # once: a later load reads the file
+            return checkpoint
         return load_checkpoint_file(path)
 
 

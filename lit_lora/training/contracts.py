@@ -9,17 +9,13 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 @runtime_checkable
 class TrainingData(Protocol):
-    """What `LitLora`, `RunCheckpoint` and the callbacks need from the data module (`LitLoraData` is one)."""
+    """What `RunCheckpoint` and the callbacks need from the data module (`LitLoraData` is one). The
+    LightningModule reads none of it: what it needs comes in each batch or from the DataPlan callback."""
 
     batch_size: int  # samples per batch on each device
     tokenizer: Any  # loaded by setup(); None before
     val_ds: Any  # None when there is no validation data
     chat_template: Optional[str]  # the Jinja text conversations were rendered with; None for text
-
-    def step_target_tokens(self, epoch: int, batch_idx: int, accumulate: int) -> Optional[int]:
-        """Target tokens of the whole optimizer step batch `batch_idx` belongs to (None: the micro-batch mean
-        already weighs every token alike)."""
-        ...
 
 
 @runtime_checkable
@@ -27,6 +23,7 @@ class TrainedModule(Protocol):
     """What the monitoring callbacks read from the LightningModule (`LitLora` is one)."""
 
     model: Any  # the PEFT-wrapped model
+    lora_settings: Any
     block_size: int
     gradient_checkpointing: bool
     memory_marks: dict[str, float]  # host RSS in MB at named points of the model build

@@ -1,4 +1,4 @@
-"""A chat fine-tune end to end, as the README's chat section runs it: fit on conversations, the template
+"""A chat fine-tune end to end, as docs/data-and-chat.md runs it: fit on conversations, the template
 carried into the checkpoint, the exported adapter and the merged model, `generate --chat` from each,
 `predict` on conversations, and `preview`."""
 

@@ -159,7 +159,7 @@ def test_flops_per_token_are_within_2_percent_of_flop_counter_on_a_real_step(fam
     module.train()
     ids = torch.randint(3, 500, (2, BLOCK), generator=torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-        nll, n = module._nll({"input_ids": ids, "labels": ids})
+        nll, n = module.objective.nll(module.model, {"input_ids": ids, "labels": ids})
         (nll / n).backward()
     measured = counter.get_total_flops() / ids.numel()
     assert training_flops_per_token(module.model, BLOCK).model == pytest.approx(measured, rel=0.02)

@@ -107,7 +107,7 @@ def test_peak_allocated_is_near_the_estimate(tiny_model_dir):
     ids = torch.randint(3, 500, (8, 64), device="cuda")
     torch.cuda.reset_peak_memory_stats()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        nll, n = module._nll({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+        nll, n = module.objective.nll(module.model, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
     (nll / n).backward()
     measured = torch.cuda.max_memory_allocated()
     assert measured == pytest.approx(estimate.weights + estimate.gradients + estimate.activations, rel=0.25)

@@ -183,15 +183,6 @@ def test_fit_prints_the_summary_and_the_bar_shows_loss_tokens_and_eta(watched_ru
     assert items["eta"] == "0:00:00"  # the run is over
 
 
-# -- throughput counting without a trainer run ----------------------------------------------------------------
-
-
-# -- FLOPs per token against torch's FlopCounterMode ---------------------------------------------------------
-
-
-# -- samples: private RNG, modes restored ----------------------------------------------------------------------
-
-
 # -- early stopping ---------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ def test_training_steps_read_nothing_from_the_device_beyond_the_model_itself(in_
     module = cli.model
     batch = next(iter(cli.datamodule.train_dataloader()))
     with HostReads() as own:
-        nll, n = module._nll(batch)
+        nll, n = module.objective.nll(module.model, batch)
         (nll / n).backward()
     quiet = [s for s in range(1, 13) if s % 4 and s % 6]
     assert {s: per_step[s] for s in quiet} == {s: own.count for s in quiet}

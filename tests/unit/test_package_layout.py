@@ -1,5 +1,5 @@
 """The package's shape: imports point down the layers and never in a circle, lazy imports of our own
-modules say why, modules, classes and functions stay small, and the README's code map matches the tree.
+modules say why, modules, classes and functions stay small, and the code map of docs/architecture.md matches the tree.
 
 Sizes: a module counts its physical lines (at most 300); a class and a function body count their lines
 of code (at most 200 and 60): blank lines, comment lines and docstrings left out, since docstrings are the
@@ -20,6 +20,7 @@ PACKAGE = REPO / "lit_lora"
 # Lowest first. A module may import its own layer and those before it, never one after it.
 LAYERS = [
     ("errors", "notes", "settings", "constants", "outputs", "jsonl", "nll"),
+    ("objectives",),
     ("hub", "quantization"),
     ("lora",),
     ("measure",),
@@ -181,13 +182,57 @@ def test_the_checks_catch_an_upward_import_a_cycle_and_an_unexplained_lazy_impor
     assert oversized(pkg) == [f"pkg/high.py: def h: body of {MAX_FUNCTION_LINES + 1} lines"]
 
 
+def calls_against_the_flow(root: Path) -> list[str]:
+    """Where data flows backwards in `fit`: the LightningModule (the file defining `LitLora`) or an objective
+    reading the data module, or the data package reading the model or writing to the trainer. The batch,
+    the callbacks and the CLI's build are the only ways between them."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(root.parent).as_posix()
+        is_model = any(isinstance(n, ast.ClassDef) and n.name == "LitLora" for n in tree.body) or "/objectives/" in rel
+        is_data = "/data/" in rel
+        for node in ast.walk(tree):
+            if is_model and isinstance(node, ast.Attribute) and node.attr == "datamodule":
+                found.append(f"{rel}:{node.lineno} reads the data module")
+            if is_model and isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                found += [f"{rel}:{node.lineno} imports {n}" for n in names if n.startswith(f"{root.name}.data")]
+            if is_data and isinstance(node, ast.Attribute) and node.attr in ("lightning_module", "model"):
+                found.append(f"{rel}:{node.lineno} reads the model")
+            if is_data and isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    chain = ast.unparse(target)
+                    if isinstance(target, ast.Attribute) and re.search(r"\btrainer\.", chain):
+                        found.append(f"{rel}:{node.lineno} writes {chain}")
+    return found
+
+
+def test_data_flows_one_way_in_fit():
+    assert calls_against_the_flow(PACKAGE) == []
+
+
+def test_the_flow_check_catches_a_model_reading_the_data_and_data_writing_the_trainer(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "data").mkdir(parents=True)
+    (pkg / "module.py").write_text("class LitLora:\n    def training_step(self, batch, i):\n"
+                                   "        return self.trainer.datamodule.step_tokens(i)\n")
+    (pkg / "data" / "dm.py").write_text("class Data:\n    def setup(self):\n"
+                                        "        self.trainer.accumulate_grad_batches = 2\n"
+                                        "        model = self.trainer.lightning_module\n")
+    assert calls_against_the_flow(pkg) == ["pkg/data/dm.py:3 writes self.trainer.accumulate_grad_batches",
+                                           "pkg/data/dm.py:4 reads the model",
+                                           "pkg/module.py:3 reads the data module"]
+
+
 def test_modules_classes_and_functions_stay_small():
     assert oversized(PACKAGE) == []
 
 
-def test_the_readme_code_map_matches_the_tree():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Code map", 1)[1].split("\n## ", 1)[0]
+def test_the_architecture_pages_code_map_matches_the_tree():
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = page.split("## Code map", 1)[1].split("\n## ", 1)[0]
     mapped = set(re.findall(r"^- `([a-z_]+)(?:/|\.py)`", section, flags=re.M))
     tree = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}

@@ -77,12 +77,12 @@ def test_a_closed_stdout_pipe_stops_quietly(monkeypatch, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_the_readmes_multi_file_example_parses(capsys):
+def test_the_docs_multi_file_example_parses(capsys):
     import re
     import shlex
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    example = re.search(r"`(--data\.train_files '\[[^`]*)`", readme).group(1)
+    page = (REPO / "docs" / "data-and-chat.md").read_text(encoding="utf-8")
+    example = re.search(r"`(--data\.train_files '\[[^`]*)`", page).group(1)
     with pytest.raises(SystemExit):
         run_cli(["fit", *shlex.split(example), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from lit_lora.data.resume import continue_epoch, data_state, reload_after
+from lit_lora.data.resume import continue_epoch, data_state, epochs_until_whole
 from lit_lora.data.samplers import ResumableSampler
 
 N = 32
@@ -42,15 +42,14 @@ def test_a_format_1_checkpoint_has_no_position_and_full_batches_before_it():
 def test_a_finished_epoch_with_the_same_batch_count_is_left_to_lightning():
     s = ResumableSampler(N, seed=42, world_size=2, batch_size=4)  # 4 batches per epoch, as the checkpoint
     assert continue_epoch(s, state(1, 8, 4, position=32), at_batch_end=True) is None
-    assert s.plan(0).start == 0 and len(s) == 16 and reload_after(SimpleNamespace(), s) is None
+    assert s.plan(0).start == 0 and len(s) == 16 and epochs_until_whole(s, 0) is None
 
 
 def test_a_finished_epoch_saved_after_validation_ends_at_the_restored_count():
     s = ResumableSampler(N, seed=42, batch_size=2)  # 16 batches per epoch; the checkpoint counted 8
     continue_epoch(s, state(1, 4, 8, position=32), at_batch_end=False)
     assert s.epoch == 0 and list(s) == [] and len(s) == 8 * 2
-    trainer = SimpleNamespace(reload_dataloaders_every_n_epochs=0, current_epoch=0)
-    assert reload_after(trainer, s) == 0 and trainer.reload_dataloaders_every_n_epochs == 1
+    assert epochs_until_whole(s, current_epoch=0) == 1
 
 
 def test_a_finished_epoch_saved_at_its_last_batch_counts_the_next_epoch_on():
@@ -60,5 +59,4 @@ def test_a_finished_epoch_saved_at_its_last_batch_counts_the_next_epoch_on():
     assert s.epoch == 1 and list(s) == s.epoch_order(1) and len(s) == 8 * 2 + N
     assert s.steps_left(1, 1) == 16
     # Lightning loaded at epoch 0, counted as done; a fresh loader must come at epoch 2, not 1.
-    trainer = SimpleNamespace(reload_dataloaders_every_n_epochs=0, current_epoch=0)
-    assert reload_after(trainer, s) == 0 and trainer.reload_dataloaders_every_n_epochs == 2
+    assert epochs_until_whole(s, current_epoch=0) == 2

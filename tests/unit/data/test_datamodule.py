@@ -114,7 +114,7 @@ def test_jsonl_text_field(tmp_path, tiny_model_dir):
     path.write_text("\n".join(json.dumps({"body": f"document number {i} " * 5}) for i in range(20)))
     dm = _module(tmp_path, tiny_model_dir, train_files=[str(path)], text_field="body", block_size=16,
                  val_fraction=0.2)
-    assert dm.data_format == "jsonl" and len(dm.train_ds) > 0
+    assert dm.data_format == "jsonl_text" and len(dm.train_ds) > 0
 
 
 def test_second_run_reuses_cache_without_tokenizing(tmp_path, tiny_model_dir, shakespeare, monkeypatch):

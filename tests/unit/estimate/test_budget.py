@@ -1,4 +1,4 @@
-"""Memory (issue 15): the estimate with the chunked loss against MemTracker at GPT-2 small's widths, the
+"""Memory: the estimate with the chunked loss against MemTracker at GPT-2 small's widths, the
 targets `summary` prints for GPT-2 small and XL (and XL's QLoRA) without building their weights, `--data.batch_size auto`
 on a faked device size (fresh and resumed), and `summary --memory_gb`."""
 
@@ -112,7 +112,7 @@ def fake_free(monkeypatch):
     def set_usable(usable):
         free = int((usable + HEADROOM_BYTES) / (1 - HEADROOM_FRACTION)) + 1
         assert usable_bytes(free) >= usable
-        monkeypatch.setattr("lit_lora.data.auto_batch.free_bytes", lambda device: free)
+        monkeypatch.setattr("lit_lora.monitoring.auto_batch.free_bytes", lambda device: free)
 
     return set_usable
 

@@ -27,7 +27,7 @@ def test_flops_per_token_match_flop_counter_on_a_real_step(tiny_model_dir, lora)
     batch = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
     counter = FlopCounterMode(display=False)
     with counter:  # one training step: forward, loss, backward, AdamW
-        nll, n = model._nll({"input_ids": batch, "labels": batch})
+        nll, n = model.objective.nll(model.model, {"input_ids": batch, "labels": batch})
         (nll / n).backward()
         optimizer.step()
     measured = counter.get_total_flops() / batch.numel()
@@ -50,7 +50,7 @@ def test_static_memory_is_exact_in_bytes(tiny_model_dir, base_dtype):
     assert weights == _unique_bytes(list(model.model.parameters()) + list(model.model.buffers()))
     optimizer = model.configure_optimizers()["optimizer"]
     batch = torch.randint(0, 512, (2, 32))
-    nll, n = model._nll({"input_ids": batch, "labels": batch})
+    nll, n = model.objective.nll(model.model, {"input_ids": batch, "labels": batch})
     (nll / n).backward()
     optimizer.step()
     assert grads == sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_lora.model.loss import step_loss, token_nll
+from lit_lora.nll import step_loss, token_nll
 from lit_lora.nll import CHUNKED_HEAD_FAMILIES
 
 

@@ -68,7 +68,7 @@ def _grads(gc: bool, tiny_model_dir, steps: int) -> dict[str, torch.Tensor]:
     batch = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
     for _ in range(steps + 1):
         opt.zero_grad()
-        nll, n = model._nll({"input_ids": batch, "labels": batch})
+        nll, n = model.objective.nll(model.model, {"input_ids": batch, "labels": batch})
         loss = nll / n
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -108,7 +108,7 @@ def test_training_step_updates_lora_weights(tiny_model_dir):
     batch = torch.randint(0, 512, (2, 32))
     for _ in range(2):
         opt.zero_grad()
-        nll, n = model._nll({"input_ids": batch, "labels": batch})
+        nll, n = model.objective.nll(model.model, {"input_ids": batch, "labels": batch})
         (nll / n).backward()
         opt.step()
     after = model.trainable_state_dict()
@@ -117,7 +117,7 @@ def test_training_step_updates_lora_weights(tiny_model_dir):
 
 
 def test_accumulated_micro_batches_train_like_one_batch_on_ragged_data(in_tmp):
-    """Pitfall 8: with gradient accumulation on prompt/completion data of very different lengths, the loss
+    """With gradient accumulation on prompt/completion data of very different lengths, the loss
     is the mean over the target tokens of the whole optimizer step, not a mean of micro-batch means. Batch 2
     x 2 accumulated must then train the same adapter as batch 4 (same samples per step, no dropout)."""
     import json

@@ -1,5 +1,7 @@
-"""`--data.batch_size auto`: the micro-batch chosen from the device's free memory and the model's memory
-estimate (measure/fit.py), when the data module is set up (every rank, after the processes have started).
+"""`AutoBatchSize`: `--data.batch_size auto`, the micro-batch chosen from the device's free memory and the
+model's memory estimate (measure/fit.py), once the data is set up (every rank, after the processes have
+started). A callback because it decides for the trainer (the accumulation) from the model and the data;
+the data module only receives the number.
 
 It is the largest power of two whose estimated peak fits the free memory less a stated headroom, the
 same on every rank (the smallest rank's choice). Resuming, the global batch (devices x micro-batch x
@@ -12,9 +14,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from lit_lora.constants import MB
-from lit_lora.errors import LitLoraError
 from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
 from lit_lora.measure.memory import estimate_training_memory
 from lit_lora.notes import print_note
@@ -22,14 +24,25 @@ from lit_lora.notes import print_note
 AUTO = "auto"
 
 
-def batch_size_for(trainer: Any, rows: int, block_size: int, resume_checkpoint: Optional[str], key: str) -> int:
-    """The data module's `auto` batch for `rows` training (or evaluation) rows; `key`: its section in the
-    checkpoint `resume_checkpoint` that fit resumes from."""
-    if trainer is None:
-        raise LitLoraError("data.batch_size auto needs the trainer (run it through the CLI or Trainer.fit)")
-    saved = saved_data_state(resume_checkpoint, key) if trainer.state.fn == "fit" else None
-    return choose_batch_size(trainer, block_size, saved, batch_limit(rows, trainer.world_size,
-                                                                     trainer.val_check_interval))
+class AutoBatchSize(Callback):
+    """Chooses the batch of a data module whose `batch_size` is "auto" (it has `wants_batch_size()` and
+    `use_batch_size(n)`), before any loader is built.
+
+    Args:
+        saved_layout: The data state of the checkpoint `fit` resumes from (its batch size, world size and
+            accumulation), handed over by the CLI, which reads the checkpoint once.
+    """
+
+    def __init__(self, saved_layout: Optional[dict[str, int]] = None) -> None:
+        self.saved_layout = saved_layout
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        data = trainer.datamodule
+        if data is None or not getattr(data, "wants_batch_size", lambda: False)():
+            return
+        saved = self.saved_layout if stage == "fit" else None
+        limit = batch_limit(data.rows(stage), trainer.world_size, trainer.val_check_interval)
+        data.use_batch_size(choose_batch_size(trainer, pl_module, data.hparams.block_size, saved, limit))
 
 
 def batch_limit(rows: int, world_size: int, val_check_interval: Any) -> int:
@@ -39,10 +52,9 @@ def batch_limit(rows: int, world_size: int, val_check_interval: Any) -> int:
     return max(1, rows // world_size // max(1, interval))
 
 
-def choose_batch_size(trainer: Any, block_size: int, saved: Optional[dict[str, int]], limit: int) -> int:
+def choose_batch_size(trainer: Any, module: Any, block_size: int, saved: Optional[dict[str, int]], limit: int) -> int:
     """The micro-batch for this run, at most `limit` (setting `trainer.accumulate_grad_batches` when resuming
     needs it); prints what it chose and why. `saved`: the checkpoint's data state when resuming."""
-    module = trainer.lightning_module
     device = trainer.strategy.root_device
     precision, gc = str(trainer.precision), bool(getattr(module, "gradient_checkpointing", False))
     free = free_bytes(device)
@@ -76,11 +88,3 @@ def _smallest_over_ranks(trainer: Any, batch: int) -> int:
         return batch
     gathered = trainer.strategy.all_gather(torch.tensor(batch, device=trainer.strategy.root_device))
     return int(gathered.min())
-
-
-def saved_data_state(ckpt_path: Optional[str], key: str) -> Optional[dict[str, int]]:
-    """The data module's state in the checkpoint `fit` resumes from (None when it starts fresh)."""
-    if not ckpt_path:
-        return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    return checkpoint.get(key) or None

@@ -1,0 +1,60 @@
+"""`Objective`: the contract between a batch and the loss a step backpropagates.
+
+`LitLora` owns the model, the optimizer and the checkpoint; the objective owns the arithmetic of one step.
+It reads only its batch (the keys it names in `batch_keys`) and the step's layout (`StepLayout`), never the
+data module, so a new objective plugs in without touching the training loop or the SFT path.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, NamedTuple
+
+import torch
+
+from lit_lora.errors import LitLoraError
+
+
+class StepLayout(NamedTuple):
+    """How one optimizer step is split: micro-batches accumulated per process, and processes."""
+
+    accumulate: int
+    world: int
+
+
+class Objective(torch.nn.Module):
+    """What a step computes from a batch. A subclass sets `batch_keys` and implements the three methods.
+
+    It is an `nn.Module` so its metric states move to the model's device and sum across processes
+    (torchmetrics); it holds no weights of its own, and checkpoints keep none of its state.
+    """
+
+    batch_keys: tuple[str, ...] = ()
+
+    def check_batch(self, batch: dict[str, Any]) -> None:
+        """One line naming the keys this objective needs that a batch lacks."""
+        missing = [k for k in self.batch_keys if k not in batch]
+        if missing:
+            raise LitLoraError(f"the {type(self).__name__} objective needs batches with {', '.join(missing)}; the data "
+                               f"gave {', '.join(sorted(batch))}")
+
+    def training_loss(self, model: Any, batch: dict[str, Any], first_of_step: bool,
+                      layout: StepLayout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the loss to backpropagate for this micro-batch, metrics to log as `train_<name>`).
+        `first_of_step`: the first micro-batch of an optimizer step on this process."""
+        raise NotImplementedError
+
+    def update_eval(self, model: Any, batch: dict[str, Any]) -> None:
+        """Add a validation or test batch to the running sums."""
+        raise NotImplementedError
+
+    def compute_eval(self) -> dict[str, torch.Tensor]:
+        """The metrics over every batch since the last call (`loss` first, logged as `val_loss`, ...), and
+        reset; empty when no batch counted."""
+        raise NotImplementedError
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor's arguments, as plain values, read from the attributes of the same names: how a
+        checkpoint records this objective. Override it when an argument is kept under another name."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self" and hasattr(self, name)}
