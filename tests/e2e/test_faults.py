@@ -61,7 +61,7 @@ def test_ctrl_c_during_validation_stops_within_the_batch_and_saves(in_tmp, tiny_
     args = fit_args(tiny_model_dir, shakespeare, in_tmp, "--trainer.max_steps", "6",
                     "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0",
                     "--trainer.limit_val_batches", "3")
-    assert main([*args, "--trainer.callbacks+=tests.test_faults.SigintInValidation",
+    assert main([*args, "--trainer.callbacks+=tests.e2e.test_faults.SigintInValidation",
                  "--trainer.callbacks.at_step", "2"]) == 0
     out = capsys.readouterr().err
     stopper = SigintInValidation.last
