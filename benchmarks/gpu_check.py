@@ -15,8 +15,8 @@ Rows, in this order (a run cut short still leaves the rows it finished in `--out
   memory  GPT-2 small and XL shapes (random init, bf16 base, bf16-mixed, gradient checkpointing) at
           8 x 512, and XL on an nf4 base (QLoRA): `summary`'s estimate against
           `torch.cuda.max_memory_allocated` of a second training step
-  test    each `gpu`-marked test (tests/test_gpu.py): bf16-mixed fit and exact resume, fused AdamW, CUDA
-          memory and MFU tags, `--model.compile true`, FSDP on one GPU, Liger's loss against the chunked one,
+  test    each `gpu`-marked test (tests/e2e/test_gpu.py, tests/e2e/resume/): bf16-mixed fit and exact resume,
+          fused AdamW, CUDA memory and MFU tags, `--model.compile true`, FSDP on one GPU, Liger's loss against the chunked one,
           QLoRA (nf4 base moved to the GPU, paged AdamW) with exact resume
   speed   benchmarks/throughput.py --device cuda at GPT-2 small, block 1024, bf16: tokens/s and MFU of
           lit_lora, the plain loop and the Trainer
@@ -115,8 +115,12 @@ def _measured_peak(module_class: type, shape: dict, settings: dict) -> int:
     return int(peak)
 
 
+# Where the `gpu`-marked tests are: the GPU checks, and the exact resume on a GPU with the other resumes.
+GPU_TESTS = ("tests/e2e/test_gpu.py", "tests/e2e/resume/test_models.py")
+
+
 def test_rows(table: Table, dry_run: bool, timeout: int) -> None:
-    args = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "gpu", "tests/test_gpu.py"]
+    args = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "gpu", *GPU_TESTS]
     if dry_run:
         args.append("--collect-only")
     start = time.perf_counter()
@@ -125,7 +129,7 @@ def test_rows(table: Table, dry_run: bool, timeout: int) -> None:
         out = done.stdout + done.stderr
     except subprocess.TimeoutExpired as err:
         out = (err.stdout or b"").decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-        table.row("test", "tests/test_gpu.py", "TIMEOUT", f"after {timeout} s", time.perf_counter() - start)
+        table.row("test", " ".join(GPU_TESTS), "TIMEOUT", f"after {timeout} s", time.perf_counter() - start)
     seconds = time.perf_counter() - start
     found = re.findall(r"^(PASSED|FAILED|ERROR|SKIPPED)\S* (?:\[\d+\] )?\S*?::(\w+)(?: - (.*))?$", out, re.M)
     if dry_run:
@@ -133,7 +137,7 @@ def test_rows(table: Table, dry_run: bool, timeout: int) -> None:
     for result, name, detail in found:
         table.row("test", name, result, (detail or "")[:200], seconds / max(1, len(found)))
     if not found:
-        table.row("test", "tests/test_gpu.py", "NO RESULT", out.strip().splitlines()[-1][:200] if out.strip() else "",
+        table.row("test", " ".join(GPU_TESTS), "NO RESULT", out.strip().splitlines()[-1][:200] if out.strip() else "",
                   seconds)
 
 

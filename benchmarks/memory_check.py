@@ -5,7 +5,7 @@
     python benchmarks/memory_check.py --batches 1 4 --block_size 320 --no-gradient_checkpointing
 
 The estimate's activations (dry run on fake tensors) against MemTracker's peak less the exact weights and
-gradients (`tests/helpers.memtracker_activations`), as tests/test_memory_fit.py checks at 2 layers (5%).
+gradients (`tests/helpers.memtracker_activations`), as tests/unit/estimate/test_budget.py checks at 2 layers (5%).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Helpers for tests: run the CLI in-process and read TensorBoard scalars back."""
+"""Helpers shared by tests: run the CLI in-process or as processes, read TensorBoard scalars and checkpoints
+back, and the tiny models and files several test folders use. Test modules import from here, never from
+each other."""
 
 from __future__ import annotations
 
@@ -12,6 +14,65 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import cli_main
+from tests.conftest import QUICKSTART, REPO
+
+# The checkpoint lit_lora wrote before the package was layered: the quickstart at step 4, LoRA r=4 on c_attn.
+LEGACY = REPO / "tests" / "fixtures" / "legacy-format1.ckpt"
+TOKENIZER = str(QUICKSTART / "tokenizer")
+# The flags it was trained with, over conf/quickstart.yaml.
+TRAINED_WITH = ["--config", str(REPO / "conf" / "quickstart.yaml"), "--model.lora.r", "4", "--model.lora.alpha", "8",
+                "--model.lora.target_modules", "[c_attn]", "--trainer.enable_progress_bar", "false",
+                "--samples.prompts", "[]"]
+
+# Tiny random models of every family we name (saved with `save_pretrained` by the end-to-end tests).
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             max_position_embeddings=128)
+GQA = dict(SMALL, num_key_value_heads=2)  # grouped-query attention: 2 key/value heads for 4 query heads
+# (model_type, config fields, tokenizer): tied and untied output heads, GQA, and a tokenizer that adds BOS.
+FAMILIES = {
+    "gpt2": ({"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}, "plain"),
+    "gpt_neo": ({"hidden_size": 32, "num_layers": 2, "num_heads": 4, "max_position_embeddings": 128,
+                 "attention_types": [[["global", "local"], 1]], "window_size": 16}, "plain"),
+    "gpt_neox": (dict(SMALL, rotary_pct=0.25, tie_word_embeddings=False), "plain"),  # Pythia: untied
+    "opt": ({"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "max_position_embeddings": 128, "word_embed_proj_dim": 32}, "plain"),
+    "llama": (dict(GQA, tie_word_embeddings=True), "bos"),  # SmolLM2: tied, GQA, BOS
+    "mistral": (dict(GQA, tie_word_embeddings=False), "bos"),
+    "qwen2": (dict(GQA, tie_word_embeddings=True), "plain"),  # Qwen2.5 small: tied, no BOS
+    "qwen3": (dict(GQA, head_dim=8, tie_word_embeddings=True), "plain"),
+    "phi3": (dict(GQA, tie_word_embeddings=False, pad_token_id=None, original_max_position_embeddings=128), "plain"),
+    "gemma2": (dict(GQA, head_dim=8, sliding_window=16, tie_word_embeddings=True), "plain"),
+}
+VOCAB = 520  # the quickstart tokenizer's 512 tokens, and a BOS added for the "bos" tokenizer
+# A one-layer Gemma 2, whose attention has no sdpa implementation.
+GEMMA2 = {"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": VOCAB}
+
+# QLoRA's families, at twice the width (bitsandbytes' 4-bit blocks of 64 values).
+QLORA_FAMILIES = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 128},
+    "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128},
+}
+QLORA_VOCAB = 512
+# Each family's shared run (tests/e2e/conftest.py): 6 steps of 2 x 32 tokens, a checkpoint every 3.
+RUN_STEPS, RUN_SAVE_EVERY, RUN_BLOCK, RUN_BATCH = 6, 3, 32, 2
+
+
+def bos_tokenizer_dir(folder: Any) -> Any:
+    """The quickstart tokenizer with a `<s>` BOS that it puts before every text (as Llama's do) and no pad
+    token, built with `tokenizers` as the quickstart's was."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    tok.add_special_tokens({"bos_token": "<s>"})
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                              special_tokens=[("<s>", bos)])
+    tok.pad_token = None
+    tok.save_pretrained(str(folder))
+    return folder
 
 
 def fit_args(model_dir: Any, train: Any, tmp: Any, *extra: str) -> list[str]:
@@ -97,6 +158,44 @@ def cli_output(cwd: Any, *args: str, code: int = 0, notes: bool = False) -> str:
 def checkpoints_dir(run: Any) -> Any:
     """Where a run started in folder `run` writes its checkpoints (the default logger's first version)."""
     return run / "lightning_logs" / "lit_lora" / "version_0" / "checkpoints"
+
+
+def lora_state(path: Any) -> dict[str, torch.Tensor]:
+    """The state dict (LoRA weights only) of the checkpoint at `path`."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert sorted(a) == sorted(b)
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def records(path: Any) -> list[dict]:
+    """The lines of a JSONL file that a recording callback wrote."""
+    return [json.loads(line) for line in open(path).read().splitlines()]
+
+
+def fit_in_process(cwd: Any, *args: str) -> tuple[int, str, str]:
+    """`fit ARGS` in this process, run from `cwd` (made if missing), on one device: (exit code, stdout,
+    stderr). Module- and session-scoped fixtures cannot use capsys, so the output is captured by hand."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from lit_lora.cli import main
+
+    os.makedirs(cwd, exist_ok=True)
+    mp = pytest.MonkeyPatch()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        mp.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["fit", *args])
+    finally:
+        mp.undo()
+    return code, out.getvalue(), err.getvalue()
 
 
 def assert_resume_repeats(full: Any, resumed: Any, from_step: int, last: str) -> None:
@@ -284,3 +383,81 @@ def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -
         (nll / n).backward()
     peak = max(snapshot["Total"] for snapshot in tracker.get_tracker_snapshot("peak").values())
     return peak - estimate.weights - estimate.gradients
+
+
+# Two processes on CPU (DDP over gloo) against one process with the same global batch: 32 training blocks of
+# 32 tokens, 2 ranks x BATCH samples per step or one process x 2 * BATCH, 4 steps per epoch, 2 epochs.
+N_TRAIN, BATCH, STEPS_PER_EPOCH, EPOCHS = 32, 4, 4, 2  # BATCH per rank; one process uses 2 * BATCH
+DATA_SEED = 42  # LitLoraData's default seed
+TOL = 1e-5  # max abs difference of LoRA weights, DDP vs one process (float32 summation order)
+DDP_FLAGS = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def start_ddp(cwd: Any, *args: str, torchrun: bool = False) -> Any:
+    """`fit` with 2 processes, started in the background: Lightning's launcher starts rank 1 itself, or
+    torchrun starts both (the multi-node launch of docs/distributed.md, on one machine)."""
+    import subprocess
+    import sys
+
+    os.makedirs(cwd, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env.pop("PL_GLOBAL_SEED", None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if torchrun else [
+        sys.executable]
+    return subprocess.Popen([*launch, "-m", "lit_lora.cli", "fit", *args, *DDP_FLAGS], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish_ddp(proc: Any) -> str:
+    """What both ranks printed; fails on a nonzero exit or a hang."""
+    import signal
+    import subprocess
+
+    import pytest
+
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # rank 1 too: it is in the same session
+        out, _ = proc.communicate()
+        pytest.fail(f"the DDP run hung:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def epoch_order(epoch: int, n: int = N_TRAIN) -> list[int]:
+    """The seeded order of `n` training samples in `epoch`, as every run here reads them."""
+    from lit_lora.data.samplers import ResumableSampler
+
+    return ResumableSampler(n, seed=DATA_SEED).epoch_order(epoch)
+
+
+def gpu_fit(cwd: Any, model_dir: Any, corpus: Any, *extra: str) -> Any:
+    """A bf16-mixed `fit` on one CUDA GPU, in-process, run from `cwd` (made if missing)."""
+    gpu = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
+           "--trainer.log_every_n_steps", "2")
+    os.makedirs(cwd, exist_ok=True)
+    return run_cli(fit_args(model_dir, corpus, cwd, *gpu, *extra), cwd=cwd)
+
+
+def checkpoint_file(run: Any, name: str) -> Any:
+    """Checkpoint `name` of the run started in folder `run`."""
+    return checkpoints_dir(run) / name
+
+
+def save_qlora_base(folder: Any, model_type: str, fields: dict, seed: int = 0) -> Any:
+    """A tiny random model of `model_type` with the quickstart tokenizer, saved as a user's folder is."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(QUICKSTART / "tokenizer"))
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, vocab_size=QLORA_VOCAB, bos_token_id=tokenizer.eos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, **fields)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def packed_for_cpu_inference(layer: Any) -> bool:
+    """Whether bitsandbytes has repacked this 4-bit layer's weight into its CPU inference layout."""
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))

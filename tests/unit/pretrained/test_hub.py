@@ -1,0 +1,57 @@
+"""Building a family's model from its config: the causal-LM class of an encoder-decoder family, published
+config fields, and the fallbacks of a family without sdpa attention or without a default target table."""
+
+from __future__ import annotations
+
+import json
+
+from tests.helpers import GEMMA2, VOCAB
+
+
+def test_an_encoder_decoder_family_keeps_its_causal_lm_class():
+    from transformers import BartConfig, BertConfig
+
+    from lit_lora.hub import causal_lm_class
+
+    assert causal_lm_class(BartConfig()).__name__ == "BartForCausalLM"  # its decoder, causal by itself
+    assert causal_lm_class(BertConfig(is_decoder=True)).__name__ == "BertLMHeadModel"
+
+
+def test_published_config_fields_are_accepted_and_the_callers_dict_is_left_alone():
+    from lit_lora.hub import build_config
+
+    # Keys real config.json files carry: read by the family (Phi-3's partial_rotary_factor), translated by
+    # transformers (rope_theta), or kept and unused (GPT-2's n_ctx, Qwen2's use_mrope).
+    build_config({"model_type": "phi3", "hidden_size": 32, "num_attention_heads": 4, "partial_rotary_factor": 0.5})
+    build_config({"n_ctx": 1024})
+    build_config({"model_type": "qwen2", "use_mrope": False})
+    fields = {"model_type": "llama", "rope_theta": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    given = json.loads(json.dumps(fields))
+    build_config(fields)
+    assert fields == given  # resuming with the same model_config must match the checkpoint's
+
+
+def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_all_linear(capsys):
+    from lit_lora.hub import load_base_model
+    from lit_lora.lora.settings import LoraSettings
+    from lit_lora.lora.targets import resolve_targets
+    from lit_lora.nll import output_head
+
+    model = load_base_model("unused", model_config=GEMMA2)
+    assert model.config._attn_implementation == "eager"
+    assert capsys.readouterr().err == ("lit_lora: Gemma2ForCausalLM has no SDPA attention in transformers; using "
+                                       "eager attention\n")
+    starcoder = load_base_model("unused", model_config={"model_type": "starcoder2", "hidden_size": 32,
+                                                        "intermediate_size": 64, "num_hidden_layers": 1,
+                                                        "num_attention_heads": 4, "num_key_value_heads": 2,
+                                                        "vocab_size": VOCAB})
+    lora, note = resolve_targets(LoraSettings(), starcoder)
+    assert lora.target_modules == "all-linear" and note == (
+        "lit_lora: no default LoRA targets for model type 'starcoder2'; adapting all-linear (every linear layer "
+        "but the output head). Set --model.lora.target_modules to choose")
+    assert resolve_targets(LoraSettings(target_modules=["c_fc"]), starcoder) == (LoraSettings(target_modules=["c_fc"]),
+                                                                                  None)
+    # A head we have not checked runs in full (Starcoder2's is plain, but others scale their logits).
+    assert output_head(starcoder) == (None, "lit_lora: the loss computes the full logits for model type 'starcoder2' "
+                                            "(the chunked output head is checked for gpt2, llama and the README's "
+                                            "other families only)")

@@ -1,0 +1,34 @@
+"""TF32 on the GPUs that have it, and never on CPUs or over a user's choice. Runs that check the host reads
+and compile are in tests/e2e/test_performance.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_lora.training.speed import enable_tf32
+
+
+@pytest.fixture
+def matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("capability, expected", [((8, 0), "high"), ((9, 0), "high"), ((7, 5), "highest")])
+def test_tf32_is_turned_on_for_gpus_that_have_it(monkeypatch, matmul_precision, capability, expected):
+    # No GPU here: the capability is what an A100/H100 (8.0/9.0) or an RTX 2080 (7.5, no TF32) reports.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert enable_tf32(torch.device("cuda", 0)) is (expected == "high")
+    assert torch.get_float32_matmul_precision() == expected
+
+
+def test_tf32_leaves_cpus_and_a_users_choice_alone(monkeypatch, matmul_precision):
+    assert enable_tf32(torch.device("cpu")) is False
+    assert torch.get_float32_matmul_precision() == "highest"  # CPU runs stay bit-exact
+    torch.set_float32_matmul_precision("medium")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert enable_tf32(torch.device("cuda", 0)) is True
+    assert torch.get_float32_matmul_precision() == "medium"
