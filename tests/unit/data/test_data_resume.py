@@ -3,7 +3,6 @@ another batch size or number of devices takes it up, in each of the cases Lightn
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 from lit_lora.data.resume import continue_epoch, data_state, epochs_until_whole
 from lit_lora.data.samplers import ResumableSampler
