@@ -44,8 +44,8 @@ def measure(ds, tokenizer, batch: int, steps: int, sampler_kwargs: dict) -> dict
     from lit_lora.data.batches import Collator, RowsView
     from lit_lora.data.report import padding_efficiency, row_stats
     from lit_lora.data.samplers import ResumableSampler
-    from lit_lora.model.module import LitLora
-    from lit_lora.nll import model_nll
+    from lit_lora.training.module import LitLora
+    from lit_lora.objectives.nll import model_nll
 
     torch.manual_seed(0)
     module = LitLora(model_name_or_path="random-init", tokenizer_name_or_path=str(ROOT / "examples/quickstart/tokenizer"),
@@ -88,7 +88,7 @@ def main() -> None:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lit_lora.data.corpus import build_split
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tokenizer = load_tokenizer(str(ROOT / "examples/quickstart/tokenizer"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,11 +44,11 @@ def rows() -> list[tuple[str, str, str, int, int]]:
     """(model_type, reference model, default targets, base parameters, trainable at r=8)."""
     import torch
 
-    from lit_lora.hub import build_config
+    from lit_lora.pretrained.hub import build_config
     from lit_lora.lora.settings import LoraSettings
     from lit_lora.lora.targets import DEFAULT_TARGETS
     from lit_lora.lora.wrap import apply_lora
-    from lit_lora.measure.summary import count_parameters
+    from lit_lora.estimate.model_summary import count_parameters
     from transformers import AutoModelForCausalLM
 
     out = []

@@ -62,9 +62,9 @@ def memory_rows(table: Table, dry_run: bool) -> None:
     import torch
 
     from lit_lora.constants import MB
-    from lit_lora.measure.memory import estimate_training_memory
-    from lit_lora.model import LitLora
-    from lit_lora.model.build import without_weights
+    from lit_lora.estimate.memory import estimate_training_memory
+    from lit_lora.training.module import LitLora
+    from lit_lora.lora.build import without_weights
 
     settings = dict(tokenizer_name_or_path="unused", base_dtype="bfloat16", gradient_checkpointing=True, block_size=512)
     for name, (shape, extra) in SHAPES.items():
@@ -92,7 +92,7 @@ def _measured_peak(module_class: type, shape: dict, settings: dict) -> int:
     """Peak allocated bytes of the second of two training steps (AdamW's state then exists)."""
     import torch
 
-    from lit_lora.nll import model_nll
+    from lit_lora.objectives.nll import model_nll
 
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
     from lit_lora.constants import MB
-    from lit_lora.measure.memory import estimate_training_memory
-    from lit_lora.model import LitLora
+    from lit_lora.estimate.memory import estimate_training_memory
+    from lit_lora.training.module import LitLora
     from tests.helpers import memtracker_activations  # the tests' measurement, at the full depth
 
     gc = args.gradient_checkpointing

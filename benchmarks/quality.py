@@ -13,7 +13,7 @@ every run is scored on, the rest is the training file. Every run:
   seed as data.seed), and the plain loop and the Trainer are fed that loader's batches;
 - runs the same number of optimizer steps, with the same LoRA settings as conf/gpt2/lora.yaml;
 - is scored by one function: the token-weighted NLL of the final weights on the validation file
-  (`lit_lora.nll.model_nll`, summed over all tokens, divided by their count).
+  (`lit_lora.objectives.nll.model_nll`, summed over all tokens, divided by their count).
 
 Rows: the base alone; `lit_lora fit --config conf/gpt2/lora.yaml` (its model and optimizer defaults: the
 default learning rate replaces the config's 1e-3; only the data, steps and batch shape are set, plus no early
@@ -177,7 +177,7 @@ def train_batches(dm: Any, steps: int) -> list[dict[str, torch.Tensor]]:
 
 @torch.no_grad()
 def val_loss(model: Any, dm: Any) -> float:
-    from lit_lora.nll import model_nll
+    from lit_lora.objectives.nll import model_nll
 
     was_training = model.training
     model.eval()
@@ -251,7 +251,7 @@ QLORA_ARGS = ["--model.quantization", "nf4"]  # the QLoRA row: lit_lora's defaul
 def run_lit_lora(base: str, files: tuple[str, str], dm: Any, steps: int, seed: int, work: str,
                  extra: list[str]) -> float:
     from lit_lora.cli.trainer_cli import LitLoraCLI
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
 
     # The config states GPT-2 small's rate; this row measures the default learning rate.
     default_lr = inspect.signature(LitLora.__init__).parameters["learning_rate"].default

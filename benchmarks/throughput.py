@@ -76,7 +76,7 @@ def build_peft_model(args: argparse.Namespace) -> Any:
     (Not through LitLora itself, so the plain loop and the Trainer do not import Lightning.)"""
     import torch
 
-    from lit_lora.hub import load_base_model
+    from lit_lora.pretrained.hub import load_base_model
     from lit_lora.lora import LoraSettings
     from lit_lora.lora.wrap import apply_lora
 
@@ -104,7 +104,7 @@ def describe_model(model: Any) -> dict[str, str]:
     if ckpt is None:
         ckpt = getattr(inner, "is_gradient_checkpointing", False)
     lora_dropout = model.peft_config["default"].lora_dropout if hasattr(model, "peft_config") else "-"
-    from lit_lora.quantization import is_quantized_weight, logical_numel, quantization_line
+    from lit_lora.pretrained.quantization import is_quantized_weight, logical_numel, quantization_line
 
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
                      if not p.requires_grad and not is_quantized_weight(p)})

@@ -92,7 +92,7 @@ def fit_args(model_dir: Any, train: Any, tmp: Any, *extra: str) -> list[str]:
 
 
 def _signalled(trainer: Any) -> bool:
-    from lit_lora.training.faults import GracefulStop
+    from lit_lora.callbacks.graceful_stop import GracefulStop
 
     return trainer.received_sigterm or any(isinstance(c, GracefulStop) and c.signal_name for c in trainer.callbacks)
 
@@ -280,7 +280,7 @@ class DeferFiniteCheck(Callback):
     steps and before saving) on the CPU."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        from lit_lora.monitoring.finite_loss import FiniteLossStop
+        from lit_lora.callbacks.finite_loss import FiniteLossStop
 
         next(c for c in trainer.callbacks if isinstance(c, FiniteLossStop)).guard.defer = True
 

@@ -157,7 +157,7 @@ class _Parsers:
             self.parse_trainer(sub, args, redirect)
         elif sub == "summary":
             from lit_lora.cli.summary import _pop_memory_gb
-            from lit_lora.measure.fit import parse_memory_gb
+            from lit_lora.estimate.budget import parse_memory_gb
 
             args, memory_gb = _pop_memory_gb(args)
             parse_memory_gb(memory_gb)

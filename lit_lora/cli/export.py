@@ -30,7 +30,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import export_adapter
     from lit_lora.outputs import check_output_dir, shown
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.loading import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)

@@ -78,7 +78,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_lora.generation.chat import resolve_template
     from lit_lora.generation.prompts import generate_records, read_messages, read_prompts
     from lit_lora.outputs import check_output_file
-    from lit_lora.restore import load_generation_model
+    from lit_lora.loading import load_generation_model
 
     if args.output:
         check_output_file(args.output, "--output", args.overwrite)  # before loading the model

@@ -15,7 +15,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import merge_to_dir
     from lit_lora.outputs import check_output_dir, shown
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.loading import module_from_checkpoint
 
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     # Into the full-precision weights: merging into 4-bit ones would round the LoRA update away.

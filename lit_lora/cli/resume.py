@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import tokenizer_source
 from lit_lora.notes import print_note
-from lit_lora.training.checkpoint_io import find_last_checkpoint, run_version_of
+from lit_lora.pretrained.hub import tokenizer_source
+from lit_lora.training.checkpoint_files import find_last_checkpoint, run_version_of
 
 # How a resumed run treats each model option typed with another value than the checkpoint's. Every
 # LitLora argument is listed (a unit test checks it), so a new option must be classified here.
 #   "refused": the checkpoint's tensors or optimizer state cannot follow it; one line, exit 2.
-#   "applied": the restored optimizer or schedule takes the new value (model/schedule.py); said in one line.
+#   "applied": the restored optimizer or schedule takes the new value (training/schedule.py); said in one line.
 #   "used":    nothing restored depends on it (how the step is computed, or checked when the weights load).
 #   "data":    set from the data options (data changes are said by `data_changes`).
 RESUME_RULES: dict[str, str] = {

@@ -18,11 +18,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.cli.resume import logger_location, version_in
 from lit_lora.data.files import resolve_files
-from lit_lora.errors import LitLoraError
 from lit_lora.data.sources import file_list
-from lit_lora.outputs import shown
-from lit_lora.training.checkpoint_io import claim_run_version
+from lit_lora.errors import LitLoraError
 from lit_lora.notes import print_note
+from lit_lora.outputs import shown
+from lit_lora.training.checkpoint_files import claim_run_version
 
 # Lightning's callbacks that refuse to run without a logger (they only log).
 _NEEDS_A_LOGGER = (LearningRateMonitor, DeviceStatsMonitor)

@@ -35,8 +35,8 @@ def _summary_cli_class() -> type:
                 trainer_cfg.precision = default_precision(trainer_cfg.get("accelerator"))
 
         def instantiate_classes(self) -> None:
-            from lit_lora.model.build import without_weights  # start-up: see above
-            from lit_lora.model.module import LitLora
+            from lit_lora.lora.build import without_weights  # start-up: see above
+            from lit_lora.training.module import LitLora
 
             cfg = self.config[self.subcommand]
             with without_weights():  # shapes and counts only: GPT-2 XL in seconds, without its 6 GB
@@ -61,7 +61,7 @@ def _pop_memory_gb(argv: list[str]) -> tuple[list[str], Optional[str]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv, memory_gb = _pop_memory_gb(list(sys.argv[1:] if argv is None else argv))
-    from lit_lora.measure.fit import parse_memory_gb  # start-up: see _summary_cli_class
+    from lit_lora.estimate.budget import parse_memory_gb  # start-up: see _summary_cli_class
 
     memory_bytes = parse_memory_gb(memory_gb)  # None for "gpu": the visible GPU's free memory
     if any(a in ("-h", "--help") for a in argv):
@@ -77,7 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     module = cli.model
     precision = str(cfg.trainer.get("precision"))
     from lit_lora.cli import will_it_fit  # start-up: see _summary_cli_class
-    from lit_lora.measure.summary import summary_lines
+    from lit_lora.estimate.model_summary import summary_lines
     from lit_lora.training.devices import accelerator_device
 
     device = accelerator_device(cfg.trainer.get("accelerator"))
@@ -111,9 +111,9 @@ def _auto_batch_limit(cfg: Any) -> Optional[int]:
     """fit's cap on an `auto` batch, from the training rows (tokenized as fit does, into the same cache); None
     when no training files are there (summary needs none; a dataset name is not fetched)."""
     from lit_lora.cli.run_folder import check_data_files  # start-up: see _summary_cli_class
-    from lit_lora.monitoring.auto_batch import batch_limit
+    from lit_lora.callbacks.auto_batch import batch_limit
     from lit_lora.data.sources import build_training_splits
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     data = cfg.data.as_dict()
     if not data["train_files"]:
@@ -130,8 +130,8 @@ def _auto_batch_limit(cfg: Any) -> Optional[int]:
 
 def _gpt2_builder(cfg: Any) -> Any:
     """Builds the LoRA model of a GPT-2 shape with this run's settings, on the meta device."""
-    from lit_lora.model.build import without_weights  # start-up: see _summary_cli_class
-    from lit_lora.model.module import LitLora
+    from lit_lora.lora.build import without_weights  # start-up: see _summary_cli_class
+    from lit_lora.training.module import LitLora
 
     settings = cfg.model.clone().as_dict()
 

@@ -18,6 +18,15 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_lora.callbacks.checkpoint import RunCheckpoint
+from lit_lora.callbacks.graceful_stop import GracefulStop
+from lit_lora.callbacks.hparams import HparamsMetric
+from lit_lora.callbacks.loss_trend import LossTrend
+from lit_lora.callbacks.memory import MemoryMonitor
+from lit_lora.callbacks.progress import with_run_eta
+from lit_lora.callbacks.run_callbacks import run_callbacks
+from lit_lora.callbacks.samples import SampleGenerator
+from lit_lora.callbacks.throughput import TokenThroughput
 from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import plain, apply_checkpoint_settings, logger_location, resolve_ckpt_path
 from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_folders, run_dir,
@@ -25,22 +34,13 @@ from lit_lora.cli.run_folder import (RunConfig, check_data_files, claim_run_fold
 from lit_lora.data.datamodule import LitLoraData
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.writer import JsonlPredictionWriter
-from lit_lora.hub import check_vocabulary, tokenizer_source
-from lit_lora.model.module import LitLora
-from lit_lora.monitoring.hparams import HparamsMetric
-from lit_lora.monitoring.loss_trend import LossTrend
-from lit_lora.monitoring.memory import MemoryMonitor
-from lit_lora.monitoring.progress import with_run_eta
-from lit_lora.monitoring.run_callbacks import run_callbacks
-from lit_lora.monitoring.samples import SampleGenerator
-from lit_lora.monitoring.throughput import TokenThroughput
-from lit_lora.outputs import ensure_writable, shown
-from lit_lora.restore import export_best_checkpoint
-from lit_lora.training.checkpoint import RunCheckpoint
-from lit_lora.training.checkpoint_io import AtomicCheckpointIO, check_resumable, load_checkpoint_file
-from lit_lora.training.devices import default_precision
-from lit_lora.training.faults import GracefulStop
+from lit_lora.loading import export_best_checkpoint
 from lit_lora.notes import print_note
+from lit_lora.outputs import ensure_writable, shown
+from lit_lora.pretrained.hub import check_vocabulary, tokenizer_source
+from lit_lora.training.checkpoint_files import AtomicCheckpointIO, check_resumable, load_checkpoint_file
+from lit_lora.training.devices import default_precision
+from lit_lora.training.module import LitLora
 
 # Reproducible by default: a printed config re-run with --config must draw the same seed (not `true`).
 DEFAULT_SEED = 1234
@@ -55,7 +55,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # DistributedSampler could not.
     "use_distributed_sampler": False,
     # The sanity check runs the whole validation set: the loss of the model before any update, logged at
-    # step 0 (monitoring.start_loss). 0 turns it off (large validation sets); a resumed run skips it.
+    # step 0 (callbacks.start_loss). 0 turns it off (large validation sets); a resumed run skips it.
     "num_sanity_val_steps": -1,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",

@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 from lit_lora.constants import MB
 from lit_lora.errors import LitLoraError
-from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
-from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.estimate.budget import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
+from lit_lora.estimate.memory import estimate_training_memory
 
 # The published GPT-2 shapes (their config.json files: n_embd, n_layer, n_head; all 1,024 positions).
 GPT2_SIZES = {

@@ -29,9 +29,9 @@ from lit_lora.data.packing import pack_examples, pack_text
 from lit_lora.data.workers import die_with_parent, worker_count
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.chat import resolve_template
-from lit_lora.hub import bos_prefix
-from lit_lora.outputs import ensure_writable
 from lit_lora.notes import print_note
+from lit_lora.outputs import ensure_writable
+from lit_lora.pretrained.hub import bos_prefix
 
 # Rows of text (and of their tokens) held in memory at once: ~16 x 256 KB. `datasets` defaults to 1,000 rows,
 # which on a corpus of a few hundred MB is all of it, so peak memory grew with the corpus.

@@ -18,11 +18,11 @@ from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
 from lit_lora.data.report import training_data_lines
 from lit_lora.data.resume import ResumableMarkerLoader
 from lit_lora.data.samplers import EvalShardSampler
+from lit_lora.data.sources import build_eval_split, build_training_splits, check_options, eval_files_only
 from lit_lora.data.stages import build_stage
 from lit_lora.data.train_order import TrainOrder
-from lit_lora.data.sources import build_eval_split, build_training_splits, check_options, eval_files_only
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_tokenizer
+from lit_lora.pretrained.hub import load_tokenizer
 
 AUTO = "auto"
 

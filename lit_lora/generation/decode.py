@@ -17,7 +17,7 @@ import torch
 
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.settings import GenerationSettings
-from lit_lora.lora.layers import base_model, context_length
+from lit_lora.lora.parts import base_model, context_length
 from lit_lora.notes import print_note
 
 

@@ -9,11 +9,11 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import bos_prefix
-from lit_lora.jsonl import decode_line, read_jsonl
 from lit_lora.generation.chat import ROLES, chat_prompt_ids, stop_ids
 from lit_lora.generation.decode import decode_completion, generate_ids
 from lit_lora.generation.settings import GenerationSettings
+from lit_lora.jsonl import decode_line, read_jsonl
+from lit_lora.pretrained.hub import bos_prefix
 
 Prompt = Union[str, list[dict[str, str]]]  # a text to continue, or a conversation to reply to
 

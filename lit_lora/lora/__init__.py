@@ -1,5 +1,7 @@
-"""LoRA in PEFT's terms: settings, wrapping a base model, what a wrapped model is made of, export and merge.
-Takes an `nn.Module`; knows nothing of Lightning or of `LitLora`."""
+"""LoRA in PEFT's terms: settings, default targets per family, wrapping a base model, building the model that
+trains (`build`: the base plus new or saved adapters), what a wrapped model is made of (`parts`), export
+and merge. Knows nothing of `LitLora`.
+"""
 
 from lit_lora.lora.settings import LoraSettings
 

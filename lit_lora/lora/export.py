@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_tokenizer, no_loading_bar, tokenizer_source
 from lit_lora.outputs import write_dir_atomically
+from lit_lora.pretrained.hub import load_tokenizer, no_loading_bar, tokenizer_source
 
 
 class AdapterSource(Protocol):
@@ -136,7 +136,7 @@ def export_adapter(
                 # `generate --adapter_path` needs it when the base is random-init (no tokenizer beside it).
                 "tokenizer_name_or_path": module.hparams.get("tokenizer_name_or_path"),
                 "trust_remote_code": bool(module.hparams.get("trust_remote_code")),
-                # A QLoRA adapter's base, quantized as in training (lit_lora.quantization).
+                # A QLoRA adapter's base, quantized as in training (lit_lora.pretrained.quantization).
                 "quantization": module.hparams.get("quantization"),
                 "quantization_options": module.hparams.get("quantization_options"),
                 "base_dtype": module.hparams.get("base_dtype")}

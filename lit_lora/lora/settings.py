@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from lit_lora.errors import LitLoraError
-from lit_lora.lora.layers import uses_conv1d
+from lit_lora.lora.parts import uses_conv1d
 from lit_lora.settings import check_number, coerce_settings
 
 

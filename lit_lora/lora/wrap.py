@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lit_lora.errors import LitLoraError
-from lit_lora.lora.layers import base_model, linear_module_names
+from lit_lora.lora.parts import base_model, linear_module_names
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
 

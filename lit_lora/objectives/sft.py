@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 from torchmetrics import SumMetric
 
-from lit_lora.nll import model_nll, step_loss
 from lit_lora.objectives.base import Objective, StepLayout
+from lit_lora.objectives.nll import model_nll, step_loss
 
 
 class SupervisedNll(Objective):

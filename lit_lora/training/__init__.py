@@ -1,3 +1,5 @@
-"""Lightning plumbing the module and the CLI use: checkpoint files and the checkpoint callback, safe stops,
-speed settings, distributed helpers, the weight layout a 4-bit base trains on, and the declared contracts
-between objects. Imports no `LitLora`."""
+"""Training one model with Lightning: the LightningModule `LitLora` (`module`), its optimizer and
+learning-rate schedule, the RNG states and the checkpoint's own section, checkpoint files, speed settings,
+distributed helpers, the run's step count, and the declared contracts between objects. What watches or
+steers a run from outside the module is in `lit_lora.callbacks`.
+"""

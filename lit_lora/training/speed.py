@@ -8,7 +8,7 @@ from typing import Any, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.nll import output_head
+from lit_lora.objectives.nll import output_head
 
 
 def enable_tf32(device: torch.device) -> bool:
@@ -42,7 +42,7 @@ def compile_in_place(model: torch.nn.Module, options: Optional[dict[str, Any]] =
 
 
 def compile_target(model: torch.nn.Module) -> torch.nn.Module:
-    """What `--model.compile` compiles: the backbone, which the chunked loss calls (`lit_lora.nll`) and so
+    """What `--model.compile` compiles: the backbone, which the chunked loss calls (`lit_lora.objectives.nll`) and so
     does the model's own forward; the whole model where the loss runs the full head."""
     parts = output_head(model)[0]
     return parts.backbone if parts is not None else model

@@ -60,7 +60,7 @@ def test_the_template_travels_with_checkpoint_adapter_and_merged_model(chat_run)
     from transformers import AutoTokenizer
 
     from lit_lora.generation.chat import render
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     ckpt = torch.load(chat_run["ckpt"], map_location="cpu", weights_only=True)
     assert ckpt["lit_lora"]["chat_template"] == PLAIN
@@ -92,9 +92,9 @@ def test_generate_chat_prints_the_same_reply_alone_from_each_source(chat_run):
 
 
 def test_samples_logged_at_validation_are_replies_as_generate_chat_gives_them(chat_run):
-    from lit_lora.hub import load_tokenizer
-    from lit_lora.monitoring.samples import SampleGenerator
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.pretrained.hub import load_tokenizer
+    from lit_lora.callbacks.samples import SampleGenerator
+    from lit_lora.loading import module_from_checkpoint
 
     module = module_from_checkpoint(str(chat_run["ckpt"])).module
     tokenizer = load_tokenizer(str(QUICKSTART / "tokenizer"))
@@ -131,7 +131,7 @@ def test_preview_shows_the_trained_spans_and_its_json_is_what_trains(chat_run, c
     lines = cli_output(tmp, "preview", *chat_run["flags"], "--num_examples", "3", "--json").splitlines()
     records = [json.loads(line) for line in lines]
     from lit_lora.generation.chat import render
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tokenizer = load_tokenizer(str(QUICKSTART / "tokenizer"))
     chats = [json.loads(line)["messages"] for line in (tmp / "chats.jsonl").read_text(encoding="utf-8").splitlines()]

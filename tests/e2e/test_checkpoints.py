@@ -12,11 +12,11 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from lit_lora.lora.export import export_adapter, merge_to_dir
-from lit_lora.restore import module_from_checkpoint
 from lit_lora.cli import main
 from lit_lora.errors import LitLoraError
-from lit_lora.model import LitLora
+from lit_lora.loading import module_from_checkpoint
+from lit_lora.lora.export import export_adapter, merge_to_dir
+from lit_lora.training.module import LitLora
 from tests.conftest import QUICKSTART
 from tests.helpers import fit_args, run_cli, scalars
 

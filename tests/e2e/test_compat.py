@@ -9,7 +9,7 @@ import json
 import torch
 
 from lit_lora.cli import main
-from lit_lora.training.checkpoint_io import load_checkpoint_file
+from lit_lora.training.checkpoint_files import load_checkpoint_file
 from tests.helpers import LEGACY, TOKENIZER
 
 

@@ -26,13 +26,13 @@ PROMPT = "ROMEO:"
 
 
 def _ours(family):
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.loading import module_from_checkpoint
 
     return module_from_checkpoint(str(family["last"])).module
 
 
 def _tokenizer(family):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     return load_tokenizer(str(family["model_dir"]))
 
@@ -93,15 +93,15 @@ def test_greedy_text_is_the_same_from_checkpoint_adapter_and_merged_model(family
 
 
 def test_chunked_loss_and_checkpointing_give_the_full_heads_loss_and_lora_gradients(family, monkeypatch):
-    from lit_lora.model import LitLora
-    from lit_lora.nll import model_nll, output_head
+    from lit_lora.training.module import LitLora
+    from lit_lora.objectives.nll import model_nll, output_head
 
     ids = _batch()
     mask = torch.ones_like(ids)
     mask[1, 12:] = 0  # right padding, as the prompt/completion collator pads
     labels = ids.masked_fill(mask == 0, -100)
     labels[0, :5] = -100  # a prompt
-    monkeypatch.setattr("lit_lora.nll.LOSS_CHUNK_TOKENS", 5)  # 32 positions: 6 chunks of 5 and one of 2
+    monkeypatch.setattr("lit_lora.objectives.nll.LOSS_CHUNK_TOKENS", 5)  # 32 positions: 6 chunks of 5 and one of 2
     results = []
     for gc, chunked in ((False, False), (True, True)):
         torch.manual_seed(0)
@@ -131,8 +131,8 @@ def test_fsdp_wraps_the_familys_decoder_layers(family):
 
 
 def test_memory_estimate_is_within_10_percent_of_memtracker_on_a_real_step(family):
-    from lit_lora.measure.memory import estimate_training_memory
-    from lit_lora.model import LitLora
+    from lit_lora.estimate.memory import estimate_training_memory
+    from lit_lora.training.module import LitLora
 
     batch, block = 4, 80  # 320 positions: the chunked loss runs 2 chunks
     torch.manual_seed(0)
@@ -145,8 +145,8 @@ def test_memory_estimate_is_within_10_percent_of_memtracker_on_a_real_step(famil
 def test_flops_per_token_are_within_2_percent_of_flop_counter_on_a_real_step(family):
     from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-    from lit_lora.measure.flops import training_flops_per_token
-    from lit_lora.model import LitLora
+    from lit_lora.estimate.flops import training_flops_per_token
+    from lit_lora.training.module import LitLora
 
     aten = torch.ops.aten
     # FlopCounterMode does not list the CPU's SDPA kernels; counted by its own flash-attention formulas.

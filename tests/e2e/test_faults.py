@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.cli import main
-from lit_lora.model import LitLora
+from lit_lora.training.module import LitLora
 from tests.helpers import fit_args, run_cli, scalars
 
 

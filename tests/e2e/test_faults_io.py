@@ -11,10 +11,10 @@ import psutil
 import pytest
 import torch
 
-import lit_lora.training.checkpoint_io as checkpoint_io
+import lit_lora.training.checkpoint_files as checkpoint_io
 from lit_lora.cli import main
 from lit_lora.errors import LitLoraError
-from lit_lora.training.checkpoint_io import atomic_torch_save
+from lit_lora.training.checkpoint_files import atomic_torch_save
 from tests.helpers import fit_args, start_cli
 
 ZIP_WRITER = "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from lit_lora.cli import main
-from lit_lora.model.module import LitLora
+from lit_lora.training.module import LitLora
 from tests.helpers import LEGACY, TOKENIZER, fit_args
 
 SEED = 20261201

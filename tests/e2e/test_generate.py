@@ -70,7 +70,7 @@ def exported(trained):
 @pytest.fixture(scope="module")
 def ckpt_model(trained):
     """(model, tokenizer) of the checkpoint, loaded once for the tests that call the generation API directly."""
-    from lit_lora.restore import load_generation_model
+    from lit_lora.loading import load_generation_model
 
     return load_generation_model(ckpt_path=str(trained.ckpt))
 
@@ -95,7 +95,7 @@ def _generate(tmp: Path, name: str, source: list[str], *extra: str, prompts=PROM
 def test_trained_adapter_changes_the_logits(trained):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.loading import module_from_checkpoint
 
     module = module_from_checkpoint(str(trained.ckpt)).module
     assert any(float(p.detach().abs().max()) > 0 for n, p in module.model.named_parameters() if "lora_B" in n)
@@ -107,7 +107,7 @@ def test_trained_adapter_changes_the_logits(trained):
 def test_every_source_loads_the_same_model(trained, exported):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.restore import load_generation_model
+    from lit_lora.loading import load_generation_model
 
     ids = torch.arange(1, 20)[None]
     ref, _ = load_generation_model(ckpt_path=str(trained.ckpt))
@@ -150,8 +150,8 @@ def test_adapter_on_an_overridden_base_with_other_weights_is_refused(trained, ex
 def test_adapter_of_a_random_init_base_is_rebuilt_from_its_seed(tmp_path):
     """The quickstart's case: no base weights on disk, only model_config + the run's seed in lit_lora.json."""
     from lit_lora.lora.export import export_adapter
-    from lit_lora.restore import load_generation_model
-    from lit_lora.model import LitLora
+    from lit_lora.loading import load_generation_model
+    from lit_lora.training.module import LitLora
     from tests.conftest import QUICKSTART, TINY_SHAPE
 
     torch.manual_seed(5)
@@ -212,7 +212,7 @@ def test_single_prompt_streams_to_the_terminal_and_notes_go_to_stderr(trained, t
 def test_greedy_generation_runs_in_bfloat16_on_cpu(trained):
     from lit_lora.generation.prompts import generate_records
     from lit_lora.generation.settings import GenerationSettings
-    from lit_lora.restore import load_generation_model
+    from lit_lora.loading import load_generation_model
 
     model, tokenizer = load_generation_model(ckpt_path=str(trained.ckpt), dtype="bfloat16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
@@ -280,8 +280,8 @@ def _eval_args(sub: str, trained, tmp: Path, val: Path, *extra: str) -> list[str
 def test_validate_and_test_perplexity_match_a_plain_loop_on_ragged_data(trained, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.restore import module_from_checkpoint
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.loading import module_from_checkpoint
+    from lit_lora.pretrained.hub import load_tokenizer
 
     monkeypatch.chdir(tmp_path)
     val = _write_jsonl(tmp_path / "ragged.jsonl", RAGGED)

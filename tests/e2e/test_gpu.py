@@ -78,7 +78,7 @@ def test_fsdp_on_one_gpu_trains_and_saves_lora_only(in_tmp, tiny_model_dir, shak
 
 def test_liger_fused_loss_equals_the_chunked_loss():
     pytest.importorskip("liger_kernel")
-    from lit_lora.nll import chunked_head_nll
+    from lit_lora.objectives.nll import chunked_head_nll
 
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 1000, bias=False, device="cuda")
@@ -98,8 +98,8 @@ def test_liger_fused_loss_equals_the_chunked_loss():
 
 
 def test_peak_allocated_is_near_the_estimate(tiny_model_dir):
-    from lit_lora.measure.memory import estimate_training_memory
-    from lit_lora.model import LitLora
+    from lit_lora.estimate.memory import estimate_training_memory
+    from lit_lora.training.module import LitLora
 
     module = LitLora(model_name_or_path=str(tiny_model_dir), block_size=64, gradient_checkpointing=True).cuda()
     module.train()

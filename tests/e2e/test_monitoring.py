@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from lit_lora.callbacks import RunProgressBar, RunRichProgressBar, SampleGenerator, format_samples
 from lit_lora.cli import main
-from lit_lora.monitoring import RunProgressBar, RunRichProgressBar, SampleGenerator, format_samples
 from tests.conftest import REPO
 from tests.helpers import fit_args, run_cli, scalars
 
@@ -143,7 +143,7 @@ def test_hparams_tab_metric_is_the_best_val_loss(watched_run):
 def test_val_loss_starts_at_step_0_with_the_base_models_loss(watched_run, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from lit_lora.nll import model_nll
+    from lit_lora.objectives.nll import model_nll
 
     val = scalars(watched_run.run_dir, "val_loss")
     assert [s for s, _ in val] == [0, 3, 7]  # Lightning logs a validation at the step before its count

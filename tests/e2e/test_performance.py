@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_lora.cli import main
-from lit_lora.model import LitLora
+from lit_lora.training.module import LitLora
 from lit_lora.training.speed import compile_target, is_compiled
 from tests.conftest import QUICKSTART, save_tiny_gpt2
 from tests.helpers import CountHostReads, HostReads, fit_args, run_cli

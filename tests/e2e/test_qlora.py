@@ -37,7 +37,7 @@ def _nf4():
 
 
 def _ours(qlora):
-    from lit_lora.restore import module_from_checkpoint
+    from lit_lora.loading import module_from_checkpoint
 
     return module_from_checkpoint(str(qlora["last"])).module
 
@@ -47,10 +47,10 @@ def _batch():
 
 
 def test_the_base_is_4bit_under_float32_lora_and_the_counts_are_the_full_precision_ones(qlora):
-    from lit_lora.measure.flops import training_flops_per_token
-    from lit_lora.measure.summary import count_parameters
-    from lit_lora.model import LitLora
-    from lit_lora.quantization import quantized_layers
+    from lit_lora.estimate.flops import training_flops_per_token
+    from lit_lora.estimate.model_summary import count_parameters
+    from lit_lora.training.module import LitLora
+    from lit_lora.pretrained.quantization import quantized_layers
 
     module = _ours(qlora)
     quantized = quantized_layers(module.model)
@@ -125,9 +125,9 @@ def test_generate_predict_validate_and_test_run_on_the_quantized_checkpoint(qlor
 def test_summary_counts_the_quantized_weights_bytes_exactly(qlora, options):
     """`summary` (the meta device) and `fit` (real tensors) count the same bytes, and those are every
     tensor a quantized weight holds: its packed values and each tensor of its quantization state."""
-    from lit_lora.measure.memory import static_bytes
-    from lit_lora.model import LitLora
-    from lit_lora.model.build import without_weights
+    from lit_lora.estimate.memory import static_bytes
+    from lit_lora.training.module import LitLora
+    from lit_lora.lora.build import without_weights
 
     method, opts = ("int8", None) if options == "int8" else ("nf4", options)
     kwargs = dict(model_name_or_path=str(qlora["model_dir"]), block_size=BLOCK, quantization=method,
@@ -254,7 +254,7 @@ def _cpu_has_avx512_bf16():
 def test_on_a_cpu_with_avx512_bf16_inference_runs_repacked_and_close_to_the_training_layout(qlora_gpt2):
     """The real path: the fixture's fits and validations ran on such a CPU; here bitsandbytes' own kernel runs on
     the inference layout, in bfloat16, close to the training layout's float32 logits."""
-    from lit_lora.quantization import hold_training_layout, quantized_layers, release_training_layout
+    from lit_lora.pretrained.quantization import hold_training_layout, quantized_layers, release_training_layout
 
     model = _ours(qlora_gpt2).model.eval()
     layers, ids = quantized_layers(model), _batch()

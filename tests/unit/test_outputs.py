@@ -9,9 +9,9 @@ import os
 import pytest
 import yaml
 
-from lit_lora.training.checkpoint_io import claim_run_version, find_last_checkpoint
 from lit_lora.cli import main
 from lit_lora.outputs import MANIFEST, check_output_file
+from lit_lora.training.checkpoint_files import claim_run_version, find_last_checkpoint
 from tests.conftest import REPO
 from tests.helpers import start_cli
 

@@ -29,7 +29,7 @@ def test_a_resumed_run_repeats_the_same_losses_on_the_4bit_base(qlora):
 
 def test_a_checkpoint_resumes_only_with_the_quantization_it_was_trained_with(qlora_gpt2, trained_run, tmp_path):
     from lit_lora.errors import LitLoraError
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
 
     flags = [f for f in qlora_gpt2["flags"] if f not in ("--model.quantization", "nf4")]
     err = cli_output(tmp_path, "fit", *flags, "--model.quantization", "fp4", "--ckpt_path", str(qlora_gpt2["last"]),

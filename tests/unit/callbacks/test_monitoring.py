@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lit_lora.model import LitLora
-from lit_lora.monitoring import SampleGenerator, TokenThroughput
+from lit_lora.callbacks import SampleGenerator, TokenThroughput
+from lit_lora.training.module import LitLora
 
 
 class _Recorder:

@@ -9,7 +9,7 @@ import yaml
 
 from lit_lora.cli import main
 from lit_lora.data import LitLoraData
-from lit_lora.model import LitLora
+from lit_lora.training.module import LitLora
 from tests.conftest import REPO
 from tests.helpers import run_cli
 

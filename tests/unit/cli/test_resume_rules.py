@@ -188,7 +188,7 @@ def test_every_model_option_has_a_resume_rule():
 
     from lit_lora.cli.resume import LORA_RULES, RESUME_RULES
     from lit_lora.lora.settings import LoraSettings
-    from lit_lora.model.module import LitLora
+    from lit_lora.training.module import LitLora
 
     options = [name for name in inspect.signature(LitLora.__init__).parameters if name != "self"]
     assert sorted(options) == sorted(RESUME_RULES)

@@ -34,7 +34,7 @@ CONVERSATIONS = {
 
 @pytest.fixture(scope="module", params=["quickstart", "gpt2"])
 def tokenizer(request, gpt2_tokenizer_dir):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     if request.param == "gpt2":
         return load_tokenizer(str(gpt2_tokenizer_dir))
@@ -94,7 +94,7 @@ def test_each_format_reads_as_the_same_messages():
     record = {"prompt": prompt, "completion": [{"role": "assistant", "content": "A2"}]}
     messages, prompt_turns = to_messages(record, "prompt_completion", "f:1")
     assert prompt_turns == 3
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
     out = tokenize_conversations({"messages": [messages], "prompt_turns": [3], "where": ["f:1"]}, tok, PLAIN,
@@ -123,7 +123,7 @@ GOOD = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "co
     ({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", "t.jsonl:2: message 1 has from 'robot'"),
 ])
 def test_bad_records_are_one_line_naming_the_file_and_line(tmp_path, record, fmt, message):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     first = {"messages": GOOD, "alpaca": {"instruction": "Q", "output": "A"},
              "sharegpt": {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}}[fmt]
@@ -134,7 +134,7 @@ def test_bad_records_are_one_line_naming_the_file_and_line(tmp_path, record, fmt
 
 
 def test_templates_that_cannot_be_used_are_one_line(tmp_path):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
     broken = tmp_path / "broken.jinja"
@@ -151,7 +151,7 @@ def test_templates_that_cannot_be_used_are_one_line(tmp_path):
 
 
 def test_long_conversations_keep_their_start_and_those_left_with_nothing_to_train_are_counted(tmp_path):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
     long_question = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "A"}]}
@@ -229,7 +229,7 @@ def test_tool_calls_train_as_the_assistants_turn_from_a_file_and_a_dataset(tmp_p
     from datasets import Dataset
 
     from lit_lora.data.sources import _dataset_rows
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
     records = [TOOL_RECORD, GOOD]
@@ -248,7 +248,7 @@ def test_tool_calls_train_as_the_assistants_turn_from_a_file_and_a_dataset(tmp_p
 
 
 def test_a_template_that_drops_tool_calls_or_the_replys_text_is_one_line_naming_the_record(tmp_path):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(QUICKSTART / "tokenizer"))
     path = _write(tmp_path / "t.jsonl", [GOOD, TOOL_RECORD])

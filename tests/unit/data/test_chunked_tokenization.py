@@ -10,7 +10,7 @@ import lit_lora.data.files as files
 from lit_lora.data.corpus import build_split
 from lit_lora.data.cuts import agrees, choose_cut
 from lit_lora.data.files import file_fingerprint, read_text_rows
-from lit_lora.hub import load_tokenizer
+from lit_lora.pretrained.hub import load_tokenizer
 from tests.conftest import QUICKSTART, SHARED_DATA
 
 # Boundaries the old cut rule got wrong ("!\n\n" + "S": apart, GPT-2 makes the trailing "\n\n" one token),

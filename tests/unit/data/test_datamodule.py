@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from lit_lora.data.corpus import build_split
-from lit_lora.data.files import file_fingerprint, read_text_rows
 from lit_lora.data import LitLoraData
 from lit_lora.data.batches import Collator
+from lit_lora.data.corpus import build_split
+from lit_lora.data.files import file_fingerprint, read_text_rows
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_tokenizer
+from lit_lora.pretrained.hub import load_tokenizer
 
 KOREAN = (
     "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.\n"

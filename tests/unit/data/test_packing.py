@@ -10,7 +10,7 @@ import torch
 
 from lit_lora.data.batches import Collator, RowsView
 from lit_lora.data.corpus import build_split
-from lit_lora.nll import document_inputs, model_nll
+from lit_lora.objectives.nll import document_inputs, model_nll
 from tests.conftest import QUICKSTART
 from tests.helpers import FAMILIES, VOCAB
 
@@ -37,7 +37,7 @@ def test_a_packed_blocks_logits_are_each_documents_logits_alone(model_type, attn
 
 @pytest.fixture(scope="module")
 def chats(tmp_path_factory):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tmp = tmp_path_factory.mktemp("chats")
     lines = (QUICKSTART.parent / "chat" / "messages.jsonl").read_text(encoding="utf-8").splitlines()[:40]
@@ -52,7 +52,7 @@ def _batches(ds, tokenizer, size):
 
 
 def test_training_on_packed_conversations_gives_the_loss_of_padded_batches(chats):
-    from lit_lora.hub import load_base_model
+    from lit_lora.pretrained.hub import load_base_model
 
     tmp, tokenizer = chats
     args = ([str(tmp / "chats.jsonl")], "messages", tokenizer, 128, str(tmp / "cache"))
@@ -77,7 +77,7 @@ def test_training_on_packed_conversations_gives_the_loss_of_padded_batches(chats
 
 
 def test_text_documents_restart_at_position_0_and_a_document_cut_at_a_block_continues_from_0(tmp_path):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tokenizer = load_tokenizer(str(QUICKSTART / "tokenizer"))
     path = tmp_path / "docs.jsonl"

@@ -12,8 +12,8 @@ import torch
 from lit_lora.cli import main
 from lit_lora.constants import MB
 from lit_lora.errors import LitLoraError
-from lit_lora.measure.fit import HEADROOM_BYTES, HEADROOM_FRACTION, largest_batch, usable_bytes
-from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.estimate.budget import HEADROOM_BYTES, HEADROOM_FRACTION, largest_batch, usable_bytes
+from lit_lora.estimate.memory import estimate_training_memory
 from tests.conftest import REPO
 from tests.helpers import fit_args, memtracker_activations, run_cli
 
@@ -36,7 +36,7 @@ def _estimate_mb(out):
 
 @pytest.mark.parametrize("batch, gc", [(1, True), (2, False)])
 def test_estimate_is_within_5_percent_of_memtracker_at_gpt2_small_widths(batch, gc):
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
 
     block = 320  # 320 and 640 positions: the loss runs 2 and 3 chunks of 256
     torch.manual_seed(0)
@@ -112,13 +112,13 @@ def fake_free(monkeypatch):
     def set_usable(usable):
         free = int((usable + HEADROOM_BYTES) / (1 - HEADROOM_FRACTION)) + 1
         assert usable_bytes(free) >= usable
-        monkeypatch.setattr("lit_lora.monitoring.auto_batch.free_bytes", lambda device: free)
+        monkeypatch.setattr("lit_lora.callbacks.auto_batch.free_bytes", lambda device: free)
 
     return set_usable
 
 
 def _peaks(model_dir, *batches):
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
 
     module = LitLora(model_name_or_path=str(model_dir), block_size=32)  # fit's defaults: checkpointing on
     return [estimate_training_memory(module.model, b, 32, "32-true", True, "cpu").total for b in batches]
@@ -178,8 +178,8 @@ def test_auto_batch_when_nothing_fits_is_one_line(in_tmp, tiny_model_dir, shakes
 
 
 def test_summary_says_which_gpt2_sizes_fit_and_the_largest_batch(capsys, monkeypatch, gpt2_tokenizer_dir):
-    from lit_lora.model import LitLora
-    from lit_lora.model.build import without_weights
+    from lit_lora.training.module import LitLora
+    from lit_lora.lora.build import without_weights
 
     sizes = {"gpt2-tiny": {"n_embd": 32, "n_layer": 2, "n_head": 2}, "gpt2-wide": {"n_embd": 256, "n_layer": 2,
                                                                                   "n_head": 4}}

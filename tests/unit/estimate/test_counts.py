@@ -1,4 +1,4 @@
-"""Numbers about a built model (lit_lora/measure/): exact static training memory, parameter counts, FLOPs
+"""Numbers about a built model (lit_lora/estimate/): exact static training memory, parameter counts, FLOPs
 per token (checked by hand and against torch's FlopCounterMode) and the compute dtype, on a tiny randomly
 initialised GPT-2 wrapped by PEFT (no download)."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_lora.hub import load_base_model
+from lit_lora.estimate.flops import compute_dtype, training_flops_per_token
+from lit_lora.estimate.memory import static_bytes
+from lit_lora.estimate.model_summary import count_parameters
 from lit_lora.lora import LoraSettings
 from lit_lora.lora.wrap import apply_lora
-from lit_lora.measure.flops import compute_dtype, training_flops_per_token
-from lit_lora.measure.memory import static_bytes
-from lit_lora.measure.summary import count_parameters
+from lit_lora.pretrained.hub import load_base_model
 
 V, P, D, L, R = 100, 64, 32, 2, 4  # vocab, positions, width, layers, LoRA rank
 CONFIG = dict(vocab_size=V, n_positions=P, n_embd=D, n_layer=L, n_head=2, bos_token_id=0, eos_token_id=0)
@@ -155,7 +155,7 @@ def test_compute_dtype(precision, dtype):
       "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 8, "vocab_size": 300}, 2),
 ])
 def test_a_deep_model_is_counted_from_two_short_copies_exactly_as_in_full(model_config, period):
-    from lit_lora.measure import dry_run
+    from lit_lora.estimate import dry_run
 
     model = apply_lora(load_base_model("unused", model_config=model_config), LoraSettings())
     config = model.get_base_model().config

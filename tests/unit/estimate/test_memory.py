@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_lora.measure.flops import training_flops_per_token
+from lit_lora.estimate.flops import training_flops_per_token
+from lit_lora.estimate.memory import estimate_training_memory, static_bytes
 from lit_lora.lora import LoraSettings
-from lit_lora.measure.memory import estimate_training_memory, static_bytes
-from lit_lora.model import LitLora
+from lit_lora.training.module import LitLora
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The training loss (lit_lora/model/loss.py) against a hand-written shifted cross-entropy, and its
+"""The training loss (lit_lora/objectives/nll.py) against a hand-written shifted cross-entropy, and its
 normalisation over the tokens of a whole optimizer step across micro-batches and processes."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lit_lora.nll import step_loss, token_nll
-from lit_lora.nll import CHUNKED_HEAD_FAMILIES
+from lit_lora.objectives.nll import CHUNKED_HEAD_FAMILIES
+from lit_lora.objectives.nll import step_loss, token_nll
 
 
 def make_batch(seed, batch=3, t=7, vocab=11, masked=((0, 0), (0, 1), (1, 4), (2, 6), (2, 5))):
@@ -179,7 +179,7 @@ def test_mean_of_micro_batch_means_is_not_the_step_mean():
     assert float((step_loss(*c, 11, 2, 1) + step_loss(*b, 11, 2, 1)) / 2) == pytest.approx(21 / 11)
 
 
-# -- the chunked output head (lit_lora/nll.py) --------------------------------------------------------------
+# -- the chunked output head (lit_lora/objectives/nll.py) --------------------------------------------------------------
 
 
 def _head_case(seed, dtype, batch=2, t=4, width=6, vocab=11):
@@ -206,7 +206,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 4e-2}
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk, softcap", [(1, None), (5, None), (8, 30.0), (3, 2.0), (64, None)])
 def test_chunked_head_gives_the_full_heads_loss_count_and_gradients(chunk, softcap, dtype):
-    from lit_lora.nll import chunked_head_nll
+    from lit_lora.objectives.nll import chunked_head_nll
 
     hidden, head, labels = _head_case(0, dtype)  # 8 positions: chunks of 1, 5 + 3, 8, 3 + 3 + 2, all
     ref, ref_n = token_nll(_full_head(hidden, head, softcap), labels)
@@ -226,7 +226,7 @@ def test_chunked_head_costs_the_full_heads_flops_not_a_second_pass():
     (logits, hidden-state and weight gradients), as the full head does; nothing is recomputed."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lit_lora.nll import chunked_head_nll
+    from lit_lora.objectives.nll import chunked_head_nll
 
     batch, t, width, vocab = 2, 64, 8, 300
     head = torch.nn.Linear(width, vocab, bias=False)
@@ -245,7 +245,7 @@ def test_chunked_head_costs_the_full_heads_flops_not_a_second_pass():
 @pytest.mark.parametrize("softcap", [None, 2.0])
 def test_per_position_nll_gives_each_positions_loss_and_its_gradient_under_any_weights(softcap):
     from lit_lora.errors import LitLoraError
-    from lit_lora.nll import chunked_head_nll, head_token_nll
+    from lit_lora.objectives.nll import chunked_head_nll, head_token_nll
 
     hidden, head, labels = _head_case(1, torch.float32, batch=3, t=5)
     head.requires_grad_(False)  # a frozen head, as LoRA leaves it
@@ -269,8 +269,8 @@ def test_per_position_nll_gives_each_positions_loss_and_its_gradient_under_any_w
 
 
 def test_chunked_loss_never_holds_the_full_float32_logits():
-    from lit_lora.measure.dry_run import Watch
-    from lit_lora.nll import chunked_head_nll
+    from lit_lora.estimate.dry_run import Watch
+    from lit_lora.objectives.nll import chunked_head_nll
 
     batch, t, width, vocab = 4, 64, 8, 4_000
     head = torch.nn.Linear(width, vocab, bias=False)
@@ -296,7 +296,7 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
 
     from lit_lora.lora.settings import LoraSettings
     from lit_lora.lora.wrap import apply_lora
-    from lit_lora.nll import model_nll, output_head
+    from lit_lora.objectives.nll import model_nll, output_head
 
     torch.manual_seed(0)
     base = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=32, vocab_size=50, bos_token_id=0,
@@ -311,7 +311,7 @@ def test_chunked_loss_of_a_lora_gpt2_matches_the_full_head_with_a_trained_head(m
     ids = torch.randint(0, 50, (2, 12))
     labels = ids.clone()
     labels[1, :4] = -100
-    monkeypatch.setattr("lit_lora.nll.LOSS_CHUNK_TOKENS", 7)
+    monkeypatch.setattr("lit_lora.objectives.nll.LOSS_CHUNK_TOKENS", 7)
     results = []
     for chunked in (False, True):
         model.zero_grad()
@@ -352,14 +352,14 @@ def _family_model(model_type, dtype):
 def test_every_chunked_family_gives_the_full_heads_loss_and_gradients_in_float32_and_bf16(model_type, monkeypatch):
     """LoRA and a trained head (PEFT's wrapper), prompt-masked and padded rows, chunks of 5 over 24 positions
     (a partial last one), float32 and bf16-mixed over a bfloat16 base; Gemma 2 soft-caps its logits."""
-    from lit_lora.nll import model_nll, output_head
+    from lit_lora.objectives.nll import model_nll, output_head
 
     ids = torch.randint(3, 500, (2, 12), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
     labels = ids.masked_fill(mask == 0, -100)
     labels[0, :4] = -100
-    monkeypatch.setattr("lit_lora.nll.LOSS_CHUNK_TOKENS", 5)
+    monkeypatch.setattr("lit_lora.objectives.nll.LOSS_CHUNK_TOKENS", 5)
     for dtype in (torch.float32, torch.bfloat16):
         model = _family_model(model_type, dtype)
         parts = output_head(model)[0]

@@ -11,14 +11,14 @@ from tests.helpers import GEMMA2, VOCAB
 def test_an_encoder_decoder_family_keeps_its_causal_lm_class():
     from transformers import BartConfig, BertConfig
 
-    from lit_lora.hub import causal_lm_class
+    from lit_lora.pretrained.hub import causal_lm_class
 
     assert causal_lm_class(BartConfig()).__name__ == "BartForCausalLM"  # its decoder, causal by itself
     assert causal_lm_class(BertConfig(is_decoder=True)).__name__ == "BertLMHeadModel"
 
 
 def test_published_config_fields_are_accepted_and_the_callers_dict_is_left_alone():
-    from lit_lora.hub import build_config
+    from lit_lora.pretrained.hub import build_config
 
     # Keys real config.json files carry: read by the family (Phi-3's partial_rotary_factor), translated by
     # transformers (rope_theta), or kept and unused (GPT-2's n_ctx, Qwen2's use_mrope).
@@ -32,10 +32,10 @@ def test_published_config_fields_are_accepted_and_the_callers_dict_is_left_alone
 
 
 def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_all_linear(capsys):
-    from lit_lora.hub import load_base_model
+    from lit_lora.pretrained.hub import load_base_model
     from lit_lora.lora.settings import LoraSettings
     from lit_lora.lora.targets import resolve_targets
-    from lit_lora.nll import output_head
+    from lit_lora.objectives.nll import output_head
 
     model = load_base_model("unused", model_config=GEMMA2)
     assert model.config._attn_implementation == "eager"

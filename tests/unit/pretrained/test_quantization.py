@@ -15,7 +15,7 @@ def test_without_bitsandbytes_the_error_names_the_install_command(monkeypatch):
     import sys
 
     from lit_lora.errors import LitLoraError
-    from lit_lora.quantization import bnb_config, check_device
+    from lit_lora.pretrained.quantization import bnb_config, check_device
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     with pytest.raises(LitLoraError, match=r"needs bitsandbytes, which is not installed: pip install -e "
@@ -36,7 +36,7 @@ def test_a_model_repacked_for_cpu_inference_before_fit_is_one_line(monkeypatch):
     import bitsandbytes.nn.modules as bnb_modules
 
     from lit_lora.errors import LitLoraError
-    from lit_lora.quantization import check_training_layout, hold_training_layout, release_training_layout
+    from lit_lora.pretrained.quantization import check_training_layout, hold_training_layout, release_training_layout
 
     monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
     model = torch.nn.Sequential(bnb.nn.Linear4bit(64, 32, compute_dtype=torch.float32, quant_type="nf4")).cpu().eval()

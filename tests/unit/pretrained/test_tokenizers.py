@@ -13,13 +13,13 @@ from tests.helpers import bos_tokenizer_dir
 
 @pytest.fixture(scope="module")
 def bos_tokenizer(tmp_path_factory):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     return load_tokenizer(str(bos_tokenizer_dir(tmp_path_factory.mktemp("bos-tokenizer"))))
 
 
 def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsys):
-    from lit_lora.hub import load_tokenizer
+    from lit_lora.pretrained.hub import load_tokenizer
 
     tok = load_tokenizer(str(bos_tokenizer_dir(tmp_path / "tok")))
     assert tok.pad_token_id == tok.eos_token_id
@@ -29,7 +29,7 @@ def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, capsy
 
 def test_bos_starts_each_document_and_each_prompt_never_inside_one(tmp_path, bos_tokenizer, monkeypatch):
     from lit_lora.data import corpus
-    from lit_lora.hub import bos_prefix
+    from lit_lora.pretrained.hub import bos_prefix
 
     bos, eos = bos_tokenizer.bos_token_id, bos_tokenizer.eos_token_id
     assert bos_prefix(bos_tokenizer) == [bos] and bos_tokenizer("a")["input_ids"][0] == bos

@@ -7,8 +7,8 @@ import errno
 import pytest
 import torch
 
-from lit_lora.training.checkpoint_io import atomic_torch_save
 from lit_lora.errors import LitLoraError
+from lit_lora.training.checkpoint_files import atomic_torch_save
 
 
 def test_atomic_checkpoint_write_keeps_previous_file(tmp_path, monkeypatch):

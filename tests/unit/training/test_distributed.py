@@ -14,7 +14,7 @@ def test_fsdp_config_builds_the_stated_strategy():
     from jsonargparse import ArgumentParser
     from lightning.pytorch.strategies import FSDPStrategy
     from torch.distributed.fsdp import ShardingStrategy
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
     from lit_lora.training.distributed import DecoderLayerPolicy
 
     strategy = yaml.safe_load((REPO / "conf" / "gpt2" / "fsdp.yaml").read_text())["trainer"]["strategy"]
@@ -38,7 +38,7 @@ def test_fsdp_config_builds_the_stated_strategy():
 def test_lora_keys_ignore_fsdp_wrapper_names(tiny_model_dir):
     # FSDP's auto-wrap puts each GPT2Block under `_fsdp_wrapped_module`; the state dicts it gathers do not
     # have that name, so the LoRA-only filter must not either.
-    from lit_lora.model import LitLora
+    from lit_lora.training.module import LitLora
 
     module = LitLora(model_name_or_path=str(tiny_model_dir), block_size=32, gradient_checkpointing=False)
     keys = module.trainable_keys()

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from lit_lora.errors import LitLoraError
+from lit_lora.estimate.model_summary import count_parameters, format_counts
 from lit_lora.lora import LoraSettings
-from lit_lora.model import LitLora, token_nll
-from lit_lora.measure.summary import count_parameters, format_counts
+from lit_lora.objectives.nll import token_nll
+from lit_lora.training.module import LitLora
 from tests.conftest import QUICKSTART
 
 

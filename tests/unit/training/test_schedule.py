@@ -1,4 +1,4 @@
-"""The learning-rate factor (lit_lora/model/schedule.py): linear warm-up, then cosine decay to a floor."""
+"""The learning-rate factor (lit_lora/training/schedule.py): linear warm-up, then cosine decay to a floor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lit_lora.errors import LitLoraError
-from lit_lora.model.schedule import DEFAULT_WARMUP_RATIO, check_warmup, kept_length, warmup_cosine, warmup_length
+from lit_lora.training.schedule import DEFAULT_WARMUP_RATIO, check_warmup, kept_length, warmup_cosine, warmup_length
 
 
 @pytest.mark.parametrize("warmup", [1, 4, 10])

@@ -7,13 +7,13 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_lora.callbacks.intervals import batch_step, log_metrics, should_log
 from lit_lora.constants import MB
-from lit_lora.measure.host import device_memory_mb, memory_metrics
-from lit_lora.measure.memory import estimate_training_memory
-from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
+from lit_lora.estimate.memory import estimate_training_memory
+from lit_lora.host_memory import device_memory_mb, memory_metrics
+from lit_lora.notes import print_note
 from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule, TrainingData
-from lit_lora.notes import print_note
 
 
 class MemoryMonitor(Callback):

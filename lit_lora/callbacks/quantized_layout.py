@@ -1,5 +1,5 @@
 """`QuantizedTrainingLayout`: a quantized base trains and evaluates on the weight layout bitsandbytes trains with,
-whatever the CPU (see `lit_lora.quantization.hold_training_layout`)."""
+whatever the CPU (see `lit_lora.pretrained.quantization.hold_training_layout`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.quantization import check_training_layout, hold_training_layout, release_training_layout
+from lit_lora.pretrained.quantization import check_training_layout, hold_training_layout, release_training_layout
 
 # validate and test too: their losses are then the ones training's validation logs, to the last digit.
 _STAGES = ("fit", "validate", "test")

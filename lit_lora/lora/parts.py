@@ -62,7 +62,7 @@ def frozen_weights_fingerprint(model: Any, linear_weights: bool = True) -> str:
         skipped = _linear_weights(model)
         frozen = [(n, p) for n, p in frozen if id(p) not in skipped]
     if any(p.is_meta for _, p in frozen):
-        return "meta"  # a model built without weights (`model.build.without_weights`) has nothing to hash
+        return "meta"  # a model built without weights (`lora.build.without_weights`) has nothing to hash
     for n, p in frozen[:4] + frozen[-4:]:
         flat = p.detach().flatten()
         h.update(n.replace(".base_layer", "").encode())

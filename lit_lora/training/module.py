@@ -19,18 +19,18 @@ import torch
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.decode import generate_ids
 from lit_lora.generation.settings import GenerationSettings
-from lit_lora.lora.layers import check_context, frozen_weights_fingerprint
+from lit_lora.lora.build import ModelSettings, build_peft_model
+from lit_lora.lora.parts import check_context, frozen_weights_fingerprint
 from lit_lora.lora.settings import LoraSettings
-from lit_lora.model.build import ModelSettings, build_peft_model
-from lit_lora.model.checkpoint_meta import check_checkpoint, checkpoint_section, keep_lora_only
-from lit_lora.model.rng import restore_rng
-from lit_lora.model.schedule import OptimizerSettings, check_optimizer_device, kept_length, optimizer_and_schedule
+from lit_lora.notes import print_note
 from lit_lora.objectives.base import Objective, StepLayout
 from lit_lora.objectives.sft import SupervisedNll
-from lit_lora.quantization import check_device, quantization_key
+from lit_lora.pretrained.quantization import check_device, quantization_key
+from lit_lora.training.checkpoint_section import check_checkpoint, checkpoint_section, keep_lora_only
 from lit_lora.training.distributed import clip_gradients, unwrapped_name
+from lit_lora.training.rng import restore_rng
+from lit_lora.training.schedule import OptimizerSettings, check_optimizer_device, kept_length, optimizer_and_schedule
 from lit_lora.training.speed import check_compile_options, speed_up
-from lit_lora.notes import print_note
 
 
 class LitLora(pl.LightningModule):
@@ -136,7 +136,7 @@ class LitLora(pl.LightningModule):
         return LoraSettings.coerce(self.hparams.lora)
 
     def base_fingerprint(self) -> str:
-        """A cheap fingerprint of the frozen base weights (`lora.layers.frozen_weights_fingerprint`)."""
+        """A cheap fingerprint of the frozen base weights (`lora.parts.frozen_weights_fingerprint`)."""
         return self._fingerprint
 
     def trainable_keys(self) -> set[str]:
@@ -159,7 +159,7 @@ class LitLora(pl.LightningModule):
         layout = StepLayout(accumulate, self.trainer.world_size)
         loss, metrics = self.objective.training_loss(self.model, batch, batch_idx % accumulate == 0, layout)
         # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
-        # the value logged at each logging step (monitoring.progress.RunProgressBar).
+        # the value logged at each logging step (callbacks.progress.RunProgressBar).
         for name, value in metrics.items():
             self.log(f"train_{name}", value, batch_size=batch["input_ids"].shape[0])
         return loss
@@ -226,7 +226,7 @@ class LitLora(pl.LightningModule):
         self._rng_to_restore, self._started_total = meta.get("rng"), meta.get("schedule_steps")
 
     def check_checkpoint(self, checkpoint: dict[str, Any], dequantized: bool = False) -> dict[str, Any]:
-        """The checkpoint's `lit_lora` section once it fits this model (`checkpoint_meta.check_checkpoint`).
+        """The checkpoint's `lit_lora` section once it fits this model (`checkpoint_section.check_checkpoint`).
         `dequantized`: this model is the full-precision base of a run trained quantized (`merge`)."""
         shapes = lambda: {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}  # noqa: E731
         fingerprint = frozen_weights_fingerprint(self.model, linear_weights=False) if dequantized else self._fingerprint

@@ -13,15 +13,15 @@ from typing import Any, Literal, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import check_vocabulary, load_base_model, load_tokenizer, tokenizer_source
 from lit_lora.lora.export import export_adapter
-from lit_lora.lora.layers import frozen_weights_fingerprint
+from lit_lora.lora.parts import frozen_weights_fingerprint
 from lit_lora.lora.wrap import check_adapter_dir, load_adapter_for_training
-from lit_lora.model.module import LitLora
-from lit_lora.quantization import bnb_config, quantization_line, quantized_layers
-from lit_lora.training.checkpoint_io import load_checkpoint_file
+from lit_lora.pretrained.hub import check_vocabulary, load_base_model, load_tokenizer, tokenizer_source
+from lit_lora.pretrained.quantization import bnb_config, quantization_line, quantized_layers
+from lit_lora.training.checkpoint_files import load_checkpoint_file
 from lit_lora.training.devices import resolve_device
 from lit_lora.training.distributed import is_fsdp
+from lit_lora.training.module import LitLora
 
 
 @dataclass

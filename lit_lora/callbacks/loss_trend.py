@@ -1,5 +1,5 @@
 """An early look at the learning rate: one line if the training loss rises over the first logging
-intervals. A warning, not a stop (a non-finite loss stops the run, with the rate in use: training.faults)."""
+intervals. A warning, not a stop (a non-finite loss stops the run, with the rate in use: callbacks.graceful_stop)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.model.schedule import current_lr
-from lit_lora.settings import check_number
 from lit_lora.notes import print_note
+from lit_lora.settings import check_number
+from lit_lora.training.schedule import current_lr
 
 # A rise smaller than this fraction of the first interval's mean is noise, not a learning rate too high.
 RISE = 0.01

@@ -5,7 +5,7 @@
 Two parts. The *static* part is exact, in bytes, from the model as built: every parameter and buffer
 (at the dtype the precision setting leaves them in), one gradient per trainable parameter, and AdamW's
 state (exp_avg, exp_avg_sq and a float32 `step` per trainable tensor). The *activation* part comes from a
-dry run (measure/dry_run.py): one forward and backward of this batch and block on fake tensors, whose peak
+dry run (estimate/dry_run.py): one forward and backward of this batch and block on fake tensors, whose peak
 torch's MemTracker reports; the activations are that peak less the weights and gradients. It holds for
 every family as its own code runs (RoPE, grouped-query attention, gated MLPs, RMSNorm, tied or untied
 heads) and for gradient checkpointing and the precision's casts. Allocator rounding, fragmentation and the
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from lit_lora.constants import MB
-from lit_lora.measure.dry_run import CONVERTED, fake_step
-from lit_lora.quantization import dequantized_bytes, is_quantized_weight, quantized_weight_bytes
+from lit_lora.estimate.dry_run import CONVERTED, fake_step
+from lit_lora.pretrained.quantization import dequantized_bytes, is_quantized_weight, quantized_weight_bytes
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-from lit_lora.monitoring.throughput import TokenThroughput
+from lit_lora.callbacks.throughput import TokenThroughput
 from lit_lora.training.steps import planned_steps
 
 

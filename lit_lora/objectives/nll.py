@@ -1,6 +1,6 @@
 """The next-token negative log-likelihood of a causal LM: the loss the SFT objective trains and evaluates
 (objectives/sft.py), the per-token values other objectives build on, and the one the memory estimate's dry
-run replays (measure/dry_run.py), so all run the same kernels.
+run replays (estimate/dry_run.py), so all run the same kernels.
 
 The (batch x block x vocab) logits are never held whole. The output head and the cross-entropy run on
 `LOSS_CHUNK_TOKENS` positions at a time (GPT-2 small at 8 x 512: 4,096 x 50,257 logits are 823 MB in

@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.measure.summary import global_batch_line, summary_lines
+from lit_lora.estimate.model_summary import global_batch_line, summary_lines
 from lit_lora.notes import print_note
 from lit_lora.training.contracts import TrainedModule, TrainingData
 

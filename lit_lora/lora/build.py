@@ -13,14 +13,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.errors import LitLoraError
-from lit_lora.hub import load_base_model
+from lit_lora.host_memory import host_memory_mb
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
 from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
-from lit_lora.measure.host import host_memory_mb
-from lit_lora.nll import output_head
-from lit_lora.quantization import bnb_config, check_quantization
 from lit_lora.notes import print_note
+from lit_lora.objectives.nll import output_head
+from lit_lora.pretrained.hub import load_base_model
+from lit_lora.pretrained.quantization import bnb_config, check_quantization
 
 
 _WITHOUT_WEIGHTS: ContextVar[bool] = ContextVar("lit_lora_without_weights", default=False)
@@ -94,7 +94,7 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
     # needs nothing more: this is PEFT's prepare_model_for_kbit_training but for its upcast of every
     # unquantized weight to float32 (with base_dtype bfloat16, GPT-2 XL's embeddings would take 164 MB more
     # and its residual stream twice the activations). Those layers are frozen and their sums run in float32
-    # anyway (autocast's layer_norm, RMSNorm's own upcast, lit_lora.nll's log-softmax); get_peft_model
+    # anyway (autocast's layer_norm, RMSNorm's own upcast, lit_lora.objectives.nll's log-softmax); get_peft_model
     # froze the base, and checkpointing is ours (non-reentrant, enable_checkpointing).
     for p in model.parameters():
         if p.requires_grad:

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.errors import LitLoraError
-from lit_lora.model.schedule import current_lr
+from lit_lora.training.schedule import current_lr
 
 
 class FiniteLossGuard:

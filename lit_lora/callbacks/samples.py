@@ -7,11 +7,11 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.generation.decode import sample_tokens
 from lit_lora.generation.chat import chat_prompt_ids, stop_ids
+from lit_lora.generation.decode import sample_tokens
 from lit_lora.generation.prompts import prompt_ids
 from lit_lora.generation.settings import GenerationSettings
-from lit_lora.hub import load_tokenizer, tokenizer_source
+from lit_lora.pretrained.hub import load_tokenizer, tokenizer_source
 from lit_lora.settings import build_settings
 from lit_lora.training.contracts import TrainingData
 

@@ -1,4 +1,4 @@
-"""Will it fit: a device's memory budget, and the largest batch whose estimated peak (measure/memory.py)
+"""Will it fit: a device's memory budget, and the largest batch whose estimated peak (estimate/memory.py)
 fits it. `--data.batch_size auto` and `summary --memory_gb` read these.
 
 We compute the batch before training; HF Trainer's `auto_find_batch_size` instead retries after each
@@ -14,7 +14,7 @@ import torch
 
 from lit_lora.constants import MB
 from lit_lora.errors import LitLoraError
-from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.estimate.memory import estimate_training_memory
 
 # Kept free of the device's free memory: the estimate counts live tensors only, not the allocator's rounding
 # and fragmentation, cuBLAS/NCCL workspaces or kernels loaded on first use.

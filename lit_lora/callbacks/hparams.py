@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.monitoring.intervals import log_metrics
+from lit_lora.callbacks.intervals import log_metrics
 
 
 class HparamsMetric(Callback):

@@ -8,12 +8,12 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.measure.dry_run import dry_run_failure
-from lit_lora.measure.flops import peak_flops, training_flops_per_token
-from lit_lora.monitoring.intervals import batch_step, log_metrics, should_log
+from lit_lora.callbacks.intervals import batch_step, log_metrics, should_log
+from lit_lora.estimate.dry_run import dry_run_failure
+from lit_lora.estimate.flops import peak_flops, training_flops_per_token
+from lit_lora.notes import print_note
 from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule
-from lit_lora.notes import print_note
 
 
 class TokenThroughput(Callback):

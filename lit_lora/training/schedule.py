@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.quantization import require_bitsandbytes
+from lit_lora.pretrained.quantization import require_bitsandbytes
 from lit_lora.settings import check_number
 
 # The warm-up when neither model.warmup_steps nor model.warmup_ratio is set: a fraction of the run, so a

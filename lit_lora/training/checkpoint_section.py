@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 
 from lit_lora.constants import CHECKPOINT_FORMAT
 from lit_lora.errors import LitLoraError
-from lit_lora.model.rng import capture_rng
+from lit_lora.training.rng import capture_rng
 
 SEED_ENV = "PL_GLOBAL_SEED"  # where Lightning's seed_everything records the seed
 
@@ -61,7 +61,7 @@ def checkpoint_section(base_fingerprint: str, trainer: Any, chat_template: Optio
         "chat_template": chat_template,
         # The learning-rate schedule's total steps: a resumed run decays over the same steps.
         "schedule_steps": schedule_steps,
-        # How the base was quantized (lit_lora.quantization.quantization_key); None: full precision.
+        # How the base was quantized (lit_lora.pretrained.quantization.quantization_key); None: full precision.
         "quantization": quantization,
     }
 

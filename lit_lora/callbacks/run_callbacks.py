@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from lit_lora.monitoring.auto_batch import AutoBatchSize
-from lit_lora.monitoring.data_plan import DataPlan
-from lit_lora.monitoring.finite_loss import FiniteLossStop
-from lit_lora.monitoring.run_summary import RunSummary
-from lit_lora.monitoring.start_loss import StartValLoss
-from lit_lora.training.quantized_layout import QuantizedTrainingLayout
+from lit_lora.callbacks.auto_batch import AutoBatchSize
+from lit_lora.callbacks.data_plan import DataPlan
+from lit_lora.callbacks.finite_loss import FiniteLossStop
+from lit_lora.callbacks.quantized_layout import QuantizedTrainingLayout
+from lit_lora.callbacks.run_summary import RunSummary
+from lit_lora.callbacks.start_loss import StartValLoss
 
 
 def run_callbacks(saved_layout: Optional[dict[str, int]] = None) -> list[Any]:

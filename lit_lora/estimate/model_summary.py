@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lit_lora.lora.layers import base_model, is_lora_layer
+from lit_lora.estimate.dry_run import dry_run_failure
+from lit_lora.estimate.memory import estimate_training_memory
+from lit_lora.lora.parts import base_model, is_lora_layer
 from lit_lora.lora.settings import LoraSettings
-from lit_lora.measure.dry_run import dry_run_failure
-from lit_lora.measure.memory import estimate_training_memory
-from lit_lora.quantization import is_quantized_weight, logical_numel, quantization_line
+from lit_lora.pretrained.quantization import is_quantized_weight, logical_numel, quantization_line
 
 
 @dataclass(frozen=True)

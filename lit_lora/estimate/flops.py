@@ -1,6 +1,6 @@
 """Training FLOPs per token of a LoRA-adapted model of any family, for model FLOP utilisation (MFU).
 
-Counted on a dry run (measure/dry_run.py) with torch's FlopCounterMode formulas: matmuls and attention as
+Counted on a dry run (estimate/dry_run.py) with torch's FlopCounterMode formulas: matmuls and attention as
 the model's own kernels run them, 2 FLOPs per multiply-add, attention as full T x T products (no discount
 for the causal mask). A frozen base saves what it saves: no weight gradient for frozen weights, no backward
 at all for a matmul whose input needs no gradient. Per token, the count is a + b * T for sequences of T
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from lit_lora.measure.dry_run import fake_step
+from lit_lora.estimate.dry_run import fake_step
 
 _PROBE = 4  # tokens of the dry run FLOPs are read from
 

@@ -10,7 +10,7 @@ grouped-query attention, gated MLPs, RMSNorm, tied or untied heads, gradient che
 precision's casts are whatever the model's code does.
 
 The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
-the real model is never copied. The step's loss is training's own (`lit_lora.nll`: the output head in
+the real model is never copied. The step's loss is training's own (`lit_lora.objectives.nll`: the output head in
 chunks, each chunk's gradients taken in the forward pass and kept until the backward). A model many
 layers deep is counted from two short copies (`fake_step`): every count (each pass's peak, bytes and
 FLOPs) is linear in the number of layers.
@@ -29,9 +29,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from lit_lora.lora.layers import base_model, uses_conv1d
+from lit_lora.lora.parts import base_model, uses_conv1d
 from lit_lora.lora.wrap import enable_checkpointing
-from lit_lora.nll import model_nll
+from lit_lora.objectives.nll import model_nll
 
 # Precisions under which Lightning converts the whole module (LoRA weights included) to another dtype.
 CONVERTED = {"16-true": torch.float16, "bf16-true": torch.bfloat16, "64-true": torch.float64}
@@ -192,7 +192,7 @@ def _meta_copy(model: Any, config: Any, gradient_checkpointing: bool, convert_to
         shell = get_peft_model(shell, peft_config)
     for p in shell.parameters():
         if p.requires_grad:
-            p.data = p.data.float()  # as model/build.py keeps LoRA weights
+            p.data = p.data.float()  # as lora/build.py keeps LoRA weights
     if convert_to is not None:
         shell = shell.to(convert_to)
     if gradient_checkpointing:

@@ -1,5 +1,5 @@
 """`AutoBatchSize`: `--data.batch_size auto`, the micro-batch chosen from the device's free memory and the
-model's memory estimate (measure/fit.py), once the data is set up (every rank, after the processes have
+model's memory estimate (estimate/budget.py), once the data is set up (every rank, after the processes have
 started). A callback because it decides for the trainer (the accumulation) from the model and the data;
 the data module only receives the number.
 
@@ -17,8 +17,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.constants import MB
-from lit_lora.measure.fit import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
-from lit_lora.measure.memory import estimate_training_memory
+from lit_lora.estimate.budget import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
+from lit_lora.estimate.memory import estimate_training_memory
 from lit_lora.notes import print_note
 
 AUTO = "auto"

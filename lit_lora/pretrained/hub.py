@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
-from lit_lora.quantization import quantized_layers
 from lit_lora.notes import print_note
+from lit_lora.pretrained.quantization import quantized_layers
 
 _OFFLINE_HINT = (
     "the Hugging Face hub is unreachable from here (offline or HF_HUB_OFFLINE=1); "
@@ -105,7 +105,7 @@ def load_base_model(
     shape `model_config` when that is given (config fields, with `model_type` naming the family; GPT-2
     without it), which needs no download. `attn_implementation` None: SDPA where the family has it.
     `weights=False`: the same model on the meta device, from its config alone (`summary`: shapes, no data).
-    `quantization`: a `BitsAndBytesConfig` (lit_lora.quantization); its layers are quantized on the CPU as
+    `quantization`: a `BitsAndBytesConfig` (lit_lora.pretrained.quantization); its layers are quantized on the CPU as
     they load, and Lightning moves them to the GPU."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
