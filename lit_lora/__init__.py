@@ -1,7 +1,7 @@
 """lit_lora: LoRA fine-tuning of small causal LMs (GPT-2, Llama, Qwen...) with Lightning and PEFT.
 
 Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
-one listed after it (tests/test_layout.py checks this and that no import goes in a circle):
+one listed after it (tests/unit/test_package_layout.py checks this and that no import goes in a circle):
 
     errors, notes, settings, constants, outputs, jsonl, host_memory   one-line errors, notes on stderr,
                  settings coercion, shared values, safe output paths, JSON Lines reading, this process's

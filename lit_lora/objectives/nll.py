@@ -38,7 +38,7 @@ CHUNKED_HEAD_FAMILIES = frozenset(
 )
 
 # Families whose forward turns per-document `position_ids` into a block-diagonal mask when no attention_mask
-# is given (transformers' `find_packed_sequence_indices`); tests/test_packing.py checks each one.
+# is given (transformers' `find_packed_sequence_indices`); tests/unit/data/test_packing.py checks each one.
 POSITION_MASK_FAMILIES = frozenset(
     {"gpt2", "gpt_neo", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}
 )
