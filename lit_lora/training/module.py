@@ -1,7 +1,7 @@
 """`LitLora`: the LightningModule that fine-tunes a PEFT-LoRA-adapted causal LM. It owns the network, the
 optimizer and the checkpoint; what a step computes from its batch is the objective's (`lit_lora.objectives`),
-and what watches the run (summary, non-finite loss, export) are callbacks the CLI adds. It reads nothing but
-its batch and the trainer's layout: never the data module.
+what watches or decides around the run (summary, non-finite loss, batch size) are callbacks the CLI adds. It
+reads nothing but its batch and the trainer's layout, never the data module.
 
     python -m lit_lora.cli fit --config conf/quickstart.yaml
 """
