@@ -28,13 +28,17 @@ def die_with_parent() -> None:
     `datasets` forks a worker pool and a `multiprocess` manager process for `map`; a `kill -9` of `fit` would
     otherwise leave them blocked forever on their queues. The terminal sends Ctrl-C to every process of the
     group: the parent stops its pool itself, so a worker printing its own KeyboardInterrupt would only add
-    noise. Linux only; elsewhere nothing changes."""
+    noise; SIGTERM, which the pool stops its workers with, keeps its default action. Linux only; elsewhere
+    nothing changes."""
     if os.getpid() == _MAIN_PID or not sys.platform.startswith("linux"):
         return
     import ctypes
 
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # A pool ends its workers with SIGTERM: a Python handler inherited from the parent (a training run's
+        # graceful stop) would keep them waiting on their queue, and the parent waiting for them.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, ValueError):
         return

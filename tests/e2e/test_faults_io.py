@@ -120,10 +120,14 @@ def test_ctrl_c_during_tokenization_is_one_line(in_tmp, tiny_model_dir, big_corp
     monkeypatch.setattr(corpus, "_tokenize_text", ctrl_c_while_tokenizing)
     args = fit_args(tiny_model_dir, big_corpus, in_tmp, "--data.num_proc", "2", "--trainer.max_steps", "1")
     handler = signal.getsignal(signal.SIGINT)
+    # A Python SIGTERM handler in this process, as a training run's graceful stop installs: the workers must
+    # still end when their pool terminates them.
+    term = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         assert main(args) == 130
     finally:  # Lightning ignores SIGINT from its KeyboardInterrupt on (the process would exit): not the tests'
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, term)
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert err == ["lit_lora: interrupted (Ctrl-C) before finishing; nothing was saved"]
     assert _outliving([p for p in me.children(recursive=True) if p.pid not in before]) == []
