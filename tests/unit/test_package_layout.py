@@ -227,6 +227,15 @@ def test_the_flow_check_catches_a_model_reading_the_data_and_data_writing_the_tr
                                            "pkg/module.py:3 reads the data module"]
 
 
+def test_the_lightning_module_and_the_data_module_stay_under_200_lines():
+    # Each holds one job (the model's steps, the data's splits and loaders): what grows them belongs in a
+    # callback, an objective or a module of its own.
+    for path, name in (("training/module.py", "LitLora"), ("data/datamodule.py", "LitLoraData")):
+        tree = ast.parse((PACKAGE / path).read_text(encoding="utf-8"))
+        cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+        assert cls.end_lineno - cls.lineno + 1 < 200, f"{name} has {cls.end_lineno - cls.lineno + 1} lines"
+
+
 def test_modules_classes_and_functions_stay_small():
     assert oversized(PACKAGE) == []
 
