@@ -200,7 +200,7 @@ class LitLora(pl.LightningModule):
         device, hp = self.trainer.strategy.root_device, self.hparams
         check_device(hp.quantization, device.type, sharded=type(self.trainer.strategy).__name__ == "FSDPStrategy")
         check_optimizer_device(hp.optimizer, device.type)
-        speed_up(self.model, device, hp.tf32, hp.compile_options if stage == "fit" and hp.compile else None)
+        speed_up(self.model, device, hp.tf32, stage == "fit" and hp.compile, hp.compile_options)
 
     def on_train_start(self) -> None:
         # `schedule_steps` is set by the CLI's ScheduleLength callback from the data's own count; without

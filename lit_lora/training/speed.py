@@ -56,11 +56,12 @@ def is_compiled(model: torch.nn.Module) -> bool:
     return getattr(model, "_compiled_call_impl", None) is not None
 
 
-def speed_up(model: torch.nn.Module, device: torch.device, tf32: bool, compile_options: Optional[dict[str, Any]]) -> None:
-    """The module's speed settings on `device`: TF32 matmuls when `tf32`, and the model compiled in place
-    when `compile_options` is given (`{}` for torch's defaults), once."""
+def speed_up(model: torch.nn.Module, device: torch.device, tf32: bool, compile: bool,
+             compile_options: Optional[dict[str, Any]] = None) -> None:
+    """The module's speed settings on `device`: TF32 matmuls when `tf32`, and, when `compile`, the model
+    compiled in place (once) with `compile_options` (None: torch's defaults)."""
     if tf32:
         enable_tf32(device)
     target = compile_target(model)
-    if compile_options is not None and not is_compiled(target):
+    if compile and not is_compiled(target):
         compile_in_place(target, compile_options)

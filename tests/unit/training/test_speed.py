@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_lora.training.speed import enable_tf32
+from lit_lora.training.speed import compile_target, enable_tf32, is_compiled, speed_up
 
 
 @pytest.fixture
@@ -32,3 +32,14 @@ def test_tf32_leaves_cpus_and_a_users_choice_alone(monkeypatch, matmul_precision
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     assert enable_tf32(torch.device("cuda", 0)) is True
     assert torch.get_float32_matmul_precision() == "medium"
+
+
+def test_compile_without_options_compiles_with_torchs_defaults():
+    # torch.compile wraps at once and compiles at the first call, so this costs nothing.
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0))
+    speed_up(model, torch.device("cpu"), tf32=False, compile=False)
+    assert not is_compiled(compile_target(model))
+    speed_up(model, torch.device("cpu"), tf32=False, compile=True)  # --model.compile true, no compile_options
+    assert is_compiled(compile_target(model))
