@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+from lightning.pytorch.utilities import rank_zero_only
+
 from lit_lora.errors import LitLoraError
 from lit_lora.notes import print_note
 from lit_lora.pretrained.hub import tokenizer_source
@@ -205,14 +207,11 @@ def apply_checkpoint_settings(cfg: Any, ckpt: dict[str, Any], defaults: dict[str
     current = {key: plain(value) for key, value in vars(model_cfg).items()}
     saved = ckpt.get("hyper_parameters") or {}
     merged = merge_checkpoint_hparams(current, defaults, saved)
-    if training:
-        from lightning.pytorch.utilities import rank_zero_only  # lazy: this module's rules load without Lightning
-
-        if rank_zero_only.rank == 0:
-            for line in (applied_changes(merged, saved),
-                         data_changes(plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
-                if line:
-                    print_note(line)
+    if training and rank_zero_only.rank == 0:
+        for line in (applied_changes(merged, saved),
+                     data_changes(plain(vars(cfg.data)), ckpt.get("datamodule_hyper_parameters"))):
+            if line:
+                print_note(line)
     for key, value in merged.items():
         if value == current[key]:
             continue
