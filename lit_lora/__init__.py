@@ -15,6 +15,7 @@ one listed after it (tests/unit/test_package_layout.py checks this and that no i
     estimate/    estimates before a run: parameter counts, a dry run on fake tensors for FLOPs and the memory
                  estimate, the largest batch that fits
     generation/  generation settings, the one decoding implementation, prompts in and completions out
+    evaluation/  lm-evaluation-harness tasks on a model object, their metrics and side-by-side tables
     data/        reading files, tokenizing and packing, batches, samplers, the LightningDataModule
     training/    the LightningModule `LitLora`, its schedule, RNG and checkpoint section, checkpoint files,
                  speed, distributed helpers, declared contracts

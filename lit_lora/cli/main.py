@@ -32,6 +32,7 @@ TOOL_COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("lit_lora.cli.export", "Export a LoRA-only checkpoint as a PEFT adapter folder."),
     "merge": ("lit_lora.cli.merge", "Merge LoRA into the base model: a plain transformers model folder."),
     "generate": ("lit_lora.cli.generate", "Complete prompts with a checkpoint, adapter, merged or base model."),
+    "eval": ("lit_lora.cli.eval", "lm-evaluation-harness tasks on a checkpoint, adapter, merged or base model."),
 }
 
 

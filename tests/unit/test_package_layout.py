@@ -25,6 +25,7 @@ LAYERS = [
     ("lora",),
     ("estimate",),
     ("generation",),
+    ("evaluation",),
     ("data",),
     ("training",),
     ("callbacks",),

@@ -1,0 +1,121 @@
+"""lm-evaluation-harness on a model object: lm-eval's own `HFLM` wraps the model as lit_lora holds it (a PEFT
+model, quantized or not, or a plain transformers model), so nothing is converted or merged, and its own
+`simple_evaluate` runs the tasks. lm-eval is an optional extra; it is imported only here, when used."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+import tempfile
+from typing import Any, Iterator
+
+import torch
+
+from lit_lora.errors import LitLoraError, verbose_requested
+from lit_lora.evaluation.settings import TaskSettings
+
+MISSING = "eval needs lm-evaluation-harness, which is not installed: pip install -e '.[eval]'"
+
+
+def require_lm_eval() -> None:
+    """A one-line error naming the extra to install, before any model loads."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise LitLoraError(MISSING) from None
+
+
+def task_manager(settings: TaskSettings) -> Any:
+    """lm-eval's TaskManager knowing every requested task. The include path alone is indexed first: lm-eval's
+    own index of ~15,000 task files takes seconds to build, and a run of local tasks never needs it."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=settings.include_path, include_defaults=False) if settings.include_path else None
+    if manager is None or _unknown(manager, settings.tasks):
+        manager = TaskManager(include_path=settings.include_path)
+    unknown = _unknown(manager, settings.tasks)
+    if unknown:
+        where = f"defined under include_path {settings.include_path!r} nor " if settings.include_path else ""
+        raise LitLoraError(f"unknown task {unknown[0]!r}: not {where}one of lm-eval's tasks")
+    return manager
+
+
+def _unknown(manager: Any, tasks: list[str]) -> list[str]:
+    known = set(manager.all_tasks)
+    return [t for t in tasks if t not in known]
+
+
+def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: Any = None) -> dict[str, Any]:
+    """lm-eval's results for `model` (left in the mode it came in): the dict `simple_evaluate` returns, its
+    per-document samples left out. The model is evaluated in eval mode under no_grad. lm-eval seeds Python's,
+    NumPy's and torch's generators; the caller's states are put back, so a training run that evaluates goes on
+    drawing the numbers it would have drawn."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    manager = manager or task_manager(settings)
+    was_training = model.training
+    model.eval()
+    try:
+        with _kept_rng_states(model), _quiet_lm_eval(), torch.no_grad():
+            _load_each(manager, settings.tasks)
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+            results = lm_eval.simple_evaluate(
+                model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
+                task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
+            )
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _load_each(manager: Any, tasks: list[str]) -> None:
+    """Each task's documents loaded once before the model runs, so a task that cannot get its data (lm-eval's
+    own tasks download theirs) is named in one line instead of a traceback from deep inside `datasets`."""
+    for name in tasks:
+        try:
+            manager.load([name])
+        except Exception as err:  # datasets and the hub raise many kinds; all mean "no data for this task"
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+            why = "it needs the network to fetch its data, and the hub is offline" if offline else str(err).splitlines()[0]
+            raise LitLoraError(f"task {name!r} cannot be loaded: {why}") from err
+
+
+@contextlib.contextmanager
+def _kept_rng_states(model: Any) -> Iterator[None]:
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def _quiet_lm_eval() -> Iterator[None]:
+    """lm-eval logs a warning for every model object it is given and a line per task, draws progress bars,
+    and asks git for a commit hash (git complains on stderr outside a repository). None of it is something a
+    user can act on: its loggers are raised to ERROR and the process's stderr is set aside for the call.
+    `--verbose` (LIT_LORA_VERBOSE=1) lets all of it through."""
+    if verbose_requested():
+        yield
+        return
+    lm_eval_logger = logging.getLogger("lm_eval")
+    level = lm_eval_logger.level
+    lm_eval_logger.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            lm_eval_logger.setLevel(level)
