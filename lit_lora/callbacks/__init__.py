@@ -4,15 +4,16 @@ Deciding for the trainer and the model from the data (the model and the data nev
 the automatic batch size (`AutoBatchSize`), validation, the schedule's length and the chat template
 (`DataPlan`), the start-of-run summary (`RunSummary`), the non-finite loss stop (`FiniteLossStop`);
 `run_callbacks()` lists them in the order they run. Watching, in TensorBoard (or any Lightning logger)
-and the terminal: memory, throughput, the progress bar, text samples, HPARAMS, the step-0 validation
-loss and the early loss trend. Steering: checkpoints that keep `last.ckpt` current (`RunCheckpoint`), a
+and the terminal: memory, throughput, the progress bar, text samples, lm-eval tasks (`TaskEval`), HPARAMS,
+the step-0 validation loss and the early loss trend. Steering: checkpoints that keep `last.ckpt` current (`RunCheckpoint`), a
 safe stop on SIGTERM or Ctrl-C (`GracefulStop`), and the weight layout a 4-bit base trains on
 (`QuantizedTrainingLayout`).
 
     tensorboard --logdir lightning_logs
 
 The CLI adds them all; those with settings have an option group each (`--checkpoint.*`,
-`--graceful_stop.*`, `--memory.*`, `--throughput.*`, `--samples.*`, `--hparams_metric.*`, `--loss_trend.*`;
+`--graceful_stop.*`, `--memory.*`, `--throughput.*`, `--samples.*`, `--eval_tasks.*`, `--hparams_metric.*`,
+`--loss_trend.*`;
 the step-0 loss follows `--trainer.num_sanity_val_steps`). Tag names are stable. Nothing here synchronises
 the GPU on every step: counts stay on the device and are read once per `log_every_n_steps`. The callbacks
 are imported on first use, so importing this package loads no Lightning.
@@ -40,6 +41,7 @@ _WHERE = {
     "DataPlan": "data_plan",
     "FiniteLossStop": "finite_loss",
     "RunSummary": "run_summary",
+    "TaskEval": "task_eval",
 }
 __all__ = list(_WHERE)
 

@@ -26,6 +26,7 @@ from lit_lora.callbacks.memory import MemoryMonitor
 from lit_lora.callbacks.progress import with_run_eta
 from lit_lora.callbacks.run_callbacks import run_callbacks
 from lit_lora.callbacks.samples import SampleGenerator
+from lit_lora.callbacks.task_eval import TaskEval
 from lit_lora.callbacks.throughput import TokenThroughput
 from lit_lora.cli.config_errors import check_trainer_options
 from lit_lora.cli.resume import plain, apply_checkpoint_settings, logger_location, resolve_ckpt_path
@@ -121,6 +122,7 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(MemoryMonitor, "memory")
         parser.add_lightning_class_args(TokenThroughput, "throughput")
         parser.add_lightning_class_args(SampleGenerator, "samples")
+        parser.add_lightning_class_args(TaskEval, "eval_tasks")
         parser.add_lightning_class_args(HparamsMetric, "hparams_metric")
         parser.add_lightning_class_args(LossTrend, "loss_trend")
         # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
