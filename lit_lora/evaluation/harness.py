@@ -5,12 +5,13 @@ model, quantized or not, or a plain transformers model), so nothing is converted
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -31,16 +32,22 @@ def require_lm_eval() -> None:
 def task_manager(settings: TaskSettings) -> Any:
     """lm-eval's TaskManager knowing every requested task. The include path alone is indexed first: lm-eval's
     own index of ~15,000 task files takes seconds to build, and a run of local tasks never needs it."""
-    from lm_eval.tasks import TaskManager
-
-    manager = TaskManager(include_path=settings.include_path, include_defaults=False) if settings.include_path else None
+    manager = _indexed(settings.include_path, False) if settings.include_path else None
     if manager is None or _unknown(manager, settings.tasks):
-        manager = TaskManager(include_path=settings.include_path)
+        manager = _indexed(settings.include_path, True)
     unknown = _unknown(manager, settings.tasks)
     if unknown:
         where = f"defined under include_path {settings.include_path!r} nor " if settings.include_path else ""
         raise LitLoraError(f"unknown task {unknown[0]!r}: not {where}one of lm-eval's tasks")
     return manager
+
+
+@functools.lru_cache(maxsize=4)
+def _indexed(include_path: Optional[str], defaults: bool) -> Any:
+    """One index per folder and process: `eval` of several models, and a run's every validation, reuse it."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=defaults)
 
 
 def _unknown(manager: Any, tasks: list[str]) -> list[str]:
