@@ -11,9 +11,10 @@ Both are synthetic, made here with a fixed seed, so they carry no licence questi
 - `lit_lora_arithmetic` (generation, scored by exact match): "Question: What is 12 plus 7?\\nAnswer:" and
   the model's answer up to the end of the line, greedy. `--num_fewshot` draws from its own `fewshot` split.
 
-Both carry the tag `lit_lora`, so `--tasks lit_lora` runs the two. The YAML files name their data relative
-to the repository root, which is where lm-eval's own command must run (`datasets` resolves a relative
-`data_files` path against the current directory):
+Both carry the tag `lit_lora_examples`, so `--tasks lit_lora_examples` runs the two (lm-eval warns about a
+tag named like a folder in the current directory, such as `lit_lora`). The YAML files name their data
+relative to the repository root, where lm-eval's own command must run: `datasets` resolves a relative
+`data_files` path against the current directory, not the YAML's.
 
     lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path examples/eval/tasks \\
         --tasks lit_lora_sequences,lit_lora_arithmetic --device cpu
@@ -55,7 +56,7 @@ SEQUENCES_YAML = f"""\
 # The next item of a well-known sequence, four choices: general knowledge, to see a fine-tune forget.
 # Written by examples/eval/make_tasks.py; run lm-eval from the repository root (data paths are relative to it).
 tag:
-  - lit_lora
+  - lit_lora_examples
 task: lit_lora_sequences
 dataset_path: json
 dataset_kwargs:
@@ -83,7 +84,7 @@ ARITHMETIC_YAML = f"""\
 # Small sums, differences and products, answered by generation and scored by exact match.
 # Written by examples/eval/make_tasks.py; run lm-eval from the repository root (data paths are relative to it).
 tag:
-  - lit_lora
+  - lit_lora_examples
 task: lit_lora_arithmetic
 dataset_path: json
 dataset_kwargs:
