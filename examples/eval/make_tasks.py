@@ -1,4 +1,4 @@
-"""Regenerates the two offline lm-evaluation-harness tasks (already committed; run only to change them).
+"""Regenerates the offline lm-evaluation-harness tasks (already committed; run only to change them).
 
     python examples/eval/make_tasks.py            # rewrites examples/eval/tasks and examples/eval/data
     python examples/eval/make_tasks.py OUT_DIR    # writes the same files under OUT_DIR instead
@@ -11,7 +11,13 @@ Both are synthetic, made here with a fixed seed, so they carry no licence questi
 - `lit_lora_arithmetic` (generation, scored by exact match): "Question: What is 12 plus 7?\\nAnswer:" and
   the model's answer up to the end of the line, greedy. `--num_fewshot` draws from its own `fewshot` split.
 
-Both carry the tag `lit_lora_examples`, so `--tasks lit_lora_examples` runs the two (lm-eval warns about a
+And one for the quickstart's own corpus, to watch a task move as its loss falls (`--eval_tasks.*`):
+
+- `lit_lora_quickstart_places` (multiple choice): a sentence of the quickstart's grammar up to "from",
+  "met at" or "by", and a place to end it, against a thing, an animal and an adjective after "the". A
+  random model is at chance (0.25); the quickstart's run learns it.
+
+The first two carry the tag `lit_lora_examples`, so `--tasks lit_lora_examples` runs the two (lm-eval warns about a
 tag named like a folder in the current directory, such as `lit_lora`). The YAML files name their data
 relative to the repository root, where lm-eval's own command must run: `datasets` resolves a relative
 `data_files` path against the current directory, not the YAML's.
@@ -155,6 +161,52 @@ def arithmetic_docs(rng: random.Random) -> list[dict]:
     return [{"question": f"What is {a} {op} {b}?", "answer": str(result)} for a, op, b, result in picked]
 
 
+QUICKSTART_YAML = f"""\
+# Where a sentence of the quickstart's corpus ends: a place, against a thing, an animal and an adjective.
+# Written by examples/eval/make_tasks.py; run lm-eval from the repository root (data paths are relative to it).
+task: lit_lora_quickstart_places
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {DATA}/lit_lora_quickstart_places/test.jsonl
+output_type: multiple_choice
+test_split: test
+doc_to_text: "{{{{query}}}}"
+doc_to_choice: choices
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: acc_norm
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def quickstart_docs(rng: random.Random, count: int = 100) -> list[dict]:
+    """Sentence starts from the quickstart's grammar (examples/quickstart/make_quickstart.py) whose next
+    words are a place; the wrong choices are words the corpus uses elsewhere, after the same "the"."""
+    sys.path.insert(0, str(HERE.parent / "quickstart"))
+    import make_quickstart as q
+
+    docs = []
+    for _ in range(count):
+        n, a, adj, thing, t = (rng.choice(q.NAMES), rng.choice(q.ANIMALS), rng.choice(q.ADJS),
+                               rng.choice(q.THINGS), rng.choice(q.TIMES))
+        query = rng.choice([f"The {adj} {a} watched {n} from", f"A {a} and a {rng.choice(q.ANIMALS)} met at",
+                            f"{t}, {n} {rng.choice(q.VERBS)} a {adj} {thing} by"])
+        # Each choice starts with "the", so the sum of log-likelihoods compares the word that follows.
+        choices = [rng.choice(q.PLACES), f"the {rng.choice(q.THINGS)}", f"the {rng.choice(q.ANIMALS)}",
+                   f"the {rng.choice(q.ADJS)}"]
+        gold = rng.randrange(4)
+        choices[0], choices[gold] = choices[gold], choices[0]
+        docs.append({"query": query, "choices": [" " + c for c in choices], "gold": gold})
+    return docs
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as fh:  # the same bytes on every OS
@@ -176,6 +228,8 @@ def main(out: Path = HERE) -> None:
         write_jsonl(out / "data" / task / "fewshot.jsonl", docs[:shots])
         write_jsonl(out / "data" / task / "test.jsonl", docs[shots:])
         write_text(out / "tasks" / f"{task}.yaml", yaml_text)
+    write_jsonl(out / "data" / "lit_lora_quickstart_places" / "test.jsonl", quickstart_docs(random.Random(2)))
+    write_text(out / "tasks" / "lit_lora_quickstart_places.yaml", QUICKSTART_YAML)
 
 
 if __name__ == "__main__":

@@ -80,15 +80,24 @@ def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: 
 
 
 def _load_each(manager: Any, tasks: list[str]) -> None:
-    """Each task's documents loaded once before the model runs, so a task that cannot get its data (lm-eval's
-    own tasks download theirs) is named in one line instead of a traceback from deep inside `datasets`."""
+    """Each task's documents loaded once before the model runs, so a task that cannot get its data is named
+    in one line instead of a traceback from deep inside `datasets`: lm-eval's own tasks download theirs, and
+    a local task's relative `data_files` are found from the current folder (as lm-eval's command finds
+    them), not from the YAML's."""
     for name in tasks:
         try:
             manager.load([name])
-        except Exception as err:  # datasets and the hub raise many kinds; all mean "no data for this task"
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-            why = "it needs the network to fetch its data, and the hub is offline" if offline else str(err).splitlines()[0]
-            raise LitLoraError(f"task {name!r} cannot be loaded: {why}") from err
+        except Exception as err:  # datasets, the hub client and httpx raise many kinds; each means "no data"
+            raise LitLoraError(f"task {name!r} cannot load its data: {_why(err)}") from err
+
+
+def _why(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, FileNotFoundError) and "Unable to find" in text:
+        return f"{text} (a task's data_files are relative to the folder you run in)"
+    if isinstance(err, ConnectionError) or type(err).__name__ in ("ConnectError", "OfflineModeIsEnabled"):
+        return "it downloads them from the Hugging Face hub, which cannot be reached (offline)"
+    return text or type(err).__name__
 
 
 @contextlib.contextmanager

@@ -24,7 +24,8 @@ def test_script_rewrites_the_committed_files_byte_for_byte(tmp_path):
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     committed = sorted(p.relative_to(EVAL) for p in EVAL.rglob("*") if p.is_file() and p.suffix in (".yaml", ".jsonl"))
     assert written == committed
-    assert len(written) == 6  # two YAML files, and a test and a few-shot split for each task
+    # Three YAML files, a test and a few-shot split for each example task, the quickstart's test split.
+    assert len(written) == 8
     for path in written:
         assert (tmp_path / path).read_bytes() == (EVAL / path).read_bytes(), path
 
