@@ -1,5 +1,5 @@
-"""lm-eval on a model object: the caller's random generators and the model's mode survive it, unknown tasks
-and a missing lm-eval are one-line errors before any model work."""
+"""lm-eval on a model object: the caller's random generators and the model's mode survive it; a missing
+lm-eval is a one-line error naming the extra. (Unknown tasks: tests/e2e/test_eval.py.)"""
 
 import json
 import random
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.evaluation.harness import evaluate_tasks, require_lm_eval, task_manager
+from lit_lora.evaluation.harness import evaluate_tasks, require_lm_eval
 from lit_lora.evaluation.settings import TaskSettings
 from tests.helpers import TOKENIZER
 
@@ -54,13 +54,6 @@ def test_evaluation_leaves_the_callers_random_generators_and_the_models_mode_as_
     assert results["results"]["tiny_choice"]["sample_len"] == 6
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # lm-eval seeds all three
     assert model.training
-
-
-def test_an_unknown_task_is_one_line_naming_it_and_the_include_path(tiny):
-    settings = TaskSettings(tasks="tiny_choice,no_such_task", include_path=tiny[2].include_path)
-    with pytest.raises(LitLoraError) as err:
-        task_manager(settings)
-    assert str(err.value).startswith("unknown task 'no_such_task': not defined under include_path ")
 
 
 def test_without_lm_eval_the_error_names_the_extra_to_install(monkeypatch):
