@@ -414,17 +414,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--shapes", default="gpt2,llama", help="comma-separated: gpt2, llama")
     p.add_argument("--sets", default="examples,skewed", help="comma-separated: examples, skewed")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one segment of each run)")
-    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per segment")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
-    p.add_argument("--quick", action="store_true", help="smoke test: 2 x 128 shapes, 2 rounds of 2 steps")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds, one segment of each run (default 5)")
+    p.add_argument("--steps", type=int, default=None, help="timed optimizer steps per segment (default 4)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps at the start of each run (default 2)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 x 128 shapes; 2 rounds of 2 steps, 1 warm-up")
     p.add_argument("--workdir", default=None, help="logs, data and caches (default: a new /tmp directory)")
     args = p.parse_args(argv)
     if not TOKENIZER.is_dir():
         sys.exit(f"chat_throughput: the GPT-2 tokenizer is not at {TOKENIZER} (the shared data folder beside the "
                  "repository); copy it there first")
-    if args.quick:
-        args.rounds, args.steps, args.warmup = 2, 2, 1
+    for name, default, quick in (("rounds", 5, 2), ("steps", 4, 2), ("warmup", 2, 1)):  # given values win
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     wanted = [s for s in args.shapes.split(",") if s]
     sets = [s for s in args.sets.split(",") if s]
