@@ -281,14 +281,16 @@ def run_trl(args: argparse.Namespace, gate: Gate, data: dict[str, Any], packing:
             expected = list(a["labels"])
             expected[0] = -100  # lit_lora's collator never trains a row's first token; TRL's never has it
             assert expected == list(b["labels"]), f"conversation {k + 1}: trained tokens differ"
-    collate = trainer.data_collator
+    compute_loss = trainer.compute_loss
 
-    def counting(examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = collate(examples)
-        gate.pending += trained_tokens(batch["labels"])
-        return batch
+    def counting(model: Any, inputs: dict[str, Any], *rest: Any, **kw: Any) -> Any:
+        # Counted where the loss sees the batch: accelerate's loader fetches one batch ahead, so a count in the
+        # collator would land in the step before.
+        if model.training:
+            gate.pending += trained_tokens(inputs["labels"])
+        return compute_loss(model, inputs, *rest, **kw)
 
-    trainer.data_collator = counting
+    trainer.compute_loss = counting
 
     class GateCallback(TrainerCallback):
         def on_train_begin(self, targs: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
