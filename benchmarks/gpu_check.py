@@ -20,6 +20,8 @@ Rows, in this order (a run cut short still leaves the rows it finished in `--out
           QLoRA (nf4 base moved to the GPU, paged AdamW) with exact resume
   speed   benchmarks/throughput.py --device cuda at GPT-2 small, block 1024, bf16: tokens/s and MFU of
           lit_lora, the plain loop and the Trainer
+  chat    benchmarks/chat_throughput.py --device cuda, bf16-mixed, both shapes on the length-skewed set:
+          trained tokens/s of lit_lora, TRL's SFTTrainer and TRL with packing, and their held-out losses
 """
 
 from __future__ import annotations
@@ -164,13 +166,46 @@ def speed_rows(table: Table, dry_run: bool, timeout: int) -> None:
                   seconds)
 
 
+def chat_rows(table: Table, dry_run: bool, timeout: int) -> None:
+    setting = (["--device", "cpu", "--quick", "--shapes", "gpt2", "--sets", "examples", "--rounds", "1"] if dry_run
+               else ["--device", "cuda", "--sets", "skewed", "--rounds", "3", "--steps", "5"])
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "chat_throughput.py"), *setting], cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
+        out = done.stdout + done.stderr
+    except subprocess.TimeoutExpired:
+        table.row("chat", "chat_throughput.py", "TIMEOUT", f"after {timeout} s", time.perf_counter() - start)
+        return
+    # The table rows of each (shape, set), its loss check and its ratios.
+    lines, shape = [], ""
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|---") or not line.startswith(("|", "val losses", "lit_lora / ")):
+            continue
+        if "trained tok/s" in line:
+            shape = cells[0]
+        elif line.startswith("|"):
+            lines.append((shape, cells[0], ", ".join(cells[1:])))
+        else:
+            lines.append((shape, "check", line))
+    seconds = time.perf_counter() - start
+    for where, run, line in lines:
+        table.row("chat", f"{where}: {run}" + (" (dry run, CPU)" if dry_run else ", bf16-mixed"), "measured",
+                  line.replace("|", "/")[:200], seconds / max(1, len(lines)))
+    if not lines:
+        table.row("chat", "chat_throughput.py", f"rc {done.returncode}", (out.strip().splitlines() or [""])[-1][:200],
+                  seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry_run", action="store_true", help="on a CPU: every step that does not need CUDA")
     p.add_argument("--out", default="gpu_check.md", help="the table, written row by row")
-    p.add_argument("--only", default="memory,test,speed", help="which kinds of rows, e.g. 'memory,test'")
+    p.add_argument("--only", default="memory,test,speed,chat", help="which kinds of rows, e.g. 'memory,test'")
     p.add_argument("--test_timeout", type=int, default=150)
     p.add_argument("--speed_timeout", type=int, default=110)
+    p.add_argument("--chat_timeout", type=int, default=240)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
@@ -194,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         test_rows(table, args.dry_run, args.test_timeout)
     if "speed" in kinds:
         speed_rows(table, args.dry_run, args.speed_timeout)
+    if "chat" in kinds:
+        chat_rows(table, args.dry_run, args.chat_timeout)
     print(f"gpu_check: table in {args.out}")
     return 0
 
