@@ -176,6 +176,12 @@ class _Parsers:
             from lit_lora.generation.settings import GenerationSettings
 
             settings_from_options(GenerationSettings, build_parser().parse_args(args))
+        elif sub == "eval":
+            from lit_lora.cli.eval import build_parser
+            from lit_lora.cli.tool_parser import settings_from_options
+            from lit_lora.evaluation.settings import TaskSettings
+
+            settings_from_options(TaskSettings, build_parser().parse_args(args))
         else:
             raise AssertionError(f"no lit_lora subcommand {sub!r}")
 

@@ -4,6 +4,7 @@ accuracy and general ability (a "forgetting" task) can be watched as the loss fa
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Any, Optional, Union
 
@@ -19,9 +20,10 @@ from lit_lora.training.distributed import is_fsdp
 
 
 class TaskEval(Callback):
-    """At the end of each validation (after the first `every_n_validations - 1` are skipped, and so on),
-    runs lm-eval tasks on the model as it trains and logs each metric as `eval/<task>/<metric>` on every
-    logger, where `--early_stopping.monitor` and `--checkpoint.monitor` can name it too.
+    """At the end of every `every_n_validations`-th validation, runs lm-eval tasks on the model as it trains
+    and logs each metric as `eval/<task>/<metric>` on every logger, where `--early_stopping.monitor` and
+    `--checkpoint.monitor` can name it too; and once at step 0, on the model the run starts from, when the
+    full step-0 validation runs (lit_lora's default).
 
     Rank 0 evaluates; under DDP the other ranks wait for it and receive its numbers, so nothing runs twice.
     lm-eval's seeding does not reach the run's random generators (exact resume is kept), and a resumed run
@@ -72,6 +74,20 @@ class TaskEval(Callback):
                                "train with DDP, or evaluate the saved checkpoints with `eval`")
         require_lm_eval()
         self._manager = task_manager(self.settings)  # an unknown task stops the run before it trains
+
+    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+        """The model the run starts from, at step 0, as `StartValLoss` logs its loss: the reference a
+        "forgetting" task is read against. Written to the loggers directly, since Lightning discards what
+        the sanity check logs."""
+        if self.settings is None or trainer.global_step != 0 or 0 in self.evaluated_steps or \
+                not math.isinf(trainer.num_sanity_val_steps):
+            return
+        if trainer.is_global_zero:
+            metrics = self._evaluate(trainer, pl_module)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=0)
+        trainer.strategy.barrier()
+        self.evaluated_steps.append(0)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.settings is None or trainer.sanity_checking or trainer.state.fn != "fit":

@@ -49,9 +49,9 @@ def run(tmp_path_factory):
 
 def test_fit_logs_task_metrics_at_each_validation_and_prints_their_cost(run):
     work, _, log_dir, _, err = run
-    # At each validation after the first (step 0 is the untrained model's loss), where Lightning puts val_loss.
-    validations = [step for step, _ in scalars(str(log_dir), "val_loss")][1:]
-    assert [step for step, _ in scalars(str(log_dir), PLACES_ACC)] == validations and len(validations) == 2
+    # At step 0 (the model the run starts from) and at each validation, where Lightning puts val_loss.
+    validations = [step for step, _ in scalars(str(log_dir), "val_loss")]
+    assert [step for step, _ in scalars(str(log_dir), PLACES_ACC)] == validations and len(validations) == 3
     assert "eval_tasks at step 10: lit_lora_quickstart_places acc " in err and " s)" in err
 
 
