@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import QUICKSTART, save_tiny_gpt2
+from tests.conftest import QUICKSTART, REPO, save_tiny_gpt2
 from tests.helpers import (BATCH, EPOCHS, FAMILIES, QLORA_FAMILIES, RUN_BATCH, RUN_BLOCK, RUN_SAVE_EVERY,
                            RUN_STEPS, STEPS_PER_EPOCH, VOCAB, bos_tokenizer_dir, checkpoint_file, checkpoints_dir,
                            cli_output, finish_ddp, fit_in_process, save_qlora_base, start_ddp)
@@ -70,7 +70,13 @@ def ddp_runs(ddp_workdir):
     out: dict[str, tuple[int, str, str]] = {}
     started: list[subprocess.Popen] = []
     try:
-        started.append(ddp := start_ddp(dirs["ddp"], *two))
+        # The DDP run evaluates an lm-eval task at each validation on rank 0 (its data paths are relative to the
+        # repository root); the one-process run evaluates nothing, and the two must still train alike.
+        dirs["ddp"].mkdir()
+        (dirs["ddp"] / "examples").symlink_to(REPO / "examples")
+        tasks = ("--eval_tasks.tasks", "lit_lora_quickstart_places", "--eval_tasks.include_path",
+                 str(REPO / "examples" / "eval" / "tasks"), "--eval_tasks.limit", "5")
+        started.append(ddp := start_ddp(dirs["ddp"], *two, *tasks))
         out["single"] = fit_in_process(dirs["single"], *one)
         assert out["single"][0] == 0, out["single"][2][-3000:]
         start_from("one-to-ddp", "single", STEPS_PER_EPOCH)

@@ -79,6 +79,10 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(ddp_runs
     assert len(list((ddp / "lightning_logs").rglob("events.out.tfevents.*"))) == 1
     assert out.count("lit_lora: exported ") == 1
     assert (ddp / "lightning_logs" / "lit_lora" / "version_0" / "adapter" / "adapter_model.safetensors").is_file()
+    # --eval_tasks ran on rank 0 alone, once per validation, logged where val_loss is; the weights above equal
+    # those of the one-process run, which evaluated nothing.
+    assert out.count("lit_lora: eval_tasks at step ") == 2
+    assert [s for s, _ in scalars(str(ddp / "lightning_logs"), "eval/lit_lora_quickstart_places/acc")] == [3, 7]
 
 
 @pytest.mark.slow
