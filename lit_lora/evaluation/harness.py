@@ -56,15 +56,15 @@ def _unknown(manager: Any, tasks: list[str]) -> list[str]:
 
 
 def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: Any = None) -> dict[str, Any]:
-    """lm-eval's results for `model` (left in the mode it came in): the dict `simple_evaluate` returns, its
-    per-document samples left out. The model is evaluated in eval mode under no_grad. lm-eval seeds Python's,
+    """lm-eval's results for `model`: the dict `simple_evaluate` returns, its per-document samples left out.
+    The model is evaluated in eval mode under no_grad, and each of its modules is given back its own mode. lm-eval seeds Python's,
     NumPy's and torch's generators; the caller's states are put back, so a training run that evaluates goes on
     drawing the numbers it would have drawn."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
     manager = manager or task_manager(settings)
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         with _kept_rng_states(model), _quiet_lm_eval(), torch.no_grad():
@@ -75,7 +75,8 @@ def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: 
                 task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
             )
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return results
 
 
