@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import random
@@ -127,7 +128,8 @@ def _quiet_lm_eval() -> Iterator[None]:
     lm_eval_logger.setLevel(logging.ERROR)
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as held:
+    # The file descriptor for git and other processes; sys.stderr too, for a caller that replaced it.
+    with tempfile.TemporaryFile(mode="w+b") as held, contextlib.redirect_stderr(io.StringIO()):
         os.dup2(held.fileno(), 2)
         try:
             yield

@@ -53,6 +53,8 @@ def test_fit_logs_task_metrics_at_each_validation_and_prints_their_cost(run):
     validations = [step for step, _ in scalars(str(log_dir), "val_loss")]
     assert [step for step, _ in scalars(str(log_dir), PLACES_ACC)] == validations and len(validations) == 3
     assert "eval_tasks at step 10: lit_lora_quickstart_places acc " in err and " s)" in err
+    # lm-eval's warnings and progress bars are not shown (tests/e2e/test_quiet_run.py checks a real process).
+    assert [line for line in err.splitlines() if line.strip() and not line.startswith("lit_lora: ")] == []
 
 
 def lm_eval_command(work, model_dir, out) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""A quiet, offline run: the quickstart and a QLoRA quickstart, in real processes and without HF_HUB_OFFLINE,
+"""A quiet, offline run: the quickstart (with an lm-eval task) and a QLoRA quickstart, in real processes and without HF_HUB_OFFLINE,
 print nothing but lit_lora's own lines (the progress bar is off here so every line can be read), and try no
 network. What bitsandbytes logs only on some CPUs or some paths is sent through its own loggers here."""
 
@@ -14,7 +14,10 @@ import pytest
 from tests.conftest import REPO
 
 
-QUICKSTART_FLAGS = ("--trainer.max_steps", "6", "--trainer.val_check_interval", "5")
+# With an lm-eval task at step 0 and at the validation: lm-eval logs, draws bars and runs git otherwise.
+QUICKSTART_FLAGS = ("--trainer.max_steps", "6", "--trainer.val_check_interval", "5", "--eval_tasks.tasks",
+                    "lit_lora_quickstart_places", "--eval_tasks.include_path", "examples/eval/tasks",
+                    "--eval_tasks.limit", "5")
 # int8: its layers log a line for every validation batch in eval mode (bitsandbytes' MatMul8bitLt). Two steps,
 # a validation of one batch after the second, and a two-token sample.
 QLORA_FLAGS = ("--model.quantization", "int8", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
