@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from lit_lora.cli import main
+from tests.conftest import REPO
 from tests.helpers import QLORA_FAMILIES as FAMILIES
 from tests.helpers import RUN_BLOCK as BLOCK
 from tests.helpers import RUN_STEPS as STEPS
@@ -119,6 +120,14 @@ def test_generate_predict_validate_and_test_run_on_the_quantized_checkpoint(qlor
                "--trainer.enable_progress_bar", "false")
     (record,) = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert texts[0].strip() == (PROMPT + record["completion"]).strip()
+    # lm-eval on the checkpoint and on its adapter, the base kept in 4 bits: the same numbers.
+    pytest.importorskip("lm_eval")
+    tasks = ("--tasks", "lit_lora_quickstart_places", "--include_path", "examples/eval/tasks", "--limit", "8")
+    for source, path in (("--ckpt_path", qlora_gpt2["last"]), ("--adapter_path", qlora_gpt2["adapter"])):
+        cli_output(REPO, "eval", source, str(path), *tasks, "--output_dir", str(tmp_path / source.strip("-")))
+    ckpt, adapter = (json.loads((tmp_path / folder / f"{name}.json").read_text())["results"]
+                     for folder, name in (("ckpt_path", qlora_gpt2["last"].stem), ("adapter_path", "adapter")))
+    assert ckpt == adapter and 0 <= ckpt["lit_lora_quickstart_places"]["acc,none"] <= 1
 
 
 @pytest.mark.parametrize("options", [None, {"bnb_4bit_use_double_quant": True}, "int8"])
