@@ -60,7 +60,7 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_flag(list(argv or []), "--apply_chat_template"))
     settings = settings_from_options(TaskSettings, args)  # its checks, before any model loads
     # start-up: lm-eval, torch, transformers and peft load only once the options have parsed.
     from lit_lora.evaluation.harness import evaluate_tasks, require_lm_eval, task_manager
@@ -89,6 +89,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if len(sources) == 1 and sources[0][1] == "ckpt_path":
         _log_to_run(sources[0][2], columns[-1][1])
     return 0
+
+
+def _bare_flag(argv: list[str], flag: str) -> list[str]:
+    """lm-eval's command takes `--apply_chat_template` alone; jsonargparse wants a value for a bool."""
+    return [a for i, arg in enumerate(argv)
+            for a in ([arg, "true"] if arg == flag and (i + 1 == len(argv) or argv[i + 1].startswith("--")) else [arg])]
 
 
 def _sources(args: Any) -> list[tuple[str, Optional[str], Optional[str]]]:
