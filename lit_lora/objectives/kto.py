@@ -23,7 +23,7 @@ import torch
 
 from lit_lora.errors import LitLoraError
 from lit_lora.objectives.base import Objective, StepLayout
-from lit_lora.objectives.logps import all_reduce_sum, reference_policy, sequence_logps
+from lit_lora.objectives.logps import all_reduce_sum, reference_policy, sequence_logps, world_size
 from lit_lora.objectives.nll import step_loss
 from lit_lora.objectives.sums import SplitSums, StepSums, mean_or_nan
 
@@ -84,8 +84,7 @@ class KTO(Objective):
             with reference_policy(model):
                 ref = sequence_logps(model, ids, mask, labels).logps
         # TRL averages each process's batch mean over the processes.
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return (all_reduce_sum((policy - ref.float()).mean()) / world).clamp(min=0)
+        return (all_reduce_sum((policy - ref.float()).mean()) / world_size()).clamp(min=0)
 
     def sums(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         desirable, rows = values["desirable"], values["losses"].shape[0]

@@ -101,9 +101,14 @@ def reference_policy(model: Any) -> Iterator[None]:
                 yield
 
 
+def world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     """`value` summed over the processes of a distributed run (itself otherwise)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    if world_size() > 1:
         value = value.clone()
         torch.distributed.all_reduce(value)
     return value

@@ -66,7 +66,8 @@ class Preference(Objective):
         """
         super().__init__()
         if loss_type not in LOSS_TYPES:
-            raise LitLoraError(f"loss_type={loss_type!r} is not a preference loss (expected one of {', '.join(LOSS_TYPES)})")
+            raise LitLoraError(f"loss_type={loss_type!r} is not a preference loss (expected one of "
+                               f"{', '.join(LOSS_TYPES)})")
         if not beta > 0:
             raise LitLoraError(f"beta={beta} must be positive")
         if not 0 <= label_smoothing < 0.5:
