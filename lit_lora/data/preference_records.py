@@ -58,10 +58,11 @@ def _check_kind(record: Any, fmt: str, conversational: bool, where: str) -> None
     if not isinstance(record, dict):
         raise LitLoraError(f"{where}: expected a JSON object with fields {list(_FIELDS[fmt])}, "
                            f"got {type(record).__name__}")
-    missing = [f for f in _FIELDS[fmt] if f not in record]
-    if missing:
-        raise LitLoraError(f"{where}: missing field {missing[0]!r} of a {fmt} record (fields {sorted(record)})")
     found = preference_format(record)
+    missing = [f for f in _FIELDS[fmt] if f not in record]
+    # A record of another form is named as such; one that lacks a field of this form (or of any), by the field.
+    if missing and found in (None, fmt):
+        raise LitLoraError(f"{where}: missing field {missing[0]!r} of a {fmt} record (fields {sorted(record)})")
     if found != fmt or is_conversational(record) != conversational:
         got = kind_name(found, is_conversational(record)) if found else "no preference form"
         raise LitLoraError(f"{where}: expected a record of format {kind_name(fmt, conversational)}, got fields "
