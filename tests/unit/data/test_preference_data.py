@@ -313,3 +313,15 @@ def test_ids_equal_trls_and_where_the_conventions_differ(tmp_path, tok, gpt2_tok
     eos = gpt2.eos_token_id
     assert ours["prompt_ids"] == _ids(gpt2, "Answer: ") and ours["chosen_ids"] == _ids(gpt2, "Yes") + [eos]
     assert trl["prompt_ids"] == _ids(gpt2, "Answer:") and trl["chosen_ids"] == _ids(gpt2, " Yes") + [eos]
+
+
+def test_conversational_unpaired_rows_and_their_kl_pairs_render_with_the_template(tmp_path, tok):
+    records = [{"prompt": [U("Hi?")], "completion": [A("Hello.")], "label": True},
+               {"prompt": [U("Who?")], "completion": [A("Me.")], "label": False}]
+    ds = _build(tmp_path, tok, records)
+    batch = _batch(ds, tok)
+    assert tok.decode(ds[0]["prompt_ids"]) == "User: Hi?\n\nAssistant:"
+    assert _counted(tok, batch, "completion", 0) == " Hello.<|endoftext|>"
+    width = int(batch["kl_attention_mask"][0].sum())
+    assert tok.decode(batch["kl_input_ids"][0, :width]) == "User: Hi?\n\nAssistant: Me.<|endoftext|>\n\n"
+    assert _counted(tok, batch, "kl", 0) == " Me.<|endoftext|>"
