@@ -161,7 +161,7 @@ class LitLora(pl.LightningModule):
         # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
         # the value logged at each logging step (callbacks.progress.RunProgressBar).
         for name, value in metrics.items():
-            self.log(f"train_{name}", value, batch_size=batch["input_ids"].shape[0])
+            self.log(f"train_{name}", value, batch_size=self.objective.batch_size(batch))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
