@@ -2,8 +2,10 @@
 
 Sources (`sources.py`): plain-text files or globs (a file is one document), JSONL with a text field,
 prompt/completion JSONL (loss on the completion only), conversations (messages, ShareGPT, Alpaca; loss on
-the assistant's turns), or a Hugging Face dataset by name or local path. This module keeps the loaders and
-the resume state; every setting is read from `self.hparams`.
+the assistant's turns), preference data (TRL's forms: `prompt`/`chosen`/`rejected`, an implicit prompt, or
+KTO's `prompt`/`completion`/`label`; batches for `lit_lora.objectives.preference` and `.kto`), or a Hugging
+Face dataset by name or local path. This module keeps the loaders and the resume state; every setting is
+read from `self.hparams`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
+from lit_lora.data.preference_batches import PreferenceCollator
 from lit_lora.data.report import training_data_lines
 from lit_lora.data.resume import ResumableMarkerLoader
 from lit_lora.data.samplers import EvalShardSampler
@@ -22,7 +25,7 @@ from lit_lora.data.sources import build_eval_split, build_training_splits, check
 from lit_lora.data.stages import build_stage
 from lit_lora.data.train_order import TrainOrder
 from lit_lora.errors import LitLoraError
-from lit_lora.pretrained.hub import load_tokenizer
+from lit_lora.pretrained.hub import bos_prefix, load_tokenizer
 
 AUTO = "auto"
 
@@ -34,7 +37,7 @@ class LitLoraData(pl.LightningDataModule):
         val_files: Union[str, list[str], None] = None,
         val_fraction: float = 0.05,
         format: Literal["auto", "text", "jsonl_text", "prompt_completion", "messages", "sharegpt", "alpaca",
-                        "jsonl"] = "auto",
+                        "jsonl", "preference", "implicit_preference", "unpaired_preference"] = "auto",
         text_field: str = "text",
         chat_template: str = "auto",
         train_on: Literal["assistant", "last", "all"] = "assistant",
@@ -65,7 +68,10 @@ class LitLoraData(pl.LightningDataModule):
             format: "auto" detects it from the extension and the first record's fields (and says so):
                 `jsonl_text` (JSONL with a `text_field`; `jsonl` is the same), `prompt_completion` (strings, or
                 TRL's message lists), `messages`, `sharegpt` (`conversations`), `alpaca` (`instruction`,
-                `input`, `output`); plain files are `text`.
+                `input`, `output`); plain files are `text`. Preference data, for a preference objective:
+                `preference` (`prompt`, `chosen`, `rejected`), `implicit_preference` (`chosen`, `rejected`
+                sharing their start) and `unpaired_preference` (KTO's `prompt`, `completion`, bool `label`),
+                strings or message lists; `auto` tells these apart first.
             text_field: Name of the text field in JSONL files and Hugging Face datasets.
             chat_template: For conversations: "auto" (the tokenizer's own, else the built-in "plain"),
                 "tokenizer", "plain", or a Jinja file. Saved with checkpoints, adapters and merged models.
@@ -175,13 +181,27 @@ class LitLoraData(pl.LightningDataModule):
                                "give a number when you build the Trainer yourself")
         return self.batch_size
 
+    def collator(self, ds: Any) -> Any:
+        """What pads the rows of split `ds` into batches: preference rows (they hold `prompt_ids`) or SFT's."""
+        tokenizer = self.load_tokenizer()
+        if "prompt_ids" in ds.column_names:
+            bos = bos_prefix(tokenizer)
+            return PreferenceCollator(tokenizer.pad_token_id, self.hparams.block_size, bos[0] if bos else None)
+        return Collator(tokenizer.pad_token_id)
+
+    def batch_keys(self) -> Optional[list[str]]:
+        """The keys of this data's batches (those of one row collated), None before a split is built: what
+        the DataPlan callback checks the model's objective against before the first step."""
+        ds = next((d for d in (self.train_ds, self.val_ds, self.test_ds) if d is not None), None)
+        return None if ds is None else sorted(self.collator(ds)([RowsView(ds)[0]]))
+
     def _loader(self, ds: Any, sampler: Any) -> DataLoader:
         workers = self.hparams.num_workers
         return ResumableMarkerLoader(
             RowsView(ds),
             batch_size=self._batch(),
             sampler=sampler,
-            collate_fn=Collator(self.load_tokenizer().pad_token_id),
+            collate_fn=self.collator(ds),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -1,18 +1,15 @@
 """Preference data: records of TRL's preference forms (`preference_records`) tokenized into a prompt and its
 completions, cut to `block_size` by a stated policy, and cached like SFT's examples.
 
-How it plugs in (not wired yet). `--data.format` gains three names, `preference` (`prompt`, `chosen`,
-`rejected`), `implicit_preference` (`chosen`, `rejected` sharing their start) and `unpaired_preference`
-(KTO's `prompt`, `completion`, `label`); each holds strings (standard) or message lists (conversational),
-decided by the first record as for prompt/completion. `auto` asks `preference_records.preference_format`
-before `conversations.record_format` (which reads a KTO record as prompt/completion). Files go to
-`build_preference_split(files=...)`, a Hugging Face split (loaded by `sources._load_splits`) to
-`build_preference_split(dataset=..., name=...)`; `report` receives the counts and `truncation_line` the line
-`fit` prints once. Batches come from `RowsView` (these rows have no `labels` column, so it hands them out as
-NumPy arrays; the collator takes either) and `preference_batches.PreferenceCollator(tokenizer.pad_token_id)`.
-`step_target_tokens` counts pairs for these runs (rows for KTO): `WithStepTokens(sampler, counts, accumulate)`
-with `counts` the ones of `preference_batches.row_stats`, whose lengths (prompt plus the longer completion)
-serve length bucketing.
+How it plugs in. `--data.format` names three forms, `preference` (`prompt`, `chosen`, `rejected`),
+`implicit_preference` (`chosen`, `rejected` sharing their start) and `unpaired_preference` (KTO's `prompt`,
+`completion`, `label`); each holds strings (standard) or message lists (conversational), decided by the first
+record as for prompt/completion. `auto` asks `preference_records.preference_format` before
+`conversations.record_format` (which reads a KTO record as prompt/completion; `files.detect_format`).
+`sources._build` sends files or a Hugging Face split here; `report` receives the counts and `truncation_line`
+the line `fit` prints once (`report.preference_lines`). `LitLoraData.collator` pads the rows with
+`preference_batches.PreferenceCollator`, and `TrainOrder` counts pairs (rows for KTO) in `step_target_tokens`
+and buckets by length with `preference_batches.row_stats`.
 
 What a row holds: `prompt_ids` (BOS first when the tokenizer starts texts with one), then per completion its
 ids and labels (`chosen_ids`/`chosen_labels`, `rejected_ids`/`rejected_labels`, or `completion_ids`/
