@@ -16,8 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
-from lit_lora.data.preference_batches import PreferenceCollator
+from lit_lora.data.batches import PromptCollator, PromptRows, RowsView, batch_keys, collator_for
 from lit_lora.data.report import training_data_lines
 from lit_lora.data.resume import ResumableMarkerLoader
 from lit_lora.data.samplers import EvalShardSampler
@@ -25,7 +24,7 @@ from lit_lora.data.sources import build_eval_split, build_training_splits, check
 from lit_lora.data.stages import build_stage
 from lit_lora.data.train_order import TrainOrder
 from lit_lora.errors import LitLoraError
-from lit_lora.pretrained.hub import bos_prefix, load_tokenizer
+from lit_lora.pretrained.hub import load_tokenizer
 
 AUTO = "auto"
 
@@ -68,10 +67,7 @@ class LitLoraData(pl.LightningDataModule):
             format: "auto" detects it from the extension and the first record's fields (and says so):
                 `jsonl_text` (JSONL with a `text_field`; `jsonl` is the same), `prompt_completion` (strings, or
                 TRL's message lists), `messages`, `sharegpt` (`conversations`), `alpaca` (`instruction`,
-                `input`, `output`); plain files are `text`. Preference data, for a preference objective:
-                `preference` (`prompt`, `chosen`, `rejected`), `implicit_preference` (`chosen`, `rejected`
-                sharing their start) and `unpaired_preference` (KTO's `prompt`, `completion`, bool `label`),
-                strings or message lists; `auto` tells these apart first.
+                `input`, `output`); plain files are `text`; preference forms: docs/preference-tuning.md.
             text_field: Name of the text field in JSONL files and Hugging Face datasets.
             chat_template: For conversations: "auto" (the tokenizer's own, else the built-in "plain"),
                 "tokenizer", "plain", or a Jinja file. Saved with checkpoints, adapters and merged models.
@@ -106,8 +102,7 @@ class LitLoraData(pl.LightningDataModule):
         # The tokenizer options are the model's (linked values); logging them twice would clash with the
         # model's hyperparameters.
         self.save_hyperparameters(ignore=["tokenizer_name_or_path", "trust_remote_code"])
-        self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.trust_remote_code = trust_remote_code
+        self.tokenizer_name_or_path, self.trust_remote_code = tokenizer_name_or_path, trust_remote_code
         self.tokenizer: Any = None
         self.train_ds: Any = None
         self.val_ds: Any = None
@@ -139,8 +134,7 @@ class LitLoraData(pl.LightningDataModule):
 
     def rows(self, stage: str) -> int:
         """Rows (blocks or examples) of the split `stage` reads: what caps an automatic batch size."""
-        data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
-        return len(data)
+        return len(next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None))
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -181,19 +175,9 @@ class LitLoraData(pl.LightningDataModule):
                                "give a number when you build the Trainer yourself")
         return self.batch_size
 
-    def collator(self, ds: Any) -> Any:
-        """What pads the rows of split `ds` into batches: preference rows (they hold `prompt_ids`) or SFT's."""
-        tokenizer = self.load_tokenizer()
-        if "prompt_ids" in ds.column_names:
-            bos = bos_prefix(tokenizer)
-            return PreferenceCollator(tokenizer.pad_token_id, self.hparams.block_size, bos[0] if bos else None)
-        return Collator(tokenizer.pad_token_id)
-
-    def batch_keys(self) -> Optional[list[str]]:
-        """The keys of this data's batches (those of one row collated), None before a split is built: what
-        the DataPlan callback checks the model's objective against before the first step."""
+    def batch_keys(self) -> Optional[list[str]]:  # what DataPlan checks the objective against, before a step
         ds = next((d for d in (self.train_ds, self.val_ds, self.test_ds) if d is not None), None)
-        return None if ds is None else sorted(self.collator(ds)([RowsView(ds)[0]]))
+        return None if ds is None else batch_keys(ds, self.load_tokenizer(), self.hparams.block_size)
 
     def _loader(self, ds: Any, sampler: Any) -> DataLoader:
         workers = self.hparams.num_workers
@@ -201,7 +185,7 @@ class LitLoraData(pl.LightningDataModule):
             RowsView(ds),
             batch_size=self._batch(),
             sampler=sampler,
-            collate_fn=self.collator(ds),
+            collate_fn=collator_for(ds, self.load_tokenizer(), self.hparams.block_size),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
