@@ -1,6 +1,6 @@
 """Preference tuning end to end, as docs/preference-tuning.md runs it: `fit` with the DPO objective on a JSONL
 of pairs, the rewards in TensorBoard, a LoRA-only checkpoint that records its objective, the exported adapter
-that `generate` loads; and the one-line errors a bad pair or an objective that does not match the data give."""
+that `generate` loads, `preview` of pairs; and the one-line errors a bad pair or an objective that does not match the data give."""
 
 from __future__ import annotations
 
@@ -98,3 +98,13 @@ def test_sft_objective_on_pairs_is_one_line_before_any_step(dpo_run):
     assert err.startswith("lit_lora: error: the SupervisedNll objective needs batches with input_ids, labels; "
                           "the data gave chosen_attention_mask")
     assert "(data.format preference)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_preview_shows_chosen_and_rejected_with_their_counted_spans(dpo_run):
+    out = cli_output(dpo_run["tmp"], "preview", *dpo_run["flags"], "--num_examples", "1")
+    shown = out.splitlines()
+    assert shown[0].startswith("=== training sequence 0, chosen (") and shown[2].startswith(
+        "=== training sequence 0, rejected (")
+    # The prompt is shown, not counted; the answer and its EOS are counted.
+    assert shown[1].startswith("What does ") and shown[1].endswith(" sells apples. Bye!<|endoftext|>]]")
+    assert shown[3].endswith(" sells pears.<|endoftext|>]]") and shown[3].split("[[")[0] == shown[1].split("[[")[0]
