@@ -1,6 +1,7 @@
 """Preference tuning end to end, as docs/preference-tuning.md runs it: `fit` with the DPO objective on a JSONL
 of pairs, the rewards in TensorBoard, a LoRA-only checkpoint that records its objective, the exported adapter
-that `generate` loads, `preview` of pairs; and the one-line errors a bad pair or an objective that does not match the data give."""
+that `generate` loads, `preview` of pairs; and the one-line errors that a bad pair, or an objective that does
+not match the data, give."""
 
 from __future__ import annotations
 
