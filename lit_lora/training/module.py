@@ -244,6 +244,10 @@ def _objective(value: Union[Objective, dict[str, Any], None]) -> Objective:
         cls = getattr(import_module(module), name, None)
         if isinstance(cls, type) and issubclass(cls, Objective):
             return cls(**(value.get("init_args") or {}))
+    if isinstance(value, dict):  # the parser keeps a plain dict when init_args do not fit the class
+        raise LitLoraError(f"model.objective={value!r}: no class_path, or init_args the class does not take (a "
+                           "misspelt name, or a value outside its choices; `fit --model.objective.help CLASS` "
+                           "lists them)")
     raise LitLoraError(f"model.objective={value!r} is not an Objective (expected a class_path to a subclass of "
                        "lit_lora.objectives.base.Objective)")
 

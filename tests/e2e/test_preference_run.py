@@ -109,3 +109,14 @@ def test_preview_shows_chosen_and_rejected_with_their_counted_spans(dpo_run):
     # The prompt is shown, not counted; the answer and its EOS are counted.
     assert shown[1].startswith("What does ") and shown[1].endswith(" sells apples. Bye!<|endoftext|>]]")
     assert shown[3].endswith(" sells pears.<|endoftext|>]]") and shown[3].split("[[")[0] == shown[1].split("[[")[0]
+
+
+def test_an_init_arg_the_objective_does_not_take_is_one_line(dpo_run):
+    tmp = dpo_run["tmp"]
+    err = cli_output(tmp, "fit", *_flags(tmp, dpo_run["model"], tmp / "pairs.jsonl"), *DPO,
+                     "--model.objective.init_args.loss_type", "dpo", code=2)  # TRL calls DPO's loss "sigmoid"
+    # The parser hands over what it kept of the init_args, without the class path.
+    head, _, tail = err.strip().partition("}: ")
+    assert head.startswith("lit_lora: error: model.objective={") and "'loss_type': 'dpo'" in head
+    assert tail == ("no class_path, or init_args the class does not take (a misspelt name, or a value outside its "
+                    "choices; `fit --model.objective.help CLASS` lists them)")
