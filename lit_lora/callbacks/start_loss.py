@@ -25,7 +25,9 @@ class StartValLoss(Callback):
         loss = trainer.callback_metrics.get("val_loss")
         if loss is None or not math.isinf(trainer.num_sanity_val_steps) or trainer.global_step != 0:
             return
-        metrics = {"val_loss": float(loss), "val_ppl": math.exp(min(float(loss), 80.0))}
+        metrics = {"val_loss": float(loss)}
+        if "val_ppl" in trainer.callback_metrics:  # an objective whose loss is a token NLL (SFT's)
+            metrics["val_ppl"] = math.exp(min(float(loss), 80.0))
         for logger in trainer.loggers:  # rank zero only (Lightning's loggers)
             logger.log_metrics(metrics, step=0)
         if trainer.is_global_zero:

@@ -64,10 +64,21 @@ def _own_options(argv: list[str]) -> tuple[list[str], int, bool]:
     return rest, count, as_json
 
 
-def sequence_record(tokenizer: Any, row: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
-    """One training row, collated alone into `batch`, as `--json` prints it."""
-    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    record: dict[str, Any] = {"input_ids": ids, "labels": labels}
+def sides(batch: dict[str, Any]) -> list[str]:
+    """The sequences of a batch, by their key prefix: "" for SFT's, "chosen" and "rejected" for pairs,
+    "completion" for KTO's rows (its `kl` sequences are other rows' completions: not shown)."""
+    found = [k[: -len("_input_ids")] for k in batch if k.endswith("_input_ids") and k != "kl_input_ids"]
+    return found or [""]
+
+
+def sequence_record(tokenizer: Any, row: dict[str, Any], batch: dict[str, Any], side: str = "") -> dict[str, Any]:
+    """One training row, collated alone into `batch`, as `--json` prints it (its `side` of a preference row)."""
+    key = f"{side}_" if side else ""
+    ids, labels = batch[f"{key}input_ids"][0].tolist(), batch[f"{key}labels"][0].tolist()
+    record: dict[str, Any] = {"side": side} if side else {}
+    if "label" in batch:  # KTO: whether the completion is desirable
+        record["label"] = bool(batch["label"][0])
+    record |= {"input_ids": ids, "labels": labels}
     if "position_ids" in row:  # packed (the collator leaves them out of a block of one document)
         record["position_ids"] = [int(p) for p in row["position_ids"]]
     record["text"] = tokenizer.decode(ids)
@@ -90,12 +101,25 @@ def marked_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
     return "".join(out)
 
 
+def _show(tokenizer: Any, i: int, record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record, ensure_ascii=False), flush=True)
+        return
+    trained = sum(label != -100 for label in record["labels"])
+    documents = sum(p == 0 for p in record.get("position_ids", [0]))
+    packed = f", {documents} documents packed" if documents > 1 else ""
+    side = f", {record['side']}" if "side" in record else ""
+    side += {True: " (desirable)", False: " (undesirable)"}.get(record.get("label"), "")
+    print(f"=== training sequence {i}{side} ({len(record['input_ids'])} tokens, {trained} trained{packed}) ===")
+    print(marked_text(tokenizer, record["input_ids"], record["labels"]), flush=True)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv, count, as_json = _own_options(list(sys.argv[1:] if argv is None else argv))
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE, flush=True)
     # start-up: see _preview_cli_class
-    from lit_lora.data.batches import Collator, RowsView
+    from lit_lora.data.batches import RowsView, collator_for
 
     with warnings.catch_warnings():
         # LightningCLI warns when given args while sys.argv holds others; here sys.argv says "preview".
@@ -109,19 +133,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise LitLoraError("preview needs a number for data.batch_size: auto is chosen at the start of fit")
         summary = data.data_lines(data.batch_size)
     tokenizer, rows = data.tokenizer, RowsView(data.train_ds)
-    collate = Collator(tokenizer.pad_token_id)
+    collate = collator_for(data.train_ds, tokenizer, data.hparams.block_size)
     shown = min(count, len(rows))
     for i in range(shown):
         row = rows[i]
-        record = sequence_record(tokenizer, row, collate([row]))
-        if as_json:
-            print(json.dumps(record, ensure_ascii=False), flush=True)
-            continue
-        trained = sum(label != -100 for label in record["labels"])
-        documents = sum(p == 0 for p in record.get("position_ids", [0]))
-        packed = f", {documents} documents packed" if documents > 1 else ""
-        print(f"=== training sequence {i} ({len(record['input_ids'])} tokens, {trained} trained{packed}) ===")
-        print(marked_text(tokenizer, record["input_ids"], record["labels"]), flush=True)
+        batch = collate([row])
+        for side in sides(batch):
+            _show(tokenizer, i, sequence_record(tokenizer, row, batch, side), as_json)
     out = sys.stderr if as_json else sys.stdout
     for line in summary:
         print(f"lit_lora: {line}", file=out)

@@ -1,5 +1,6 @@
 """Batches: rows of a tokenized `datasets.Dataset` with their sample ids, the training collator (packed
-blocks or padded examples), and left-padded prompt batches for `predict`."""
+blocks or padded examples; preference rows have their own, `preference_batches.PreferenceCollator`), and
+left-padded prompt batches for `predict`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import torch
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.preference_batches import PreferenceCollator
 from lit_lora.generation.chat import stop_ids
 from lit_lora.generation.prompts import encode_prompts
+from lit_lora.pretrained.hub import bos_prefix
 
 
 class RowsView(torch.utils.data.Dataset):
@@ -44,6 +47,20 @@ class RowsView(torch.utils.data.Dataset):
             if step is not None:
                 row["step_target_tokens"] = step
         return out
+
+
+def collator_for(ds: Any, tokenizer: Any, block_size: int) -> Any:
+    """What pads the rows of split `ds` into training or evaluation batches: preference rows (they hold
+    `prompt_ids`) or SFT's blocks and examples."""
+    if "prompt_ids" in ds.column_names:
+        bos = bos_prefix(tokenizer)
+        return PreferenceCollator(tokenizer.pad_token_id, block_size, bos[0] if bos else None)
+    return Collator(tokenizer.pad_token_id)
+
+
+def batch_keys(ds: Any, tokenizer: Any, block_size: int) -> list[str]:
+    """The keys of the batches of split `ds`: those of its first row collated."""
+    return sorted(collator_for(ds, tokenizer, block_size)([RowsView(ds)[0]]))
 
 
 class Collator:

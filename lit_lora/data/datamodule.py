@@ -2,8 +2,10 @@
 
 Sources (`sources.py`): plain-text files or globs (a file is one document), JSONL with a text field,
 prompt/completion JSONL (loss on the completion only), conversations (messages, ShareGPT, Alpaca; loss on
-the assistant's turns), or a Hugging Face dataset by name or local path. This module keeps the loaders and
-the resume state; every setting is read from `self.hparams`.
+the assistant's turns), preference data (TRL's forms: `prompt`/`chosen`/`rejected`, an implicit prompt, or
+KTO's `prompt`/`completion`/`label`; batches for `lit_lora.objectives.preference` and `.kto`), or a Hugging
+Face dataset by name or local path. This module keeps the loaders and the resume state; every setting is
+read from `self.hparams`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from lit_lora.data.batches import Collator, PromptCollator, PromptRows, RowsView
+from lit_lora.data.batches import PromptCollator, PromptRows, RowsView, batch_keys, collator_for
 from lit_lora.data.report import training_data_lines
 from lit_lora.data.resume import ResumableMarkerLoader
 from lit_lora.data.samplers import EvalShardSampler
@@ -34,7 +36,7 @@ class LitLoraData(pl.LightningDataModule):
         val_files: Union[str, list[str], None] = None,
         val_fraction: float = 0.05,
         format: Literal["auto", "text", "jsonl_text", "prompt_completion", "messages", "sharegpt", "alpaca",
-                        "jsonl"] = "auto",
+                        "jsonl", "preference", "implicit_preference", "unpaired_preference"] = "auto",
         text_field: str = "text",
         chat_template: str = "auto",
         train_on: Literal["assistant", "last", "all"] = "assistant",
@@ -65,7 +67,7 @@ class LitLoraData(pl.LightningDataModule):
             format: "auto" detects it from the extension and the first record's fields (and says so):
                 `jsonl_text` (JSONL with a `text_field`; `jsonl` is the same), `prompt_completion` (strings, or
                 TRL's message lists), `messages`, `sharegpt` (`conversations`), `alpaca` (`instruction`,
-                `input`, `output`); plain files are `text`.
+                `input`, `output`); plain files are `text`; preference forms: docs/preference-tuning.md.
             text_field: Name of the text field in JSONL files and Hugging Face datasets.
             chat_template: For conversations: "auto" (the tokenizer's own, else the built-in "plain"),
                 "tokenizer", "plain", or a Jinja file. Saved with checkpoints, adapters and merged models.
@@ -100,8 +102,7 @@ class LitLoraData(pl.LightningDataModule):
         # The tokenizer options are the model's (linked values); logging them twice would clash with the
         # model's hyperparameters.
         self.save_hyperparameters(ignore=["tokenizer_name_or_path", "trust_remote_code"])
-        self.tokenizer_name_or_path = tokenizer_name_or_path
-        self.trust_remote_code = trust_remote_code
+        self.tokenizer_name_or_path, self.trust_remote_code = tokenizer_name_or_path, trust_remote_code
         self.tokenizer: Any = None
         self.train_ds: Any = None
         self.val_ds: Any = None
@@ -133,8 +134,7 @@ class LitLoraData(pl.LightningDataModule):
 
     def rows(self, stage: str) -> int:
         """Rows (blocks or examples) of the split `stage` reads: what caps an automatic batch size."""
-        data = next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None)
-        return len(data)
+        return len(next(d for d in (self.train_ds, self.val_ds, self.test_ds, self.predict_prompts) if d is not None))
 
     def load_tokenizer(self) -> Any:
         if self.tokenizer is None:
@@ -175,13 +175,17 @@ class LitLoraData(pl.LightningDataModule):
                                "give a number when you build the Trainer yourself")
         return self.batch_size
 
+    def batch_keys(self) -> Optional[list[str]]:  # what DataPlan checks the objective against, before a step
+        ds = next((d for d in (self.train_ds, self.val_ds, self.test_ds) if d is not None), None)
+        return None if ds is None else batch_keys(ds, self.load_tokenizer(), self.hparams.block_size)
+
     def _loader(self, ds: Any, sampler: Any) -> DataLoader:
         workers = self.hparams.num_workers
         return ResumableMarkerLoader(
             RowsView(ds),
             batch_size=self._batch(),
             sampler=sampler,
-            collate_fn=Collator(self.load_tokenizer().pad_token_id),
+            collate_fn=collator_for(ds, self.load_tokenizer(), self.hparams.block_size),
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from lit_lora.data.conversations import is_conversational, record_format, record_tools, to_messages
 from lit_lora.data.cuts import choose_cut
+from lit_lora.data.preference_records import preference_format
 from lit_lora.errors import LitLoraError
 from lit_lora.jsonl import BOM, read_jsonl
 
@@ -39,20 +40,21 @@ def resolve_files(patterns: Iterable[str], option: str) -> list[str]:
 
 
 def detect_format(files: list[str], text_field: str = "text") -> str:
-    """'text' for plain files; for .jsonl/.json, the format of the first record's fields
-    (`conversations.record_format`)."""
+    """'text' for plain files; for .jsonl/.json, the format of the first record's fields: a preference form
+    (`preference_records.preference_format`, asked first: a KTO record also has `prompt` and `completion`),
+    else `conversations.record_format`."""
     if not all(f.endswith((".jsonl", ".json")) for f in files):
         if any(f.endswith((".jsonl", ".json")) for f in files):
             raise LitLoraError(f"cannot mix JSONL and plain-text files in one split: {files}")
         return "text"
     for lineno, record in read_jsonl(files[0]):
-        fmt = record_format(record, text_field)
+        fmt = preference_format(record) or record_format(record, text_field)
         if fmt is None:
             fields = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise LitLoraError(
                 f"{files[0]}:{lineno}: cannot tell the format from fields {fields}; expected 'messages', "
-                f"'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion' or "
-                f"{text_field!r}, or give --data.format")
+                f"'conversations' (ShareGPT), 'instruction' + 'output' (Alpaca), 'prompt' + 'completion', "
+                f"{text_field!r}, or 'chosen' + 'rejected' (preference), or give --data.format")
         return fmt
     raise LitLoraError(f"{files[0]} is empty")
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.preference import truncation_line
 from lit_lora.generation.chat import end_of_turn_note
 
 
@@ -78,13 +79,39 @@ def data_lines(lengths: np.ndarray, targets: np.ndarray, counts: Mapping[str, in
     return lines
 
 
+def preference_lines(lengths: np.ndarray, counts: Mapping[str, Any], efficiency: float,
+                     settings: Mapping[str, Any]) -> list[str]:
+    """The lines `fit` prints for preference data: what was read, what was cut (once), the template, padding.
+    `lengths`: each row's prompt plus its longer completion; `counts`: `preference.build_preference_split`'s
+    report on the training data."""
+    how = " (data.format auto: by extension and first record)" if settings["format"] == "auto" else ""
+    unpaired = counts["format"].startswith("unpaired")
+    unit, longest = ("row(s)", "prompt and completion") if unpaired else ("pair(s)", "prompt and its longer completion")
+    lines = [f"data: {counts['format']}{how}, {counts['records']:,} record(s) -> {len(lengths):,} training "
+             f"{unit}, the longest {int(lengths.max()) if len(lengths) else 0:,} tokens ({longest})"]
+    cut = truncation_line(counts, settings["block_size"])
+    if cut:
+        lines.append(f"data: {cut}")
+    if settings.get("template"):
+        lines.append(f"data: chat template {settings['template']}")
+    if settings.get("end_of_turn_note"):
+        lines.append(f"data: {settings['end_of_turn_note']}")
+    by = "" if unpaired else ", by the longer completion of each pair"
+    lines.append(f"data: padding efficiency {100 * efficiency:.1f}% (tokens / positions of the padded batches{by})")
+    return lines
+
+
 def training_data_lines(data: Any, batch_size: int) -> list[str]:
     """`data_lines` for a set-up `LitLoraData`'s training split, for batches of `batch_size` in the order of
-    its first epoch."""
+    its first epoch (`preference_lines` for preference data)."""
     lengths, targets = data.order.row_stats()
     order = data.order.sampler_for(0, 1, batch_size).epoch_order(0)
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     template = data.chat_template
+    if data.order.preference:
+        settings = dict(data.hparams, template=template and data.template_name,
+                        end_of_turn_note=template and end_of_turn_note(data.tokenizer, template))
+        return preference_lines(lengths, data.counts, padding_efficiency(lengths, batches), settings)
     settings = dict(data.hparams, detected=data.data_format, packed="position_ids" in data.train_ds.column_names,
                     template=template and data.template_name,
                     end_of_turn_note=template and end_of_turn_note(data.tokenizer, template))

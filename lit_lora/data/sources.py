@@ -1,5 +1,6 @@
 """Choosing and building the splits: files and globs (text or JSONL, format detected once per split) or a
-Hugging Face dataset, tokenized and packed by `corpus.build_split`. `LitLoraData` calls these with its
+Hugging Face dataset, tokenized and packed by `corpus.build_split`, or, for the preference forms, tokenized
+into prompt and completions by `preference.build_preference_split`. `LitLoraData` calls these with its
 hyperparameters; nothing here keeps state."""
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from lit_lora.data.conversations import is_conversational, record_format, record_tools, to_messages
 from lit_lora.data.corpus import CONVERSATION_COLUMNS, build_split, features_of
-from lit_lora.data.files import detect_format, resolve_files
+from lit_lora.data.files import detect_format, first_record, resolve_files
+from lit_lora.data.preference import build_preference_split
+from lit_lora.data.preference_records import FORMATS as PREFERENCE_FORMATS
+from lit_lora.data.preference_records import preference_format
 from lit_lora.errors import LitLoraError
 from lit_lora.settings import check_number
 
@@ -40,6 +44,34 @@ def file_list(value: Union[str, list[str], None]) -> list[str]:
 def _files_and_format(patterns: list[str], option: str, hp: Mapping[str, Any]) -> tuple[list[str], str]:
     files = resolve_files(patterns, option)
     return files, detect_format(files, hp["text_field"]) if hp["format"] == "auto" else hp["format"]
+
+
+def _check_preference_form(record: Any, fmt: str, where: str) -> None:
+    """One line when `--data.format` names a preference form the data is not in (before anything is read)."""
+    found = preference_format(record)
+    if found != fmt:
+        fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise LitLoraError(f"{where}: data.format is {fmt} but the first record has fields {fields} "
+                           f"({found or 'no preference form'})")
+
+
+def _build(files: list[str], fmt: str, hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[str, Any]] = None,
+           split: Any = None) -> Any:
+    """One split of files, or of a loaded Hugging Face `split`, in format `fmt`."""
+    if fmt not in PREFERENCE_FORMATS:
+        if split is not None:
+            return build_split([], hf_rows=_dataset_rows(split, fmt, hp), fmt=fmt,
+                               **_split_kwargs(hp, tokenizer, report))
+        return build_split(files, fmt, **_split_kwargs(hp, tokenizer, report))
+    if split is not None:
+        name = hp["dataset_name"]
+        _check_preference_form(split[0] if len(split) else {}, fmt, f"record 0 of dataset {name!r}")
+    else:
+        _check_preference_form(first_record(files), fmt, files[0])
+        name = ""
+    return build_preference_split(tokenizer, hp["block_size"], hp["cache_dir"], files=files or None, dataset=split,
+                                  name=name, chat_template=hp["chat_template"], num_proc=hp["num_proc"],
+                                  report=report)
 
 
 def _split_kwargs(hp: Mapping[str, Any], tokenizer: Any, report: Optional[dict[str, int]] = None) -> dict[str, Any]:
@@ -103,23 +135,24 @@ def _from_dataset(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int])
     train_split = splits[hp["train_split"]]
     fmt = hp["format"]
     if fmt == "auto":
-        fmt = record_format(train_split[0] if len(train_split) else {}, hp["text_field"]) or "jsonl_text"
-    kwargs = dict(fmt=fmt, **_split_kwargs(hp, tokenizer))
-    train = build_split([], hf_rows=_dataset_rows(train_split, fmt, hp), **dict(kwargs, report=report))
+        first = train_split[0] if len(train_split) else {}
+        # A preference form first: a KTO record also has `prompt` and `completion`.
+        fmt = preference_format(first) or record_format(first, hp["text_field"]) or "jsonl_text"
+    train = _build([], fmt, hp, tokenizer, report, split=train_split)
     val = None
     if hp["val_split"] in splits:
-        val = build_split([], hf_rows=_dataset_rows(splits[hp["val_split"]], fmt, hp), **kwargs)
+        val = _build([], fmt, hp, tokenizer, split=splits[hp["val_split"]])
     return train, val, fmt
 
 
 def _from_files(hp: Mapping[str, Any], tokenizer: Any, report: dict[str, int]) -> tuple[Any, Any, str]:
     files, fmt = _files_and_format(file_list(hp["train_files"]), "data.train_files", hp)
-    train, val = build_split(files, fmt, **_split_kwargs(hp, tokenizer, report)), None
+    train, val = _build(files, fmt, hp, tokenizer, report), None
     if hp["val_files"]:
         val_files, val_fmt = _files_and_format(file_list(hp["val_files"]), "data.val_files", hp)
         if val_fmt != fmt:
             raise LitLoraError(f"data.val_files are {val_fmt} but data.train_files are {fmt}")
-        val = build_split(val_files, fmt, **_split_kwargs(hp, tokenizer))
+        val = _build(val_files, fmt, hp, tokenizer)
     return train, val, fmt
 
 
@@ -166,7 +199,7 @@ def eval_files_only(hp: Mapping[str, Any], fn: Any) -> Optional[tuple[list[str],
 def build_eval_split(files: list[str], option: str, hp: Mapping[str, Any], tokenizer: Any) -> Any:
     """A validation or test split from its own files, without the training split."""
     files, fmt = _files_and_format(files, option, hp)
-    split = build_split(files, fmt, **_split_kwargs(hp, tokenizer))
+    split = _build(files, fmt, hp, tokenizer)
     if len(split) == 0:
         raise LitLoraError(f"{option} are shorter than one block of data.block_size={hp['block_size']} tokens")
     return split

@@ -34,7 +34,8 @@ def build_stage(data: Any, stage: Optional[str]) -> None:
     if data.train_ds is not None:
         return
     train, val, data.data_format = build_training_splits(data.hparams, data.load_tokenizer(), data.counts)
-    if data.counts.get("conversations"):
+    # Conversations, or preference records of message lists: the template they were rendered with.
+    if data.counts.get("conversations") or str(data.counts.get("format", "")).endswith("(conversational)"):
         data.template_name, data.chat_template = resolve_template(data.tokenizer, data.hparams.chat_template)
     data.train_ds, data.val_ds = train, val
     data.order = TrainOrder(train, data.hparams.seed, data.hparams.shuffle, data.hparams.length_bucketing)

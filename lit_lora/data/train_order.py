@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from lit_lora.data import preference_batches
 from lit_lora.data.report import row_stats
 from lit_lora.data.resume import continue_epoch, data_state, epochs_until_whole, whole_epoch_batches
 from lit_lora.data.samplers import ResumableSampler, WithStepTokens
@@ -24,14 +25,22 @@ class TrainOrder:
         self._resume: Optional[dict[str, int]] = None
         self._stats: Optional[tuple[np.ndarray, np.ndarray]] = None
 
+    @property
+    def preference(self) -> bool:
+        """Rows of preference data (a prompt and its completions) rather than SFT's sequences."""
+        return "prompt_ids" in self.ds.column_names
+
     def row_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, predicted tokens) per training row (`report.row_stats`), computed once."""
+        """(tokens, predicted tokens) per training row (`report.row_stats`), computed once; for preference rows
+        (the prompt plus its longer completion, 1): the step's count is then its pairs, or KTO's rows
+        (`preference_batches.row_stats`)."""
         if self._stats is None:
-            self._stats = row_stats(self.ds)
+            self._stats = preference_batches.row_stats(self.ds) if self.preference else row_stats(self.ds)
         return self._stats
 
     def sampler_for(self, rank: int, world: int, batch_size: int) -> ResumableSampler:
-        lengths = self.row_stats()[0] if self.length_bucketing and "labels" in self.ds.column_names else None
+        bucketed = self.length_bucketing and ("labels" in self.ds.column_names or self.preference)
+        lengths = self.row_stats()[0] if bucketed else None
         return ResumableSampler(len(self.ds), seed=self.seed, shuffle=self.shuffle, rank=rank, world_size=world,
                                 batch_size=batch_size, lengths=lengths, bucket_size=batch_size * world)
 
@@ -49,7 +58,7 @@ class TrainOrder:
         self.sampler = sampler
         # Each batch carries the target tokens of its whole optimizer step (every micro-batch, every process),
         # so the loss is a mean over the step's tokens; not needed where every row predicts the same number.
-        if not {"labels", "position_ids"} & set(self.ds.column_names):
+        if not {"labels", "position_ids"} & set(self.ds.column_names) and not self.preference:
             return sampler, reload
         accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         return WithStepTokens(sampler, self.row_stats()[1], accumulate), reload

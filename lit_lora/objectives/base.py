@@ -38,6 +38,10 @@ class Objective(torch.nn.Module):
             raise LitLoraError(f"the {type(self).__name__} objective needs batches with {', '.join(missing)}; the data "
                                f"gave {', '.join(sorted(batch))}")
 
+    def batch_size(self, batch: dict[str, Any]) -> int:
+        """The rows of a batch, the weight of its logged training metrics: those of the first batch key."""
+        return batch[self.batch_keys[0]].shape[0]
+
     def training_loss(self, model: Any, batch: dict[str, Any], first_of_step: bool,
                       layout: StepLayout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the loss to backpropagate for this micro-batch, metrics to log as `train_<name>`).

@@ -161,7 +161,7 @@ class LitLora(pl.LightningModule):
         # Not prog_bar=True: Lightning would read it back from the device after every step. The bar shows
         # the value logged at each logging step (callbacks.progress.RunProgressBar).
         for name, value in metrics.items():
-            self.log(f"train_{name}", value, batch_size=batch["input_ids"].shape[0])
+            self.log(f"train_{name}", value, batch_size=self.objective.batch_size(batch))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -244,6 +244,10 @@ def _objective(value: Union[Objective, dict[str, Any], None]) -> Objective:
         cls = getattr(import_module(module), name, None)
         if isinstance(cls, type) and issubclass(cls, Objective):
             return cls(**(value.get("init_args") or {}))
+    if isinstance(value, dict):  # the parser keeps a plain dict when init_args do not fit the class
+        raise LitLoraError(f"model.objective={value!r}: no class_path, or init_args the class does not take (a "
+                           "misspelt name, or a value outside its choices; `fit --model.objective.help CLASS` "
+                           "lists them)")
     raise LitLoraError(f"model.objective={value!r} is not an Objective (expected a class_path to a subclass of "
                        "lit_lora.objectives.base.Objective)")
 

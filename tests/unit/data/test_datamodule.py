@@ -174,3 +174,46 @@ def test_missing_file_and_bad_jsonl(tmp_path, tiny_model_dir):
     bad.write_text('{"text": "fine"}\nnot json\n')
     with pytest.raises(LitLoraError, match=r"bad.jsonl:2: line is not valid JSON"):
         _module(tmp_path, tiny_model_dir, train_files=str(bad))
+
+
+def _preference_files(tmp_path):
+    pairs, kto = tmp_path / "pairs.jsonl", tmp_path / "kto.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Q{i}?" + " long" * 20 * (i == 0), "chosen": f" yes {i}",
+                                         "rejected": f" no {i}"}) + "\n" for i in range(10)))
+    # KTO's records also have `prompt` and `completion`: auto must not read them as prompt/completion.
+    kto.write_text("".join(json.dumps({"prompt": f"Q{i}?", "completion": f" a{i}", "label": i % 2 == 0}) + "\n"
+                           for i in range(10)))
+    return pairs, kto
+
+
+def test_preference_data_gives_pair_batches_counting_pairs_per_step(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    pairs, _ = _preference_files(tmp_path)
+    dm = _module(tmp_path, tiny_model_dir, train_files=str(pairs), block_size=16, val_fraction=0, batch_size=3)
+    assert dm.data_format == "preference"
+    assert dm.batch_keys() == ["chosen_attention_mask", "chosen_input_ids", "chosen_labels", "rejected_attention_mask",
+                               "rejected_input_ids", "rejected_labels", "sample_ids"]
+    lines = dm.data_lines(3)
+    assert lines[0] == ("data: preference (standard) (data.format auto: by extension and first record), 10 record(s) "
+                        "-> 10 training pair(s), the longest 16 tokens (prompt and its longer completion)")
+    assert lines[1] == "data: 1 of 10 pairs were cut to block_size 16: prompt from the left, then completions"
+    # Two micro-batches of 3 pairs per optimizer step: 10 pairs are steps of 6 and 4 pairs.
+    sampler, _ = dm.order.loader_sampler(SimpleNamespace(accumulate_grad_batches=2), 0, 1, 3)
+    assert sampler.sampler.lengths is not None  # length-bucketed by the prompt and the longer completion
+    assert [total for _, total in sampler] == [6] * 6 + [4] * 4
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["chosen_input_ids"].shape[0] == 3 and batch["step_target_tokens"].item() == 3
+
+
+def test_kto_records_are_detected_before_prompt_completion(tmp_path, tiny_model_dir):
+    _, kto = _preference_files(tmp_path)
+    dm = _module(tmp_path, tiny_model_dir, train_files=str(kto), block_size=32, val_fraction=0, batch_size=4)
+    assert dm.data_format == "unpaired_preference"
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["label"].dtype == torch.bool and batch["step_target_tokens"].item() == 4
+    assert "kl_input_ids" in batch and dm.data_lines(4)[0].endswith("-> 10 training row(s), the longest 6 tokens "
+                                                                    "(prompt and completion)")
+    with pytest.raises(LitLoraError, match=r"kto.jsonl: data.format is preference but the first record has fields "
+                                           r"\['completion', 'label', 'prompt'\] \(unpaired_preference\)"):
+        _module(tmp_path, tiny_model_dir, train_files=str(kto), format="preference")

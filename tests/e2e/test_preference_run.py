@@ -1,0 +1,122 @@
+"""Preference tuning end to end, as docs/preference-tuning.md runs it: `fit` with the DPO objective on a JSONL
+of pairs, the rewards in TensorBoard, a LoRA-only checkpoint that records its objective, the exported adapter
+that `generate` loads, `preview` of pairs; and the one-line errors that a bad pair, or an objective that does
+not match the data, give."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.conftest import QUICKSTART, save_tiny_gpt2
+from tests.helpers import checkpoints_dir, cli_output, fit_in_process, scalars
+
+NAMES = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max", "Ned", "Oda", "Pat"]
+DPO = ["--model.objective", "lit_lora.objectives.preference.Preference", "--model.objective.init_args.beta", "0.1"]
+
+
+def _pairs(path, long_prompt: bool = True):
+    # The chosen answers end with a sign-off the rejected ones lack; one prompt is longer than block_size.
+    rows = [{"prompt": f"What does {n} sell?", "chosen": f" {n} sells apples. Bye!", "rejected": f" {n} sells pears."}
+            for n in NAMES]
+    if long_prompt:
+        rows[3]["prompt"] = " ".join(["Tell me"] * 40) + rows[3]["prompt"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _flags(tmp, model, train):
+    return ["--model.model_name_or_path", str(model), "--data.train_files", str(train), "--data.block_size", "64",
+            "--data.batch_size", "4", "--data.val_fraction", "0.25", "--data.cache_dir", str(tmp / "cache"),
+            "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--samples.prompts", "[]"]
+
+
+@pytest.fixture(scope="module")
+def dpo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dpo")
+    model = save_tiny_gpt2(tmp / "model", QUICKSTART / "tokenizer")
+    flags = _flags(tmp, model, _pairs(tmp / "pairs.jsonl"))
+    code, out, err = fit_in_process(tmp / "run", *flags, *DPO)
+    return dict(tmp=tmp, model=model, flags=flags, code=code, err=err, run=tmp / "run")
+
+
+def test_fit_runs_dpo_and_says_what_it_read(dpo_run):
+    assert dpo_run["code"] == 0, dpo_run["err"][-3000:]
+    err = dpo_run["err"]
+    # 16 records, a quarter held out for validation: 12 training pairs.
+    assert "data: preference (standard) (data.format auto: by extension and first record), 16 record(s) -> " \
+           "12 training pair(s)" in err
+    cut = [line for line in err.splitlines() if "were cut to block_size" in line]
+    assert cut == ["lit_lora: data: 1 of 16 pairs were cut to block_size 64: prompt from the left, then completions"]
+
+
+def test_rewards_are_logged_and_the_pairs_are_learned(dpo_run):
+    logs = str(dpo_run["run"] / "lightning_logs")
+    val_loss = dict(scalars(logs, "val_loss"))
+    # The policy starts as the reference (LoRA's B is zero): every reward is 0 and the DPO loss log 2.
+    assert val_loss[0] == pytest.approx(math.log(2), abs=1e-5)
+    assert min(v for s, v in val_loss.items() if s > 0) < math.log(2) - 0.05
+    accuracies = [v for _, v in scalars(logs, "val_rewards/accuracies")]
+    assert accuracies and accuracies[-1] > 0.5
+    margins = [v for _, v in scalars(logs, "train_rewards/margins")]
+    assert len(margins) == 4 and margins[-1] > margins[0]
+    for tag in ("train_loss", "train_rewards/chosen", "train_logps/rejected", "val_rewards/margins"):
+        assert scalars(logs, tag), tag
+
+
+def test_checkpoint_is_lora_only_and_the_adapter_generates(dpo_run):
+    ckpt = checkpoints_dir(dpo_run["run"]) / "last.ckpt"
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert saved["state_dict"] and all("lora_" in k for k in saved["state_dict"])
+    objective = saved["hyper_parameters"]["objective"]
+    assert objective["class_path"] == "lit_lora.objectives.preference.Preference"
+    assert objective["init_args"]["beta"] == 0.1 and objective["init_args"]["loss_type"] == "sigmoid"
+    tmp = dpo_run["tmp"]
+    cli_output(tmp, "export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp / "adapter"))
+    assert (tmp / "adapter" / "adapter_model.safetensors").is_file()
+    out = cli_output(tmp, "generate", "--adapter_path", str(tmp / "adapter"), "--prompt", "What does Ann sell?",
+                     "--max_new_tokens", "4", "--temperature", "0")
+    assert out.startswith("What does Ann sell?")
+
+
+def test_a_pair_whose_answers_are_equal_is_one_line_naming_file_and_line(dpo_run):
+    tmp = dpo_run["tmp"]
+    bad = _pairs(tmp / "bad.jsonl", long_prompt=False)
+    lines = bad.read_text().splitlines()
+    lines[4] = json.dumps({"prompt": "Hi", "chosen": " same", "rejected": " same"})
+    bad.write_text("\n".join(lines) + "\n")
+    err = cli_output(tmp, "fit", *_flags(tmp, dpo_run["model"], bad), *DPO, code=2)
+    assert err.strip() == f"lit_lora: error: {bad}:5: 'chosen' and 'rejected' are the same; a pair must differ"
+
+
+def test_sft_objective_on_pairs_is_one_line_before_any_step(dpo_run):
+    tmp = dpo_run["tmp"]
+    err = cli_output(tmp, "fit", *_flags(tmp, dpo_run["model"], tmp / "pairs.jsonl"), code=2)
+    assert err.startswith("lit_lora: error: the SupervisedNll objective needs batches with input_ids, labels; "
+                          "the data gave chosen_attention_mask")
+    assert "(data.format preference)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_preview_shows_chosen_and_rejected_with_their_counted_spans(dpo_run):
+    out = cli_output(dpo_run["tmp"], "preview", *dpo_run["flags"], "--num_examples", "1")
+    shown = out.splitlines()
+    assert shown[0].startswith("=== training sequence 0, chosen (") and shown[2].startswith(
+        "=== training sequence 0, rejected (")
+    # The prompt is shown, not counted; the answer and its EOS are counted.
+    assert shown[1].startswith("What does ") and shown[1].endswith(" sells apples. Bye!<|endoftext|>]]")
+    assert shown[3].endswith(" sells pears.<|endoftext|>]]") and shown[3].split("[[")[0] == shown[1].split("[[")[0]
+
+
+def test_an_init_arg_the_objective_does_not_take_is_one_line(dpo_run):
+    tmp = dpo_run["tmp"]
+    err = cli_output(tmp, "fit", *_flags(tmp, dpo_run["model"], tmp / "pairs.jsonl"), *DPO,
+                     "--model.objective.init_args.loss_type", "dpo", code=2)  # TRL calls DPO's loss "sigmoid"
+    # The parser hands over what it kept of the init_args, without the class path.
+    head, _, tail = err.strip().partition("}: ")
+    assert head.startswith("lit_lora: error: model.objective={") and "'loss_type': 'dpo'" in head
+    assert tail == ("no class_path, or init_args the class does not take (a misspelt name, or a value outside its "
+                    "choices; `fit --model.objective.help CLASS` lists them)")
