@@ -1,18 +1,19 @@
 """Preference tuning end to end, as docs/preference-tuning.md runs it: `fit` with the DPO objective on a JSONL
 of pairs, the rewards in TensorBoard, a LoRA-only checkpoint that records its objective, the exported adapter
-that `generate` loads, `preview` of pairs; and the one-line errors that a bad pair, or an objective that does
-not match the data, give."""
+that `generate` loads, `preview` of pairs, a mid-epoch resume that repeats the same losses; and the one-line
+errors that a bad pair, or an objective that does not match the data, give."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
 from tests.conftest import QUICKSTART, save_tiny_gpt2
-from tests.helpers import checkpoints_dir, cli_output, fit_in_process, scalars
+from tests.helpers import assert_resume_repeats, checkpoints_dir, cli_output, fit_in_process, scalars
 
 NAMES = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max", "Ned", "Oda", "Pat"]
 DPO = ["--model.objective", "lit_lora.objectives.preference.Preference", "--model.objective.init_args.beta", "0.1"]
@@ -81,6 +82,29 @@ def test_checkpoint_is_lora_only_and_the_adapter_generates(dpo_run):
     out = cli_output(tmp, "generate", "--adapter_path", str(tmp / "adapter"), "--prompt", "What does Ann sell?",
                      "--max_new_tokens", "4", "--temperature", "0")
     assert out.startswith("What does Ann sell?")
+
+
+def test_a_dpo_run_resumed_mid_epoch_repeats_the_same_losses(dpo_run):
+    # 12 training pairs, 4 a step in two micro-batches of 2: 3 steps an epoch, so step 2 is mid-epoch and
+    # the resumed run crosses into a reshuffled second epoch; each micro-batch's loss is divided by its
+    # step's pair count.
+    tmp = dpo_run["tmp"]
+    saving = ["--data.batch_size", "2", "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "6",
+              "--checkpoint.every_n_train_steps", "2", "--checkpoint.save_top_k", "-1", "--checkpoint.monitor", "null",
+              "--checkpoint.filename", "step{step:03d}"]
+    code, _, err = fit_in_process(tmp / "full", *dpo_run["flags"], *DPO, *saving)
+    assert code == 0, err[-3000:]
+    resumed = checkpoints_dir(tmp / "resumed")
+    resumed.mkdir(parents=True)
+    shutil.copy(checkpoints_dir(tmp / "full") / "step002.ckpt", resumed / "copy.ckpt")
+    code, _, err = fit_in_process(tmp / "resumed", *dpo_run["flags"], *DPO, *saving,
+                                  "--ckpt_path", str(resumed / "copy.ckpt"))
+    assert code == 0, err[-3000:]
+    assert_resume_repeats(tmp / "full", tmp / "resumed", 2, "step006.ckpt")
+    full = dict(scalars(str(tmp / "full" / "lightning_logs"), "train_rewards/margins"))
+    again = dict(scalars(str(tmp / "resumed" / "lightning_logs"), "train_rewards/margins"))
+    assert sorted(again) == [s for s in sorted(full) if s >= 2] and len(again) == 4
+    assert max(abs(full[s] - again[s]) for s in again) <= 1e-6
 
 
 def test_a_pair_whose_answers_are_equal_is_one_line_naming_file_and_line(dpo_run):
