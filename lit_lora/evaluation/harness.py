@@ -119,7 +119,7 @@ def _quiet_lm_eval() -> Iterator[None]:
     """lm-eval logs a warning for every model object it is given and a line per task, draws progress bars,
     and asks git for a commit hash (git complains on stderr outside a repository). None of it is something a
     user can act on: its loggers are raised to ERROR and the process's stderr is set aside for the call.
-    `--verbose` (LIT_LORA_VERBOSE=1) lets all of it through."""
+    LIT_LORA_VERBOSE=1 lets all of it through."""
     if verbose_requested():
         yield
         return
