@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.padding import pad_sequences
 from lit_lora.data.preference_batches import PreferenceCollator
 from lit_lora.generation.chat import stop_ids
 from lit_lora.generation.prompts import encode_prompts
@@ -23,7 +24,8 @@ class RowsView(torch.utils.data.Dataset):
         self.ds = ds.with_format("python")
         # Packed blocks all have one length: a batch of them reads as one (B, T) NumPy array instead of
         # B x T Python ints, which the collator would then have to convert back.
-        self._blocks = ds.with_format("numpy") if "labels" not in ds.column_names else None
+        packed = "input_ids" in ds.column_names and "labels" not in ds.column_names
+        self._blocks = ds.with_format("numpy") if packed else None
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -77,23 +79,13 @@ class Collator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        ids = [r["input_ids"] for r in rows]
         sample_ids = torch.tensor([r["sample_id"] for r in rows])
         # A batch lies within one optimizer step: its rows carry the same step total.
         step = {k: torch.tensor(rows[0][k]) for k in ("step_target_tokens",) if k in rows[0]}
         if "position_ids" in rows[0]:
             return {**self._packed(rows), "sample_ids": sample_ids, **step}
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            n = len(r["input_ids"])
-            input_ids[j, :n] = torch.tensor(r["input_ids"])
-            labels[j, :n] = torch.tensor(r["labels"])
-            mask[j, :n] = 1
-        labels[:, 0] = IGNORE_INDEX  # a row's first token is never predicted: its label says so
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels, "sample_ids": sample_ids, **step}
+        padded = pad_sequences([(r["input_ids"], r["labels"]) for r in rows], self.pad_token_id)
+        return {**padded, "sample_ids": sample_ids, **step}
 
     def _packed(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [len(r["input_ids"]) for r in rows]

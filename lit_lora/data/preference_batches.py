@@ -17,34 +17,14 @@ import numpy as np
 import torch
 
 from lit_lora.constants import IGNORE_INDEX
+from lit_lora.data.padding import pad_sequences
 from lit_lora.data.preference import cut_to_block
 
 _REFERENCE = ("ref_chosen_logps", "ref_rejected_logps", "ref_logps", "ref_kl_logps")
 
 
-def _ints(value: Any) -> list[int]:
-    # RowsView hands rows out as Python lists or, for splits without a `labels` column, NumPy arrays.
-    return np.asarray(value, dtype=np.int64).tolist()
-
-
-def pad_sequences(sequences: list[tuple[list[int], list[int]]], pad_token_id: int, prefix: str
-                  ) -> dict[str, torch.Tensor]:
-    """`{prefix}_input_ids`, `{prefix}_attention_mask`, `{prefix}_labels` of (ids, labels) rows, right-padded;
-    padding gets label -100 and attention 0, so the pad id (often EOS) never masks anything."""
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for j, (ids, row_labels) in enumerate(sequences):
-        input_ids[j, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        labels[j, : len(ids)] = torch.tensor(row_labels, dtype=torch.long)
-        mask[j, : len(ids)] = 1
-    labels[:, 0] = IGNORE_INDEX  # a row's first token is never predicted
-    return {f"{prefix}_input_ids": input_ids, f"{prefix}_attention_mask": mask, f"{prefix}_labels": labels}
-
-
 def _sequence(prompt: list[int], ids: Any, labels: Any) -> tuple[list[int], list[int]]:
-    return prompt + _ints(ids), [IGNORE_INDEX] * len(prompt) + _ints(labels)
+    return prompt + list(ids), [IGNORE_INDEX] * len(prompt) + list(labels)
 
 
 class PreferenceCollator:
@@ -65,12 +45,12 @@ class PreferenceCollator:
         self.pad_token_id, self.block_size, self.bos_token_id, self.kl = pad_token_id, block_size, bos_token_id, kl
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        prompts = [_ints(r["prompt_ids"]) for r in rows]
+        prompts = [list(r["prompt_ids"]) for r in rows]
         names = ("completion",) if "completion_ids" in rows[0] else ("chosen", "rejected")
         out: dict[str, Any] = {}
         for name in names:
             out |= pad_sequences([_sequence(p, r[f"{name}_ids"], r[f"{name}_labels"]) for p, r in zip(prompts, rows)],
-                                 self.pad_token_id, name)
+                                 self.pad_token_id, f"{name}_")
         if names == ("completion",):
             out["label"] = torch.tensor([bool(r["label"]) for r in rows], dtype=torch.bool)
             if self.kl:
@@ -88,12 +68,12 @@ class PreferenceCollator:
         sequences = []
         for j, prompt in enumerate(prompts):
             other = rows[j - 1]  # row 0 takes the last row's completion: TRL's rotation by one
-            completion = (_ints(other["completion_ids"]), _ints(other["completion_labels"]))
+            completion = (list(other["completion_ids"]), list(other["completion_labels"]))
             if self.block_size is not None:
                 keep = int(self.bos_token_id is not None and prompt[:1] == [self.bos_token_id])
                 prompt, (completion,), _ = cut_to_block(prompt, [completion], self.block_size, keep)
             sequences.append(_sequence(prompt, *completion))
-        return pad_sequences(sequences, self.pad_token_id, "kl")
+        return pad_sequences(sequences, self.pad_token_id, "kl_")
 
 
 def row_stats(ds: Any) -> tuple[np.ndarray, np.ndarray]:
