@@ -9,7 +9,6 @@ import functools
 import io
 import logging
 import os
-import random
 import sys
 import tempfile
 from typing import Any, Iterator, Optional
@@ -58,34 +57,37 @@ def _unknown(manager: Any, tasks: list[str]) -> list[str]:
 
 def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: Any = None) -> dict[str, Any]:
     """lm-eval's results for `model`: the dict `simple_evaluate` returns, its per-document samples left out.
-    The model is evaluated in eval mode under no_grad, and each of its modules is given back its own mode. lm-eval seeds Python's,
-    NumPy's and torch's generators; the caller's states are put back, so a training run that evaluates goes on
-    drawing the numbers it would have drawn."""
+    The model is evaluated in eval mode under no_grad, and each of its modules is given back its own mode.
+    lm-eval seeds Python's, NumPy's and torch's generators; Lightning's `isolate_rng` puts the caller's
+    states back, so a training run that evaluates goes on drawing the numbers it would have drawn."""
     import lm_eval
+    from lightning.pytorch.utilities.seed import isolate_rng
     from lm_eval.models.huggingface import HFLM
 
     manager = manager or task_manager(settings)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with _kept_rng_states(model), _quiet_lm_eval(), torch.no_grad():
-            _load_each(manager, settings.tasks)
+        with isolate_rng(), _quiet_lm_eval(), torch.no_grad():
             lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-            results = lm_eval.simple_evaluate(
-                model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
-                task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
-            )
+            try:
+                return lm_eval.simple_evaluate(
+                    model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
+                    task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
+                )
+            except Exception:
+                _name_the_task(manager, settings.tasks)  # a task that cannot load its data, in one line
+                raise
     finally:
         for module, training in modes:
             module.training = training
-    return results
 
 
-def _load_each(manager: Any, tasks: list[str]) -> None:
-    """Each task's documents loaded once before the model runs, so a task that cannot get its data is named
-    in one line instead of a traceback from deep inside `datasets`: lm-eval's own tasks download theirs, and
-    a local task's relative `data_files` are found from the current folder (as lm-eval's command finds
-    them), not from the YAML's."""
+def _name_the_task(manager: Any, tasks: list[str]) -> None:
+    """After lm-eval failed: the first task that cannot load its documents, named in one line instead of a
+    traceback from deep inside `datasets`. lm-eval's own tasks download theirs, and a local task's relative
+    `data_files` are found from the current folder (as lm-eval's command finds them), not from the YAML's.
+    Returns when every task loads: the failure was elsewhere."""
     for name in tasks:
         try:
             manager.load([name])
@@ -100,18 +102,6 @@ def _why(err: BaseException) -> str:
     if isinstance(err, ConnectionError) or type(err).__name__ in ("ConnectError", "OfflineModeIsEnabled"):
         return "it downloads them from the Hugging Face hub, which cannot be reached (offline)"
     return text or type(err).__name__
-
-
-@contextlib.contextmanager
-def _kept_rng_states(model: Any) -> Iterator[None]:
-    import numpy as np
-
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    devices = [model.device] if getattr(model, "device", torch.device("cpu")).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
-    random.setstate(python_state)
-    np.random.set_state(numpy_state)
 
 
 @contextlib.contextmanager
