@@ -49,12 +49,8 @@ class SampleGenerator(Callback):
         self._tokenizer: Any = None
 
     def _get_tokenizer(self, trainer: Any, pl_module: Any) -> Any:
-        if self._tokenizer is None and isinstance(trainer.datamodule, TrainingData):
-            self._tokenizer = trainer.datamodule.tokenizer
         if self._tokenizer is None:
-            hp = pl_module.hparams
-            source = tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
-            self._tokenizer = load_tokenizer(source, trust_remote_code=bool(hp.get("trust_remote_code")))
+            self._tokenizer = run_tokenizer(trainer, pl_module)
         return self._tokenizer
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -84,6 +80,15 @@ class SampleGenerator(Callback):
             for m, training in modes:
                 m.training = training
         return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def run_tokenizer(trainer: Any, pl_module: Any) -> Any:
+    """The run's tokenizer: the data module's, else the one the model's hyperparameters name."""
+    if isinstance(trainer.datamodule, TrainingData):
+        return trainer.datamodule.tokenizer
+    hp = pl_module.hparams
+    source = tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
+    return load_tokenizer(source, trust_remote_code=bool(hp.get("trust_remote_code")))
 
 
 def log_text(logger: Any, text: str, step: int) -> None:

@@ -10,12 +10,11 @@ from typing import Any, Optional, Union
 
 from lightning.pytorch.callbacks import Callback
 
+from lit_lora.callbacks.samples import run_tokenizer
 from lit_lora.errors import LitLoraError
 from lit_lora.evaluation.settings import TaskSettings
 from lit_lora.notes import print_note
-from lit_lora.pretrained.hub import load_tokenizer, tokenizer_source
-from lit_lora.settings import build_settings
-from lit_lora.training.contracts import TrainingData
+from lit_lora.settings import build_settings, check_number
 from lit_lora.training.distributed import is_fsdp
 
 
@@ -56,8 +55,7 @@ class TaskEval(Callback):
             values = dict(tasks=tasks, include_path=include_path, num_fewshot=num_fewshot, limit=limit,
                           batch_size=batch_size, apply_chat_template=apply_chat_template)
             self.settings = build_settings(TaskSettings, "eval_tasks.", values)
-        if not isinstance(every_n_validations, int) or every_n_validations < 1:
-            raise LitLoraError(f"eval_tasks.every_n_validations must be an integer >= 1, got {every_n_validations!r}")
+        check_number("eval_tasks.every_n_validations", every_n_validations, at_least=1, integer=True)
         self.every_n_validations = every_n_validations
         self.evaluated_steps: list[int] = []
         self._validations = 0
@@ -119,14 +117,8 @@ class TaskEval(Callback):
 
     def _get_tokenizer(self, trainer: Any, pl_module: Any) -> Any:
         if self._tokenizer is None:
-            data = trainer.datamodule
-            if isinstance(data, TrainingData):
-                # A copy: the chat template set below is lm-eval's to read, not the data's.
-                self._tokenizer = copy.copy(data.tokenizer)
-            else:
-                hp = pl_module.hparams
-                source = tokenizer_source(hp.get("tokenizer_name_or_path"), hp["model_name_or_path"])
-                self._tokenizer = load_tokenizer(source, trust_remote_code=bool(hp.get("trust_remote_code")))
+            # A copy: HFLM may set its pad token, and the chat template set below is lm-eval's to read.
+            self._tokenizer = copy.copy(run_tokenizer(trainer, pl_module))
             template = getattr(pl_module, "chat_template", None)
             if template:  # lm-eval's --apply_chat_template reads the tokenizer's
                 self._tokenizer.chat_template = template
