@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from jsonargparse import ArgumentParser
@@ -29,6 +30,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser("export", "Write adapter_model.safetensors + adapter_config.json + README.md.").parse_args(argv)
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import export_adapter
+    from lit_lora.lora.serving import engine_lines
     from lit_lora.outputs import check_output_dir, shown
     from lit_lora.loading import module_from_checkpoint
 
@@ -36,4 +38,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
     print_note(f"exported adapter to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
+    for line in engine_lines(json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))):
+        print_note(line)
     return 0

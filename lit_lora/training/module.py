@@ -112,7 +112,8 @@ class LitLora(pl.LightningModule):
         self.optimizer_settings = OptimizerSettings.from_hparams(self.hparams)
         if compile:
             check_compile_options(compile_options)
-        self.model, lora_settings, self.memory_marks = build_peft_model(ModelSettings.from_hparams(self.hparams))
+        self.model, lora_settings, self.memory_marks, self.initial_lora = build_peft_model(
+            ModelSettings.from_hparams(self.hparams))
         # The resolved targets (or an adapter_path's), also in what Lightning logs first (MLflow refuses changes).
         self.hparams["lora"] = lora_settings.as_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)
