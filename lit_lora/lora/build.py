@@ -17,7 +17,8 @@ from lit_lora.host_memory import host_memory_mb
 from lit_lora.lora.plain_lora import CONVERTIBLE_INITS, initial_lora_weights
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
-from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
+from lit_lora.lora.wrap import (apply_lora, enable_checkpointing, load_adapter_for_training, load_reference_adapter,
+                                read_adapter_config)
 from lit_lora.notes import print_note
 from lit_lora.objectives.nll import output_head
 from lit_lora.pretrained.hub import load_base_model
@@ -113,3 +114,13 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
     # from_pretrained returns eval mode, and Lightning keeps each module's mode: without this the base
     # model's dropout would silently stay off during training.
     return model.train(), lora, memory_marks, initial
+
+
+def add_reference(model: Any, adapter_path: Optional[str]) -> str:
+    """Give a preference run its reference policy, the model training starts from, and say what it is: a
+    frozen copy of the starting adapter (`adapter_path`) beside the one that trains, or, without one, the base
+    with the adapter switched off. Never a second copy of the base weights."""
+    if not adapter_path:
+        return "reference: the base model with the adapter switched off (no extra weights)"
+    count = load_reference_adapter(model, adapter_path, weights=not _WITHOUT_WEIGHTS.get())
+    return f"reference: a frozen copy of adapter {adapter_path} ({count:,} parameters, not trained)"

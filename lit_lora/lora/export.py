@@ -134,7 +134,9 @@ def export_adapter(
     def fill(tmp: Path) -> None:
         # save_embedding_layers=False: we never resize the vocabulary, and "auto" looks the base model's
         # config up on the hub (a network call, and a warning when offline or for a random-init base).
-        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False)
+        # Only the trained adapter: a preference run's frozen reference copy ("ref") is not its result.
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False,
+                                   selected_adapters=["default"])
         rewrite_as_plain_lora(tmp, lora_scales(peft_model), initial)
         (tmp / "README.md").write_text(_model_card(module, checkpoint, "adapter"), encoding="utf-8")
         # A converted PiSSA/OLoRA adapter fits the original base, not the changed one the fingerprint is of.

@@ -90,12 +90,17 @@ def reference_policy(model: Any) -> Iterator[None]:
                            f"{type(model).__name__} (or give the batches precomputed ref_*_logps)")
     with torch.no_grad():
         if REFERENCE_ADAPTER in peft_config:
-            previous = model.active_adapter
+            # PEFT's set_adapter marks the adapter it activates trainable and the others frozen: put back
+            # exactly which weights train, so the optimizer's parameters are the same after the pass.
+            previous, trainable = model.active_adapter, {id(p) for p in model.parameters() if p.requires_grad}
             model.set_adapter(REFERENCE_ADAPTER)
             try:
                 yield
             finally:
                 model.set_adapter(previous)
+                for p in model.parameters():
+                    if p.requires_grad != (id(p) in trainable):
+                        p.requires_grad_(id(p) in trainable)
         else:
             with model.disable_adapter():
                 yield
