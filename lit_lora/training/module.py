@@ -142,8 +142,7 @@ class LitLora(pl.LightningModule):
         return self._fingerprint
 
     def trainable_keys(self) -> set[str]:
-        """State-dict keys of the trainable (LoRA) tensors, without FSDP's wrapper names (which appear in
-        `named_parameters()` but not in the state dicts it gathers)."""
+        """State-dict keys of the trainable (LoRA) tensors, without the wrapper names FSDP adds to parameters."""
         return {f"model.{unwrapped_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
