@@ -106,6 +106,20 @@ def reference_policy(model: Any) -> Iterator[None]:
                 yield
 
 
+def reference_columns(model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The reference's summed log-probabilities of a batch's completions, (B,) each, under the names the
+    objectives read them by when a batch carries them: `ref_chosen_logps` and `ref_rejected_logps` of a
+    paired batch (one forward, as `Preference` runs them), `ref_logps` of an unpaired one. KTO's mismatched
+    `kl_*` pairs are left out: a batch builds them from its own rows, so they change with every batch."""
+    with reference_policy(model):
+        if "chosen_input_ids" in batch:
+            chosen, rejected = sequence_logps(model, *concatenated(batch, "chosen", "rejected")).logps.chunk(2)
+            return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+        logps = sequence_logps(model, batch["completion_input_ids"], batch.get("completion_attention_mask"),
+                               batch["completion_labels"]).logps
+        return {"ref_logps": logps}
+
+
 def world_size() -> int:
     dist = torch.distributed
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
