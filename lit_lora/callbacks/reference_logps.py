@@ -92,17 +92,12 @@ class ReferenceLogps(Callback):
         collate, view = collator_for(ds, data.load_tokenizer(), data.hparams.block_size), RowsView(ds)
         size = self.precompute_ref_batch_size or data.batch_size or 1
         values = torch.full((math.ceil(len(ds) / world), len(names)), float("nan"), device=device)
-        model, training = pl_module.model, pl_module.model.training
-        model.eval()  # no dropout: the reference validation sees
-        try:
-            with trainer.precision_plugin.forward_context():
-                for first in range(0, len(rows), size):
-                    batch = collate(view.__getitems__(rows[first:first + size]))
-                    batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                    out = reference_columns(model, batch)
-                    values[first:first + len(out[names[0]])] = torch.stack([out[n].float() for n in names], -1)
-        finally:
-            model.train(training)
+        with trainer.precision_plugin.forward_context():  # eval mode: reference_policy's
+            for first in range(0, len(rows), size):
+                batch = collate(view.__getitems__(rows[first:first + size]))
+                batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+                out = reference_columns(pl_module.model, batch)
+                values[first:first + len(out[names[0]])] = torch.stack([out[n].float() for n in names], -1)
         if world > 1:  # (world, share, k): row i is process i % world's (i // world)-th
             values = trainer.strategy.all_gather(values).transpose(0, 1).reshape(-1, len(names))
         values = values[:len(ds)].cpu().numpy()

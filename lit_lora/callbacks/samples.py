@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
 
+from lit_lora.eval_mode import evaluating
 from lit_lora.generation.chat import chat_prompt_ids, stop_ids
 from lit_lora.generation.decode import sample_tokens
 from lit_lora.generation.prompts import prompt_ids
@@ -72,13 +73,8 @@ class SampleGenerator(Callback):
                 stop_ids(tokenizer, chat_template)
         else:
             ids, stop = prompt_ids(tokenizer, prompt), [tokenizer.eos_token_id]
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with evaluating(model):
             ids = sample_tokens(model, ids, self.settings, stop)
-        finally:
-            for m, training in modes:
-                m.training = training
         return tokenizer.decode(ids, skip_special_tokens=True)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from lit_lora.errors import LitLoraError, verbose_requested
+from lit_lora.eval_mode import evaluating
 from lit_lora.evaluation.settings import TaskSettings
 
 MISSING = "eval needs lm-evaluation-harness, which is not installed: pip install -e '.[eval]'"
@@ -65,22 +66,16 @@ def evaluate_tasks(model: Any, tokenizer: Any, settings: TaskSettings, manager: 
     from lm_eval.models.huggingface import HFLM
 
     manager = manager or task_manager(settings)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with isolate_rng(), _quiet_lm_eval(), torch.no_grad():
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
-            try:
-                return lm_eval.simple_evaluate(
-                    model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
-                    task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
-                )
-            except Exception:
-                _name_the_task(manager, settings.tasks)  # a task that cannot load its data, in one line
-                raise
-    finally:
-        for module, training in modes:
-            module.training = training
+    with evaluating(model), isolate_rng(), _quiet_lm_eval(), torch.no_grad():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+        try:
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
+                task_manager=manager, apply_chat_template=settings.apply_chat_template, log_samples=False,
+            )
+        except Exception:
+            _name_the_task(manager, settings.tasks)  # a task that cannot load its data, in one line
+            raise
 
 
 def _name_the_task(manager: Any, tasks: list[str]) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from lit_lora.constants import IGNORE_INDEX
 from lit_lora.errors import LitLoraError
+from lit_lora.eval_mode import evaluating
 from lit_lora.objectives.nll import head_token_nll, next_token_targets, output_head
 
 # The adapter a reference pass switches to when the model holds one under this name (TRL's convention).
@@ -83,12 +84,14 @@ def _mask(batch: dict[str, Any], side: str, length: int) -> torch.Tensor:
 
 @contextmanager
 def reference_policy(model: Any) -> Iterator[None]:
-    """Run the reference policy inside: no gradients, the LoRA adapter off (or the "ref" adapter on)."""
+    """Run the reference policy inside: no gradients, no dropout (TRL's default), the LoRA adapter off (or the
+    "ref" adapter on). Without dropout its values do not depend on the step, so precomputing them before
+    training gives the numbers a pass at each step gives, and the pass draws no random numbers."""
     peft_config = getattr(model, "peft_config", None)
     if peft_config is None or not hasattr(model, "disable_adapter"):
         raise LitLoraError(f"the reference policy needs a PEFT model whose adapter can be switched off; got "
                            f"{type(model).__name__} (or give the batches precomputed ref_*_logps)")
-    with torch.no_grad():
+    with torch.no_grad(), evaluating(model):
         if REFERENCE_ADAPTER in peft_config:
             # PEFT's set_adapter marks the adapter it activates trainable and the others frozen: put back
             # exactly which weights train, so the optimizer's parameters are the same after the pass.

@@ -107,6 +107,28 @@ def test_a_dpo_run_resumed_mid_epoch_repeats_the_same_losses(dpo_run):
     assert max(abs(full[s] - again[s]) for s in again) <= 1e-6
 
 
+def test_precomputed_reference_logs_the_same_numbers_and_is_reused(dpo_run):
+    # The reference runs without dropout either way, so log-probs computed once before training give the
+    # numbers that a reference pass at each step gave to the run above (whose base has dropout).
+    tmp, precompute = dpo_run["tmp"], ["--reference.precompute_ref_log_probs", "true"]
+    tags = ("train_loss", "train_rewards/margins", "train_logps/chosen", "val_loss", "val_rewards/margins",
+            "val_rewards/accuracies")
+    logged = {}
+    for name, extra in (("precomputed", []), ("reused", ["--trainer.max_steps", "1"])):
+        code, _, err = fit_in_process(tmp / name, *dpo_run["flags"], *DPO, *precompute, *extra)
+        assert code == 0, err[-3000:]
+        logged[name] = (err, {tag: dict(scalars(str(tmp / name / "lightning_logs"), tag)) for tag in tags})
+    assert "reference log-probs: computed for 12 train / 4 val pairs in " in logged["precomputed"][0]
+    assert "reference log-probs: reused from cache for 12 train / 4 val pairs (cached in " in logged["reused"][0]
+    assert "reference log-probs" not in dpo_run["err"]
+    each_step = {tag: dict(scalars(str(dpo_run["run"] / "lightning_logs"), tag)) for tag in tags}
+    for name, (_, got) in logged.items():
+        for tag in tags:
+            want = each_step[tag] if name == "precomputed" else {s: each_step[tag][s] for s in got[tag]}
+            assert want and sorted(got[tag]) == sorted(want) or name == "reused" and tag.startswith("val"), (name, tag)
+            assert all(abs(got[tag][s] - want[s]) <= 1e-6 for s in want), (name, tag)
+
+
 def test_a_pair_whose_answers_are_equal_is_one_line_naming_file_and_line(dpo_run):
     tmp = dpo_run["tmp"]
     bad = _pairs(tmp / "bad.jsonl", long_prompt=False)

@@ -19,7 +19,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "lit_lora"
 # Lowest first. A module may import its own layer and those before it, never one after it.
 LAYERS = [
-    ("errors", "notes", "settings", "constants", "outputs", "jsonl", "host_memory"),
+    ("errors", "notes", "settings", "constants", "outputs", "jsonl", "host_memory", "eval_mode"),
     ("pretrained",),
     ("objectives",),
     ("lora",),
