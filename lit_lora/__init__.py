@@ -3,9 +3,9 @@
 Code map. Each folder is a layer; a module imports only its own layer and those listed before it, never
 one listed after it (tests/unit/test_package_layout.py checks this and that no import goes in a circle):
 
-    errors, notes, settings, constants, outputs, jsonl, host_memory   one-line errors, notes on stderr,
-                 settings coercion, shared values, safe output paths, JSON Lines reading, this process's
-                 memory
+    errors, notes, settings, constants, outputs, jsonl, host_memory, eval_mode   one-line errors, notes on
+                 stderr, settings coercion, shared values, safe output paths, JSON Lines reading, this
+                 process's memory, eval mode for a while
     pretrained/  base models of any family (QLoRA: quantized by bitsandbytes) and tokenizers (hub id or local
                  folder)
     objectives/  what a training step computes from a batch (SFT by default): the next-token loss, its output
