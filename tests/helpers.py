@@ -461,3 +461,12 @@ def save_qlora_base(folder: Any, model_type: str, fields: dict, seed: int = 0) -
 def packed_for_cpu_inference(layer: Any) -> bool:
     """Whether bitsandbytes has repacked this 4-bit layer's weight into its CPU inference layout."""
     return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def preference_pairs(n: int = 16) -> list[dict[str, str]]:
+    """`n` preference pairs in TRL's standard form: each chosen answer ends with a sign-off its rejected one
+    lacks (a rule the tiny random bases do not follow)."""
+    names = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou", "Max", "Ned", "Oda",
+             "Pat"]
+    return [{"prompt": f"What does {name} sell?", "chosen": f" {name} sells apples. Bye!",
+             "rejected": f" {name} sells pears."} for name in names[:n]]

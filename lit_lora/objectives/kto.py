@@ -58,12 +58,12 @@ class KTO(Objective):
     def needs_reference(self) -> bool:
         return True
 
-    def row_values(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def row_values(self, model: Any, batch: dict[str, Any], training: bool) -> dict[str, torch.Tensor]:
         """Per row (B,): `losses`, rewards and log-probabilities; `kl`: the batch's z."""
         ids, mask, labels = (batch["completion_input_ids"], batch.get("completion_attention_mask"),
                              batch["completion_labels"])
         logps = sequence_logps(model, ids, mask, labels).logps
-        kl = self.kl_estimate(model, batch)
+        kl = self.kl_estimate(model, batch, across_processes=training)
         if "ref_logps" in batch:
             ref = batch["ref_logps"].float()
         else:
@@ -76,8 +76,11 @@ class KTO(Objective):
         return {"losses": losses, "desirable": desirable, "rewards": self.beta * ratio.detach(),
                 "logps": logps.detach(), "kl": kl}
 
-    def kl_estimate(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
-        """z: the batch's mean policy-to-reference log-ratio on the mismatched pairs, >= 0, no gradient."""
+    def kl_estimate(self, model: Any, batch: dict[str, Any], across_processes: bool) -> torch.Tensor:
+        """z: the batch's mean policy-to-reference log-ratio on the mismatched pairs, >= 0, no gradient.
+        `across_processes`: averaged over the processes of a distributed run, as TRL's training does. Only
+        in training: validation splits its rows across the processes without padding, so one process may
+        hold a batch more than another, and a collective in each batch would wait forever."""
         if "kl_input_ids" not in batch:
             return torch.zeros((), device=batch["completion_input_ids"].device)
         ids, mask, labels = batch["kl_input_ids"], batch.get("kl_attention_mask"), batch["kl_labels"]
@@ -87,8 +90,8 @@ class KTO(Objective):
         if ref is None:
             with reference_policy(model):
                 ref = sequence_logps(model, ids, mask, labels).logps
-        # TRL averages each process's batch mean over the processes.
-        return (all_reduce_sum((policy - ref.float()).mean()) / world_size()).clamp(min=0)
+        kl = (policy - ref.float()).mean()
+        return (all_reduce_sum(kl) / world_size() if across_processes else kl).clamp(min=0)
 
     def sums(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         desirable, rows = values["desirable"], values["losses"].shape[0]
@@ -101,7 +104,7 @@ class KTO(Objective):
 
     def training_loss(self, model: Any, batch: dict[str, Any], first_of_step: bool,
                       layout: StepLayout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = self.row_values(model, batch)
+        values = self.row_values(model, batch, training=True)
         sums = self.sums(values)
         split = layout.accumulate > 1 or layout.world > 1
         loss = step_loss(values["losses"].sum(), sums["rows"], batch.get("step_target_tokens") if split else None,
@@ -120,7 +123,7 @@ class KTO(Objective):
         return out
 
     def update_eval(self, model: Any, batch: dict[str, Any]) -> None:
-        self.eval_sums.update(self.sums(self.row_values(model, batch)))
+        self.eval_sums.update(self.sums(self.row_values(model, batch, training=False)))
 
     def compute_eval(self) -> dict[str, torch.Tensor]:
         # Row-weighted over the whole split; TRL's evaluation loss is a mean of per-batch means instead.

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ import yaml
 from tests.conftest import QUICKSTART, REPO, save_tiny_gpt2
 from tests.helpers import (BATCH, EPOCHS, FAMILIES, QLORA_FAMILIES, RUN_BATCH, RUN_BLOCK, RUN_SAVE_EVERY,
                            RUN_STEPS, STEPS_PER_EPOCH, VOCAB, bos_tokenizer_dir, checkpoint_file, checkpoints_dir,
-                           cli_output, finish_ddp, fit_in_process, save_qlora_base, start_ddp)
+                           cli_output, finish_ddp, fit_in_process, preference_pairs, save_qlora_base, start_ddp)
 
 STEPS, SAVE_EVERY, BLOCK = RUN_STEPS, RUN_SAVE_EVERY, RUN_BLOCK
 
@@ -39,33 +41,59 @@ def ddp_workdir(tmp_path_factory):
         "samples": {"prompts": []},  # no text generation at validation: rank 1 would only wait for it
     }
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    # A DPO run on a 4-bit base (QLoRA): 16 pairs, a quarter held out, so 12 training pairs; 2 ranks x 2 or one
+    # process x 4 pairs a step, 3 steps an epoch, a checkpoint every 2 steps. Dropout is off everywhere.
+    fields = dict(QLORA_FAMILIES["gpt2"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    base = save_qlora_base(root / "qlora-model", fields.pop("model_type"), fields)
+    (root / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preference_pairs()))
+    dpo = {
+        "seed_everything": 1234,
+        "model": {"model_name_or_path": str(base), "quantization": "nf4", "warmup_steps": 1, "learning_rate": 1e-2,
+                  "gradient_checkpointing": True, "lora": {"dropout": 0.0},
+                  "objective": {"class_path": "lit_lora.objectives.preference.Preference", "init_args": {"beta": 0.1}}},
+        "data": {"train_files": str(root / "pairs.jsonl"), "val_fraction": 0.25, "block_size": 64},
+        "trainer": {"accelerator": "cpu", "max_steps": 6, "val_check_interval": 2, "log_every_n_steps": 1,
+                    "enable_progress_bar": False, "enable_model_summary": False},
+        "checkpoint": {"monitor": None, "save_top_k": -1, "every_n_train_steps": 2, "filename": "step{step:06d}"},
+        "samples": {"prompts": []},
+    }
+    (root / "dpo.yaml").write_text(yaml.safe_dump(dpo))
     return root
 
 
 @pytest.fixture(scope="session")
 def ddp_runs(ddp_workdir):
     """Every DDP run that tests/e2e/test_ddp.py and tests/e2e/resume/ read, overlapped so that both cores stay
-    busy (a DDP run's ranks start one after the other). Resumed runs start from a copy of a checkpoint in a
-    folder of their own.
+    busy (a DDP run's ranks start one after the other, and wait for each other). Resumed runs start from a
+    copy of a checkpoint in a folder of their own.
 
     - `ddp`: 2 processes from scratch, `--data.batch_size 4` (Lightning's launcher starts rank 1);
     - `single`: 1 process (in this one) from scratch, `--data.batch_size 8`;
     - `one-to-ddp`: 2 processes, under torchrun, from `single`'s step 4 (end of epoch 0);
-    - `ddp-resumed`: 2 processes from `ddp`'s step 2 (mid-epoch 0), found by `--ckpt_path last`;
+    - `ddp-resumed`: 2 processes from `ddp`'s step 2 (mid-epoch 0), found by `--ckpt_path last`; both wait
+      before step 5 until SIGTERM reaches the process group, then save `last.ckpt` at step 5 and exit 0;
+    - `signal-to-one`: 1 process from `ddp-resumed`'s step-5 `last.ckpt` to the end;
     - `ddp-to-one`: 1 process from `ddp`'s step 4 (end of epoch 0);
-    - `ddp-mid-epoch-to-one`: 1 process from `ddp`'s step 2 (mid-epoch 0), elastic resume.
+    - `ddp-mid-epoch-to-one`: 1 process from `ddp`'s step 2 (mid-epoch 0), elastic resume;
+    - `dpo-ddp`: a DPO run on a 4-bit base, 2 processes x 2 pairs, rank 1's loss turned NaN at step 4;
+    - `dpo-single`: the same DPO run, 1 process x 4 pairs, uninterrupted (6 steps);
+    - `dpo-ddp-to-one`: 1 process x 4 from `dpo-ddp`'s step 2 (mid-epoch 0), elastic resume.
     The 2-process and 1-process runs use separate datasets caches, so no two runs write the same cache.
     """
     cfg = str(ddp_workdir / "cfg.yaml")
     two = ("--config", cfg, "--data.batch_size", str(BATCH), "--data.cache_dir", str(ddp_workdir / "cache-ddp"))
     one = ("--config", cfg, "--data.batch_size", str(2 * BATCH), "--data.cache_dir", str(ddp_workdir / "cache-single"))
+    dpo = str(ddp_workdir / "dpo.yaml")
+    dpo_two = ("--config", dpo, "--data.batch_size", "2", "--data.cache_dir", str(ddp_workdir / "cache-dpo-ddp"))
+    dpo_one = ("--config", dpo, "--data.batch_size", "4", "--data.cache_dir", str(ddp_workdir / "cache-dpo-single"))
     resume = ("--ckpt_path", "start.ckpt")
-    dirs = {name: ddp_workdir / name for name in ("ddp", "single", "one-to-ddp", "ddp-resumed", "ddp-to-one",
-                                                "ddp-mid-epoch-to-one")}
+    dirs = {name: ddp_workdir / name for name in ("ddp", "single", "one-to-ddp", "ddp-resumed", "signal-to-one",
+                                                "ddp-to-one", "ddp-mid-epoch-to-one", "dpo-ddp", "dpo-single",
+                                                "dpo-ddp-to-one")}
 
-    def start_from(name: str, source: str, step: int) -> None:
+    def start_from(name: str, source: str, step: int, file: str = "") -> None:
         dirs[name].mkdir()
-        shutil.copy(checkpoint_file(dirs[source], f"step{step:06d}.ckpt"), dirs[name] / "start.ckpt")
+        shutil.copy(checkpoint_file(dirs[source], file or f"step{step:06d}.ckpt"), dirs[name] / "start.ckpt")
 
     out: dict[str, tuple[int, str, str]] = {}
     started: list[subprocess.Popen] = []
@@ -81,24 +109,49 @@ def ddp_runs(ddp_workdir):
         assert out["single"][0] == 0, out["single"][2][-3000:]
         start_from("one-to-ddp", "single", STEPS_PER_EPOCH)
         started.append(one_to_ddp := start_ddp(dirs["one-to-ddp"], *two, *resume, torchrun=True))
+        out["dpo-single"] = fit_in_process(dirs["dpo-single"], *dpo_one)
         out["ddp"] = (0, finish_ddp(ddp), "")
         # As a user resumes: `--ckpt_path last`, which every rank looks up for itself.
         last = checkpoint_file(dirs["ddp-resumed"], "last.ckpt")
         last.parent.mkdir(parents=True)
         shutil.copy(checkpoint_file(dirs["ddp"], "step000002.ckpt"), last)
-        started.append(ddp_resumed := start_ddp(dirs["ddp-resumed"], *two, "--ckpt_path", "last"))
+        paused = dirs["ddp-resumed"] / "paused"
+        started.append(ddp_resumed := start_ddp(
+            dirs["ddp-resumed"], *two, "--ckpt_path", "last", "--trainer.callbacks+=tests.helpers.RecordBatches",
+            "--trainer.callbacks.path", str(dirs["ddp-resumed"] / "rec.jsonl"),
+            "--trainer.callbacks.pause_at_step", "4", "--trainer.callbacks.marker", str(paused),
+            "--trainer.callbacks.until_signal", "true"))
+        started.append(dpo_ddp := start_ddp(dirs["dpo-ddp"], *dpo_two, "--trainer.callbacks+=tests.helpers.Poison",
+                                            "--trainer.callbacks.at_step", "3", "--trainer.callbacks.rank", "1"))
         for name, step in (("ddp-to-one", STEPS_PER_EPOCH), ("ddp-mid-epoch-to-one", 2)):
             start_from(name, "ddp", step)
             out[name] = fit_in_process(dirs[name], *one, *resume)
-        out["one-to-ddp"] = (0, finish_ddp(one_to_ddp), "")
+        # SIGTERM to the process group, as a cluster preempts a job, once both ranks wait before step 5.
+        deadline = time.monotonic() + 300
+        while not paused.exists():
+            assert ddp_resumed.poll() is None, ddp_resumed.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the resumed DDP run never reached step 5"
+            time.sleep(0.1)
+        os.killpg(ddp_resumed.pid, signal.SIGTERM)
         out["ddp-resumed"] = (0, finish_ddp(ddp_resumed), "")
+        start_from("signal-to-one", "ddp-resumed", 0, "last.ckpt")
+        out["signal-to-one"] = fit_in_process(dirs["signal-to-one"], *one, *resume)
+        out["one-to-ddp"] = (0, finish_ddp(one_to_ddp), "")
+        try:
+            text, _ = dpo_ddp.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(dpo_ddp.pid, signal.SIGKILL)
+            text = f"a rank hung after the non-finite loss:\n{dpo_ddp.communicate()[0][-3000:]}"
+        out["dpo-ddp"] = (dpo_ddp.returncode, text, "")
+        if dpo_ddp.returncode is not None and checkpoint_file(dirs["dpo-ddp"], "step000002.ckpt").exists():
+            start_from("dpo-ddp-to-one", "dpo-ddp", 2)
+            out["dpo-ddp-to-one"] = fit_in_process(dirs["dpo-ddp-to-one"], *dpo_one, *resume)
     finally:
         for proc in started:  # a failure above must not leave ranks running
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
     return dirs | {"out": out}
-
 
 
 @pytest.fixture(scope="session", params=sorted(FAMILIES))

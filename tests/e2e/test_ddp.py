@@ -14,15 +14,14 @@ The runs are the session's `ddp_runs` (tests/e2e/conftest.py); their resumes are
 
 from __future__ import annotations
 
+import math
 import os
-import signal
-import subprocess
 
 import pytest
 import torch
 
-from tests.helpers import (BATCH, EPOCHS, N_TRAIN, STEPS_PER_EPOCH, TOL, checkpoint_file, epoch_order, fit_in_process,
-                           lora_state, max_diff, records, scalars, start_ddp)
+from tests.helpers import (BATCH, EPOCHS, N_TRAIN, STEPS_PER_EPOCH, TOL, checkpoint_file, epoch_order, lora_state,
+                           max_diff, records, scalars)
 
 
 @pytest.mark.slow
@@ -86,33 +85,31 @@ def test_two_processes_split_the_data_and_train_the_one_process_adapter(ddp_runs
 
 
 @pytest.mark.slow
-def test_on_a_4bit_base_two_processes_train_the_one_process_adapter_until_a_nan_stops_both(ddp_workdir):
-    """QLoRA under DDP: each process loads the base quantized by bitsandbytes' CPU library, and the two
-    train the adapter one process trains on the same global batch (step 2). Then rank 1's loss turns NaN at
-    step 4 while rank 0's is still finite: both stop (no rank left waiting in an all-reduce), before the
-    step-4 checkpoint, and the step-2 checkpoint is intact. (One real DDP run for both: the suite's time.)"""
+def test_on_a_4bit_base_a_dpo_run_on_two_processes_trains_the_one_process_adapter_until_a_nan_stops_both(ddp_runs):
+    """QLoRA and DPO under DDP: each process loads the base quantized by bitsandbytes' CPU library and runs the
+    policy and the reference (the adapter off) on its half of the pairs; the two train the adapter one process
+    trains on the same global batch (steps 2), and validate the same pair-weighted loss and rewards. Then rank
+    1's loss turns NaN at step 4 while rank 0's is still finite: both stop (no rank left waiting in an
+    all-reduce), before the step-4 checkpoint, and the step-2 checkpoint is intact. (One real DDP run for all
+    of it: the suite's time. Its elastic resume is in tests/e2e/resume/test_multi_process.py.)"""
     pytest.importorskip("bitsandbytes")
-    run, single = ddp_workdir / "nan-on-rank-1", ddp_workdir / "qlora-single"
-    flags = ("--config", str(ddp_workdir / "cfg.yaml"), "--model.quantization", "nf4", "--trainer.max_epochs", "1")
-    proc = start_ddp(run, *flags, "--data.batch_size", str(BATCH), "--data.cache_dir", str(ddp_workdir / "cache-nan"),
-                      "--trainer.callbacks+=tests.helpers.Poison", "--trainer.callbacks.at_step", "3",
-                      "--trainer.callbacks.rank", "1")
-    try:
-        code, _, err = fit_in_process(single, *flags, "--data.batch_size", str(2 * BATCH), "--trainer.max_steps", "2",
-                               "--data.cache_dir", str(ddp_workdir / "cache-qlora-single"))
-        assert code == 0, err[-3000:]
-        out, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"a rank hung after the non-finite loss:\n{proc.communicate()[0][-3000:]}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 2, out[-3000:]
+    run, single = ddp_runs["dpo-ddp"], ddp_runs["dpo-single"]
+    code, out, _ = ddp_runs["out"]["dpo-ddp"]
+    assert code == 2, out[-3000:]
+    assert ddp_runs["out"]["dpo-single"][0] == 0, ddp_runs["out"]["dpo-single"][2][-3000:]
     assert "linear layers nf4 (bitsandbytes" in out
+    assert out.count("lit_lora: global batch = 2 devices x 2 x 1 accumulation = 4 samples") == 1
     assert "lit_lora: error: non-finite training loss" in out and "noticed after step 4" in out
     last = torch.load(checkpoint_file(run, "last.ckpt"), weights_only=True)
     assert last["global_step"] == 2 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
-    assert max_diff(last["state_dict"], lora_state(checkpoint_file(single, "step000002.ckpt"))) <= TOL
+    a = lora_state(checkpoint_file(single, "step000002.ckpt"))
+    assert max_diff(last["state_dict"], a) <= TOL
+    assert max(v.abs().max().item() for k, v in a.items() if "lora_B" in k) > 100 * TOL  # lora_B starts at 0
     assert not checkpoint_file(run, "step000004.ckpt").exists()
+    # Validation (4 pairs, split across the ranks and summed) before any update, where the policy is the
+    # reference (the loss log 2), and after step 2 (logged at 1): the one-process numbers.
+    val_loss = dict(scalars(str(run / "lightning_logs"), "val_loss"))
+    assert sorted(val_loss) == [0, 1] and abs(val_loss[0] - math.log(2)) <= 1e-5
+    for tag in ("val_loss", "val_rewards/margins", "val_rewards/accuracies", "val_logps/chosen"):
+        two, one = (dict(scalars(str(r / "lightning_logs"), tag)) for r in (run, single))
+        assert 1 in two and all(abs(two[s] - one[s]) <= TOL for s in two), (tag, two, one)

@@ -54,19 +54,39 @@ def corpus(tmp_path_factory, shakespeare):
     return path
 
 
-@pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir, corpus, capsys):
-    full, cut = tmp_path / "full", tmp_path / "cut"
-    full.mkdir(), cut.mkdir()
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, tiny_model_dir, corpus, shakespeare):
+    """The two stopped runs, started at once as processes while the uninterrupted one runs here (each
+    process's start-up is mostly imports, which the two cores do side by side): `cut`, killed with SIGKILL
+    before batch N+1 (after the step-N checkpoint), and `signalled`, sent SIGINT while it waits at step 5.
+    Their resumes run in the tests, in this process."""
+    root = tmp_path_factory.mktemp("interrupted")
+    full, cut, signalled = root / "full", root / "cut", root / "signalled"
+    full.mkdir(), cut.mkdir(), signalled.mkdir()
+    procs = {"cut": start_cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl"), N)),
+             "signalled": start_cli(signalled, "fit", "--config", _signal_config(signalled, tiny_model_dir,
+                                                                                  shakespeare))}
+    try:
+        run_cli(["fit", "--config", _config(full, tiny_model_dir, corpus, str(full / "rec.jsonl"))], cwd=full)
+        for name, signum in (("signalled", signal.SIGINT), ("cut", signal.SIGKILL)):
+            proc, folder = procs[name], root / name
+            while not (folder / "paused").exists():
+                assert proc.poll() is None, proc.stdout.read()[-3000:]
+                time.sleep(0.1)
+            proc.send_signal(signum)
+        out, _ = procs["signalled"].communicate(timeout=120)
+        procs["cut"].wait()
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {"full": full, "cut": cut, "signalled": signalled, "code": procs["signalled"].returncode, "out": out}
 
-    # Only the killed run needs a process of its own; the uninterrupted one runs here meanwhile.
-    proc = start_cli(cut, "fit", "--config", _config(cut, tiny_model_dir, corpus, str(cut / "rec.jsonl"), N))
-    run_cli(["fit", "--config", _config(full, tiny_model_dir, corpus, str(full / "rec.jsonl"))], cwd=full)
-    while not (cut / "paused").exists():  # blocks before batch N+1, after the step-N checkpoint
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted_run(stopped, tiny_model_dir, corpus, capsys):
+    full, cut = stopped["full"], stopped["cut"]
     run = cut / "lightning_logs" / "lit_lora" / "version_0"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == N and ckpt["epoch"] == 0  # saved mid-epoch
@@ -115,18 +135,11 @@ def _signal_config(tmp, model_dir, corpus) -> str:
 @pytest.mark.slow
 # Ctrl-C (SIGINT, our handler), as on a desk's one GPU; SIGTERM (Lightning's handler, then the same stop)
 # is what test_multi_process.py sends every process of a real run, as a cluster preempts (one real run less).
-@pytest.mark.parametrize("signum", [signal.SIGINT], ids=["SIGINT"])
-def test_signal_saves_resumable_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir, shakespeare, signum):
-    proc = start_cli(tmp_path, "fit", "--config", _signal_config(tmp_path, tiny_model_dir, shakespeare))
-    while not (tmp_path / "paused").exists():  # the run waits at step 5 for our signal
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    name = signal.Signals(signum).name
+def test_signal_saves_resumable_checkpoint_and_exits_cleanly(stopped):
+    tmp_path, out = stopped["signalled"], stopped["out"]
+    assert stopped["code"] == 0, out[-3000:]
     assert "lit_lora: received SIGINT; stopping after the current batch" in out  # at once
-    assert f"lit_lora: received {name}; saved" in out and "at step 6" in out
+    assert "lit_lora: received SIGINT; saved" in out and "at step 6" in out
     # Stopped after that batch: no validation ran after the signal (it would have saved a best checkpoint).
     assert sorted(p.name for p in (tmp_path / "lightning_logs/lit_lora/version_0/checkpoints").iterdir()) == \
         ["last.ckpt"]
