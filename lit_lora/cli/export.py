@@ -7,11 +7,17 @@ from typing import Any, Optional
 from jsonargparse import ArgumentParser
 
 from lit_lora.cli.tool_parser import tool_parser
+from lit_lora.errors import LitLoraError
 from lit_lora.notes import print_note
 
 
-def build_parser(prog: str, what: str, formats: tuple[str, str]) -> ArgumentParser:
-    """The options of `export` and `merge`; `formats`: the command's own format (the default), then gguf."""
+# Each command's own output format (the default), then GGUF.
+FORMATS = {"export": ("peft", "gguf"), "merge": ("transformers", "gguf")}
+
+
+def build_parser(prog: str, what: str) -> ArgumentParser:
+    """The options of `export` and `merge`."""
+    formats = FORMATS[prog]
     parser = tool_parser(prog, what)
     parser.add_argument("--ckpt_path", type=str, required=True, help="A lit_lora checkpoint file (.ckpt).")
     parser.add_argument("--output_dir", type=str, required=True,
@@ -34,12 +40,13 @@ def build_parser(prog: str, what: str, formats: tuple[str, str]) -> ArgumentPars
     return parser
 
 
-def gguf_plan(args: Any, formats: tuple[str, str], kind: str) -> Optional[tuple[Any, str]]:
+def gguf_plan(args: Any, prog: str, kind: str) -> Optional[tuple[Any, str]]:
     """(llama.cpp checkout, outtype) for --format gguf, None for the command's own format; checked before
     the minutes of loading a model."""
-    from lit_lora.errors import LitLoraError
+    # start-up: the gguf module imports export's, which loads transformers.
     from lit_lora.lora.gguf import check_outtype, find_llama_cpp
 
+    formats = FORMATS[prog]
     if args.format not in formats:
         raise LitLoraError(f"--format {args.format!r} is not one of {', '.join(formats)}")
     if args.format != "gguf":
@@ -51,16 +58,15 @@ def gguf_plan(args: Any, formats: tuple[str, str], kind: str) -> Optional[tuple[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    formats = ("peft", "gguf")
     args = build_parser("export", "Write adapter_model.safetensors + adapter_config.json + README.md "
-                        "(or, with --format gguf, adapter.gguf).", formats).parse_args(argv)
+                        "(or, with --format gguf, adapter.gguf).").parse_args(argv)
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import export_adapter
     from lit_lora.lora.gguf import export_adapter_gguf
     from lit_lora.outputs import check_output_dir, shown
     from lit_lora.loading import module_from_checkpoint
 
-    gguf = gguf_plan(args, formats, "adapter")
+    gguf = gguf_plan(args, "export", "adapter")
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path)
     if gguf:

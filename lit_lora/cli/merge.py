@@ -9,10 +9,9 @@ from lit_lora.notes import print_note
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    formats = ("transformers", "gguf")
     args = build_parser(
         "merge", "Merge the LoRA weights into the base model and save it with its tokenizer (loads without PEFT; "
-        "with --format gguf, one model.gguf for llama.cpp).", formats,
+        "with --format gguf, one model.gguf for llama.cpp).",
     ).parse_args(argv)
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import merge_to_dir
@@ -20,7 +19,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from lit_lora.outputs import check_output_dir, shown
     from lit_lora.loading import module_from_checkpoint
 
-    gguf = gguf_plan(args, formats, "merged")
+    gguf = gguf_plan(args, "merge", "merged")
     check_output_dir(args.output_dir, "--output_dir", args.overwrite)  # before the minutes of loading a model
     # Into the full-precision weights: merging into 4-bit ones would round the LoRA update away.
     restored = module_from_checkpoint(args.ckpt_path, args.model.model_name_or_path, dequantized=True)
