@@ -67,8 +67,16 @@ def run_converter(command: list[str]) -> None:
     """Run a converter quietly; if it fails, its last error line, in one line of ours."""
     proc = subprocess.run(command, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
-        raise LitLoraError(f"llama.cpp's {Path(command[1]).name} failed (exit {proc.returncode}): "
-                           f"{last_error_line(proc.stderr + proc.stdout)}; nothing was written")
+        raise LitLoraError(failure_line(Path(command[1]).name, proc.returncode, proc.stderr + proc.stdout))
+
+
+def failure_line(script: str, returncode: int, output: str) -> str:
+    """Our one line for a converter that failed: its last error line, and what to install if that is a
+    module it could not import."""
+    line = last_error_line(output)
+    hint = (" (the converters run with this Python: lit_lora's gguf extra installs sentencepiece, llama.cpp's "
+            "requirements/ folder lists the rest)") if "No module named" in line else ""
+    return f"llama.cpp's {script} failed (exit {returncode}): {line}{hint}; nothing was written"
 
 
 def last_error_line(output: str) -> str:
