@@ -164,3 +164,22 @@ def test_a_failing_converter_says_its_last_error_and_writes_nothing(run, tmp_pat
     assert "error: llama.cpp's convert_lora_to_gguf.py failed (exit 1): NotImplementedError: BPE pre-tokenizer " \
            "was not recognized; nothing was written" in capsys.readouterr().err
     assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+@pytest.mark.parametrize("family", ["qwen2"], indirect=True)  # the family tests' shared Qwen2 run
+def test_qwen2_adapter_gguf_holds_the_adapters_tensors_unpermuted(family, tmp_path):
+    out = tmp_path / "qwen2-gguf"
+    assert main(["export", "--ckpt_path", str(family["last"]), "--output_dir", str(out), "--format", "gguf",
+                 "--outtype", "bf16"]) == 0
+    reader = gguf.GGUFReader(out / GGUF_FILE["adapter"])
+    assert _fields(reader)["general.architecture"] == "qwen2"
+    weights = torch.load(family["last"], weights_only=True)["state_dict"]
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(weights)
+    for key, value in weights.items():
+        layer, module = key.split(".layers.")[1].split(".", 1)
+        module, ab = module.split(".lora_")
+        tensor = tensors[f"blk.{layer}.{LLAMA_NAMES[module]}.weight.lora_{ab[0].lower()}"]
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.BF16
+        got = torch.from_numpy(tensor.data.copy()).view(torch.bfloat16).reshape(value.shape)  # Qwen2: no permutation
+        assert torch.equal(got, value.to(torch.bfloat16)), key
