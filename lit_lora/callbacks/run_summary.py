@@ -9,6 +9,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.estimate.model_summary import global_batch_line, summary_lines
+from lit_lora.lora.serving import fit_line
 from lit_lora.notes import print_note
 from lit_lora.training.contracts import TrainedModule, TrainingData
 
@@ -22,8 +23,13 @@ class RunSummary(Callback):
         data = trainer.datamodule if isinstance(trainer.datamodule, TrainingData) else None
         batch_size = data.batch_size if data is not None else None
         for line in summary_lines(pl_module.model, pl_module.lora_settings, batch_size, pl_module.block_size,
-                                  str(trainer.precision), str(pl_module.device), pl_module.gradient_checkpointing):
+                                  str(trainer.precision), str(pl_module.device), pl_module.gradient_checkpointing,
+                                  pl_module.reference):
             print_note(line)
+        lora = pl_module.lora_settings
+        serving = fit_line(lora.use_dora, lora.modules_to_save)
+        if serving:
+            print_note(serving)
         if batch_size:
             print_note(global_batch_line(trainer, batch_size))
         if data is not None and getattr(data, "train_ds", None) is not None and hasattr(data, "data_lines"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 from jsonargparse import ArgumentParser
@@ -63,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # start-up: torch, transformers and peft load only once the options have parsed.
     from lit_lora.lora.export import export_adapter
     from lit_lora.lora.gguf import export_adapter_gguf
+    from lit_lora.lora.serving import engine_lines
     from lit_lora.outputs import check_output_dir, shown
     from lit_lora.loading import module_from_checkpoint
 
@@ -72,10 +74,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if gguf:
         out = export_adapter_gguf(restored.module, args.output_dir, *gguf, checkpoint=restored.checkpoint,
                                   overwrite=args.overwrite)
-        what = f"adapter.gguf ({gguf[1]}, by llama.cpp's convert_lora_to_gguf.py)"
-    else:
-        out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint,
-                             overwrite=args.overwrite)
-        what = "adapter"
-    print_note(f"exported {what} to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
+        print_note(f"exported adapter.gguf ({gguf[1]}, by llama.cpp's convert_lora_to_gguf.py) to {shown(out)} "
+                   f"(base model: {restored.module.hparams['model_name_or_path']})")
+        return 0
+    out = export_adapter(restored.module, args.output_dir, checkpoint=restored.checkpoint, overwrite=args.overwrite)
+    print_note(f"exported adapter to {shown(out)} (base model: {restored.module.hparams['model_name_or_path']})")
+    for line in engine_lines(json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))):
+        print_note(line)
     return 0

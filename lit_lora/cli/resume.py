@@ -33,7 +33,9 @@ RESUME_RULES: dict[str, str] = {
     "model_config": "refused",
     "tokenizer_name_or_path": "used",
     "lora": "lora",  # field by field: LORA_RULES
-    "adapter_path": "refused",  # the checkpoint's LoRA weights would replace the adapter's at once
+    # Refused: the checkpoint's LoRA weights would replace another adapter's at once, and a preference run's
+    # reference is a frozen copy of this one, so left out it is read again from the checkpoint's path.
+    "adapter_path": "refused",
     "gradient_checkpointing": "used",
     "learning_rate": "applied",
     "weight_decay": "applied",

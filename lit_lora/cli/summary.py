@@ -95,7 +95,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"lit_lora: {line}", flush=True)
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise LitLoraError(f"data.batch_size must be a positive integer or auto, got {batch_size!r}")
-    lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc)
+    lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc, module.reference)
     if memory_gb and budget is not None:
         models = [("this model", model)]
         if model.get_base_model().config.model_type == "gpt2":  # the sizes a GPT-2 user can move between

@@ -24,6 +24,7 @@ from lit_lora.callbacks.hparams import HparamsMetric
 from lit_lora.callbacks.loss_trend import LossTrend
 from lit_lora.callbacks.memory import MemoryMonitor
 from lit_lora.callbacks.progress import with_run_eta
+from lit_lora.callbacks.reference_logps import ReferenceLogps
 from lit_lora.callbacks.run_callbacks import run_callbacks
 from lit_lora.callbacks.samples import SampleGenerator
 from lit_lora.callbacks.task_eval import TaskEval
@@ -125,6 +126,7 @@ class LitLoraCLI(LightningCLI):
         parser.add_lightning_class_args(TaskEval, "eval_tasks")
         parser.add_lightning_class_args(HparamsMetric, "hparams_metric")
         parser.add_lightning_class_args(LossTrend, "loss_trend")
+        parser.add_lightning_class_args(ReferenceLogps, "reference")
         # `predict`'s output: --predict_writer.output_file FILE (default: predictions.jsonl in the run folder).
         parser.add_lightning_class_args(JsonlPredictionWriter, "predict_writer")
         parser.link_arguments("data.block_size", "model.block_size")

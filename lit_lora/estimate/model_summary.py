@@ -56,9 +56,11 @@ def summary_lines(
     precision: str,
     device: str,
     gradient_checkpointing: bool,
+    reference: Optional[str] = None,
 ) -> list[str]:
     """The model summary printed at the start of `fit` and by `python -m lit_lora.cli summary`: counts, model
-    class, dtype, device, LoRA settings, and the peak-memory estimate for this batch, block and precision."""
+    class, dtype, device, LoRA settings, a preference run's `reference` line, and the peak-memory estimate
+    for this batch, block and precision."""
     counts = count_parameters(model)
     base = base_model(model)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
@@ -75,6 +77,7 @@ def summary_lines(
         f"LoRA r={lora.r} alpha={lora.alpha} dropout={lora.dropout} on {targets} ({adapted} modules)"
         + (", rsLoRA" if lora.use_rslora else "") + (", DoRA" if lora.use_dora else "")
         + (f", also training {', '.join(lora.modules_to_save)}" if lora.modules_to_save else ""),
+        *([reference] if reference else []),
     ]
     if batch_size:
         try:

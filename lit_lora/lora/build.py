@@ -14,9 +14,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_lora.errors import LitLoraError
 from lit_lora.host_memory import host_memory_mb
+from lit_lora.lora.plain_lora import CONVERTIBLE_INITS, initial_lora_weights
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
-from lit_lora.lora.wrap import apply_lora, enable_checkpointing, load_adapter_for_training, read_adapter_config
+from lit_lora.lora.wrap import (apply_lora, enable_checkpointing, load_adapter_for_training, load_reference_adapter,
+                                read_adapter_config)
 from lit_lora.notes import print_note
 from lit_lora.objectives.nll import output_head
 from lit_lora.pretrained.hub import load_base_model
@@ -68,9 +70,10 @@ class ModelSettings:
         return cls(**{**values, "lora": LoraSettings.coerce(values["lora"])})
 
 
-def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, float]]:
-    """(PEFT model in train mode, the LoRA settings it has, host RSS in MB after loading and after LoRA).
-    With `adapter_path` the adapter's own settings replace `lora`."""
+def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, float], Optional[dict[str, Any]]]:
+    """(PEFT model in train mode, the LoRA settings it has, host RSS in MB after loading and after LoRA,
+    the initial LoRA weights of an init that changed the base weights, else None: export converts the
+    adapter for the original base with them). With `adapter_path` the adapter's own settings replace `lora`."""
     weights = not _WITHOUT_WEIGHTS.get()
     method = hp.quantization
     base = load_base_model(
@@ -79,6 +82,7 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
         quantization=bnb_config(method, hp.quantization_options, hp.base_dtype) if method else None,
     )
     memory_marks = {"after_model_load": host_memory_mb()[0]}
+    initial = None
     if hp.adapter_path and not weights:  # its settings, not its weights: the same shapes
         lora = LoraSettings.from_peft_config(read_adapter_config(hp.adapter_path))
         model = apply_lora(base, lora)
@@ -90,6 +94,8 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
         if note and rank_zero_only.rank == 0:
             print_note(note)
         model = apply_lora(base, lora)
+        if weights and str(lora.init_lora_weights).lower().startswith(CONVERTIBLE_INITS):
+            initial = initial_lora_weights(model)
     # LoRA weights and optimizer state stay float32 even when the frozen base is bf16/fp16. A quantized base
     # needs nothing more: this is PEFT's prepare_model_for_kbit_training but for its upcast of every
     # unquantized weight to float32 (with base_dtype bfloat16, GPT-2 XL's embeddings would take 164 MB more
@@ -107,4 +113,14 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
     memory_marks["after_lora"] = host_memory_mb()[0]
     # from_pretrained returns eval mode, and Lightning keeps each module's mode: without this the base
     # model's dropout would silently stay off during training.
-    return model.train(), lora, memory_marks
+    return model.train(), lora, memory_marks, initial
+
+
+def add_reference(model: Any, adapter_path: Optional[str]) -> str:
+    """Give a preference run its reference policy, the model training starts from, and say what it is: a
+    frozen copy of the starting adapter (`adapter_path`) beside the one that trains, or, without one, the base
+    with the adapter switched off. Never a second copy of the base weights."""
+    if not adapter_path:
+        return "reference: the base model with the adapter switched off (no extra weights)"
+    count = load_reference_adapter(model, adapter_path, weights=not _WITHOUT_WEIGHTS.get())
+    return f"reference: a frozen copy of adapter {adapter_path} ({count:,} parameters, not trained)"

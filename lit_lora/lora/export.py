@@ -10,7 +10,9 @@ from typing import Any, Callable, Optional, Protocol
 
 from lit_lora.errors import LitLoraError
 from lit_lora.outputs import write_dir_atomically
+from lit_lora.lora.plain_lora import lora_scales, rewrite_as_plain_lora
 from lit_lora.pretrained.hub import load_tokenizer, no_loading_bar, tokenizer_source
+from lit_lora.pretrained.hub_id import hub_id
 
 
 class AdapterSource(Protocol):
@@ -18,6 +20,7 @@ class AdapterSource(Protocol):
 
     model: Any  # the PEFT model
     hparams: Any  # model_name_or_path, model_config, tokenizer_name_or_path, lora
+    initial_lora: Optional[dict[str, Any]]  # a PiSSA/OLoRA adapter's initial weights (lora/plain_lora.py)
 
     def base_fingerprint(self) -> str: ...
 
@@ -52,7 +55,7 @@ def model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str,
     lines = [
         "---",
         "library_name: gguf" if gguf_usage else "library_name: peft" if kind == "adapter" else "library_name: transformers",
-        f"base_model: {hp['model_name_or_path']}",
+        f"base_model: {hub_id(hp['model_name_or_path'])}",
         "tags: [lora, lit_lora]",
         "---",
         "",
@@ -122,7 +125,9 @@ def _tokenizer_with_template(module: AdapterSource, checkpoint: Optional[dict[st
 def export_adapter(
     module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
 ) -> Path:
-    """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format).
+    """Write `adapter_model.safetensors` + `adapter_config.json` + a README model card (PEFT's format), as
+    plain LoRA (`lora.plain_lora`: rsLoRA's scale in alpha, PiSSA/OLoRA converted for the original base),
+    naming the base by its hub id where one is known.
 
     With `checkpoint` (a lit_lora checkpoint of this module's run) its LoRA weights are written instead of
     the module's own, so the end of `fit` exports its best checkpoint without loading a second base model.
@@ -137,7 +142,8 @@ def adapter_writer(module: AdapterSource, checkpoint: Optional[dict[str, Any]]) 
     check_finite(weights_of(module, checkpoint))
     tokenizer = _tokenizer_with_template(module, checkpoint, always=False)
     config = peft_model.peft_config["default"]
-    config.base_model_name_or_path = module.hparams["model_name_or_path"]
+    config.base_model_name_or_path = hub_id(module.hparams["model_name_or_path"])
+    initial = getattr(module, "initial_lora", None)
     # PEFT's save_pretrained filters a state dict under the PeftModel's own names ("model." is LitLora's).
     weights = None
     if checkpoint and "state_dict" in checkpoint:
@@ -146,9 +152,14 @@ def adapter_writer(module: AdapterSource, checkpoint: Optional[dict[str, Any]]) 
     def fill(tmp: Path) -> None:
         # save_embedding_layers=False: we never resize the vocabulary, and "auto" looks the base model's
         # config up on the hub (a network call, and a warning when offline or for a random-init base).
-        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False)
+        # Only the trained adapter: a preference run's frozen reference copy ("ref") is not its result.
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False,
+                                   selected_adapters=["default"])
+        rewrite_as_plain_lora(tmp, lora_scales(peft_model), initial)
         (tmp / "README.md").write_text(model_card(module, checkpoint, "adapter"), encoding="utf-8")
-        info = {"base_model": module.hparams["model_name_or_path"], "base_fingerprint": module.base_fingerprint(),
+        # A converted PiSSA/OLoRA adapter fits the original base, not the changed one the fingerprint is of.
+        info = {"base_model": module.hparams["model_name_or_path"],
+                "base_fingerprint": module.base_fingerprint() if initial is None else None,
                 "model_config": module.hparams.get("model_config"),
                 "seed": (checkpoint or {}).get("lit_lora", {}).get("seed"),
                 # `generate --adapter_path` needs it when the base is random-init (no tokenizer beside it).

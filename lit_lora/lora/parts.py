@@ -52,12 +52,14 @@ def linear_module_names(model: Any) -> list[str]:
 
 def frozen_weights_fingerprint(model: Any, linear_weights: bool = True) -> str:
     """A cheap fingerprint of the frozen base weights (first values and sums of a few tensors) of a PEFT
-    model whose LoRA weights are trainable. Checkpoints and exported adapters record it.
+    model whose LoRA weights are trainable (a frozen adapter beside them is left out too). Checkpoints and exported adapters record it.
 
     `linear_weights=False` leaves out the weights of linear layers (an embedding tied to the head stays in):
     the fingerprint of a quantized base, which its full-precision original has too (merge reloads it)."""
     h = hashlib.sha256()
-    frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
+    # Adapter weights are never the base's, trained or not (a preference run's frozen reference adapter).
+    frozen = [(n, p) for n, p in model.named_parameters()
+              if not p.requires_grad and "lora_" not in n and "modules_to_save" not in n]
     if not linear_weights:
         skipped = _linear_weights(model)
         frozen = [(n, p) for n, p in frozen if id(p) not in skipped]

@@ -10,6 +10,7 @@ from lit_lora.errors import LitLoraError
 from lit_lora.lora.parts import base_model, linear_module_names
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.lora.targets import resolve_targets
+from lit_lora.objectives.logps import REFERENCE_ADAPTER
 
 
 def apply_lora(model: Any, settings: LoraSettings) -> Any:
@@ -54,6 +55,24 @@ def load_adapter_for_training(base: Any, adapter_dir: str, option: str = "model.
         return PeftModel.from_pretrained(base, adapter_dir, is_trainable=True)
     except (ValueError, RuntimeError, KeyError) as err:
         raise LitLoraError(f"{option} {adapter_dir!r} does not fit the base model: {err}") from err
+
+
+def load_reference_adapter(model: Any, adapter_dir: str, weights: bool = True) -> int:
+    """Load the adapter in `adapter_dir` a second time into the PEFT `model`, frozen, under the name the
+    reference policy switches to (`objectives.logps.REFERENCE_ADAPTER`): the policy a preference run starts
+    from, kept while the first copy trains. Without `weights`, its shapes only (a model on the meta device).
+    Returns its parameter count."""
+    check_adapter_dir(adapter_dir, "model.adapter_path")
+    if weights:
+        model.load_adapter(adapter_dir, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+    else:
+        model.add_adapter(REFERENCE_ADAPTER, read_adapter_config(adapter_dir))
+    reference = [p for name, p in model.named_parameters() if f".{REFERENCE_ADAPTER}." in name]
+    for p in reference:
+        p.requires_grad_(False)
+        # The same dtype as the trained copy (float32, lora.build), so at step 0 both give the same numbers.
+        p.data = p.data.float()
+    return sum(p.numel() for p in reference)
 
 
 def enable_checkpointing(model: Any) -> None:

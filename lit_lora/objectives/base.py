@@ -31,6 +31,12 @@ class Objective(torch.nn.Module):
 
     batch_keys: tuple[str, ...] = ()
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the loss compares the policy with a reference policy (the model training starts from).
+        When it does and training starts from an adapter, `LitLora` keeps a frozen copy of that adapter."""
+        return False
+
     def check_batch(self, batch: dict[str, Any]) -> None:
         """One line naming the keys this objective needs that a batch lacks."""
         missing = [k for k in self.batch_keys if k not in batch]

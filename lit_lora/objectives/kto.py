@@ -54,6 +54,10 @@ class KTO(Objective):
         self.step_sums = StepSums()
         self.eval_sums = SplitSums(SUMS)
 
+    @property
+    def needs_reference(self) -> bool:
+        return True
+
     def row_values(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per row (B,): `losses`, rewards and log-probabilities; `kl`: the batch's z."""
         ids, mask, labels = (batch["completion_input_ids"], batch.get("completion_attention_mask"),

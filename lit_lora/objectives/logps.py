@@ -90,15 +90,34 @@ def reference_policy(model: Any) -> Iterator[None]:
                            f"{type(model).__name__} (or give the batches precomputed ref_*_logps)")
     with torch.no_grad():
         if REFERENCE_ADAPTER in peft_config:
-            previous = model.active_adapter
+            # PEFT's set_adapter marks the adapter it activates trainable and the others frozen: put back
+            # exactly which weights train, so the optimizer's parameters are the same after the pass.
+            previous, trainable = model.active_adapter, {id(p) for p in model.parameters() if p.requires_grad}
             model.set_adapter(REFERENCE_ADAPTER)
             try:
                 yield
             finally:
                 model.set_adapter(previous)
+                for p in model.parameters():
+                    if p.requires_grad != (id(p) in trainable):
+                        p.requires_grad_(id(p) in trainable)
         else:
             with model.disable_adapter():
                 yield
+
+
+def reference_columns(model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The reference's summed log-probabilities of a batch's completions, (B,) each, under the names the
+    objectives read them by when a batch carries them: `ref_chosen_logps` and `ref_rejected_logps` of a
+    paired batch (one forward, as `Preference` runs them), `ref_logps` of an unpaired one. KTO's mismatched
+    `kl_*` pairs are left out: a batch builds them from its own rows, so they change with every batch."""
+    with reference_policy(model):
+        if "chosen_input_ids" in batch:
+            chosen, rejected = sequence_logps(model, *concatenated(batch, "chosen", "rejected")).logps.chunk(2)
+            return {"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}
+        logps = sequence_logps(model, batch["completion_input_ids"], batch.get("completion_attention_mask"),
+                               batch["completion_labels"]).logps
+        return {"ref_logps": logps}
 
 
 def world_size() -> int:

@@ -79,6 +79,10 @@ class Preference(Objective):
         self.step_sums = StepSums()
         self.eval_sums = SplitSums(("pairs", "loss", "nll", "nll_tokens", *METRICS))
 
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss_type in REFERENCE_LOSSES
+
     def pair_values(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per pair (B,): `losses` and the metrics; per batch: the chosen NLL term's `nll` and `nll_tokens`."""
         ids, mask, labels = concatenated(batch, "chosen", "rejected")

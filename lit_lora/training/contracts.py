@@ -27,3 +27,4 @@ class TrainedModule(Protocol):
     block_size: int
     gradient_checkpointing: bool
     memory_marks: dict[str, float]  # host RSS in MB at named points of the model build
+    reference: Optional[str]  # a preference loss's reference policy, said in one line; None without one

@@ -19,7 +19,7 @@ import torch
 from lit_lora.errors import LitLoraError
 from lit_lora.generation.decode import generate_ids
 from lit_lora.generation.settings import GenerationSettings
-from lit_lora.lora.build import ModelSettings, build_peft_model
+from lit_lora.lora.build import ModelSettings, add_reference, build_peft_model
 from lit_lora.lora.parts import check_context, frozen_weights_fingerprint
 from lit_lora.lora.settings import LoraSettings
 from lit_lora.notes import print_note
@@ -69,7 +69,7 @@ class LitLora(pl.LightningModule):
             tokenizer_name_or_path: Tokenizer hub id or directory; default: model_name_or_path. Required with
                 model_config, so nothing is fetched from the hub behind your back.
             lora: LoRA settings (PEFT's LoraConfig names).
-            adapter_path: A PEFT adapter directory to start training from (its LoRA settings replace `lora`).
+            adapter_path: A PEFT adapter to train further (its LoRA settings replace `lora`; DPO's reference: a frozen copy).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
             learning_rate: Peak AdamW learning rate. The default was measured on small models: for GPT-2 small
                 and wider ones start lower (docs/models-and-training.md).
@@ -112,7 +112,9 @@ class LitLora(pl.LightningModule):
         self.optimizer_settings = OptimizerSettings.from_hparams(self.hparams)
         if compile:
             check_compile_options(compile_options)
-        self.model, lora_settings, self.memory_marks = build_peft_model(ModelSettings.from_hparams(self.hparams))
+        self.model, lora_settings, self.memory_marks, self.initial_lora = build_peft_model(
+            ModelSettings.from_hparams(self.hparams))
+        self.reference = add_reference(self.model, adapter_path) if self.objective.needs_reference else None
         # The resolved targets (or an adapter_path's), also in what Lightning logs first (MLflow refuses changes).
         self.hparams["lora"] = lora_settings.as_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)
@@ -140,8 +142,7 @@ class LitLora(pl.LightningModule):
         return self._fingerprint
 
     def trainable_keys(self) -> set[str]:
-        """State-dict keys of the trainable (LoRA) tensors, without FSDP's wrapper names (which appear in
-        `named_parameters()` but not in the state dicts it gathers)."""
+        """State-dict keys of the trainable (LoRA) tensors, without the wrapper names FSDP adds to parameters."""
         return {f"model.{unwrapped_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
