@@ -75,6 +75,25 @@ def bos_tokenizer_dir(folder: Any) -> Any:
     return folder
 
 
+def llama_tokenizer_dir(folder: Any, vocab_size: int = 400) -> int:
+    """A Llama-style tokenizer (BPE with byte fallback, `▁` for spaces, `<s>` and `</s>`) trained on the
+    quickstart text and saved in `folder`; its length. llama.cpp's converter reads its vocabulary as it reads
+    Llama 2's (a byte-level BPE it has no hash for, such as the quickstart's, it refuses)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator((QUICKSTART / "train.txt").read_text(encoding="utf-8").splitlines(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(str(folder))
+    return len(fast)
+
+
 def fit_args(model_dir: Any, train: Any, tmp: Any, *extra: str) -> list[str]:
     return [
         "fit",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from lit_lora.errors import LitLoraError
 from lit_lora.outputs import write_dir_atomically
@@ -42,7 +42,10 @@ def check_finite(weights: dict[str, Any]) -> None:
         )
 
 
-def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str) -> str:
+def model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str,
+               gguf_usage: Optional[list[str]] = None) -> str:
+    """The README of an output folder; `gguf_usage`: the lines that say how to run a GGUF file instead of
+    the transformers code that loads a folder."""
     hp = module.hparams
     lora = hp.get("lora", {})
     meta = (ckpt or {}).get("lit_lora", {})
@@ -51,7 +54,7 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
     val = meta.get("val_loss")
     lines = [
         "---",
-        "library_name: peft" if kind == "adapter" else "library_name: transformers",
+        "library_name: gguf" if gguf_usage else "library_name: peft" if kind == "adapter" else "library_name: transformers",
         f"base_model: {hub_id(hp['model_name_or_path'])}",
         "tags: [lora, lit_lora]",
         "---",
@@ -65,14 +68,13 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
         f"- Data: {data.get('train_files') or data.get('dataset_name') or 'n/a'} (block_size={data.get('block_size', 'n/a')})",
         f"- Steps: {step}",
         f"- Final val_loss: {val:.4f}" if isinstance(val, float) else "- Final val_loss: n/a",
-        *(["- Chat template: in the tokenizer files (`apply_chat_template` renders prompts as training did)"]
-          if meta.get("chat_template") else []),
+        *([_template_line(kind, bool(gguf_usage))] if meta.get("chat_template") else []),
         *_quantization_lines(meta.get("quantization") or hp.get("quantization"), kind),
         "",
-        "Load with:",
-        "",
-        "```python",
     ]
+    if gguf_usage:
+        return "\n".join(lines + gguf_usage + [""])
+    lines += ["Load with:", "", "```python"]
     if kind == "adapter":
         lines += [
             "from peft import PeftModel",
@@ -82,6 +84,16 @@ def _model_card(module: AdapterSource, ckpt: Optional[dict[str, Any]], kind: str
     else:
         lines += ["from transformers import AutoModelForCausalLM", "model = AutoModelForCausalLM.from_pretrained(DIR)"]
     return "\n".join(lines + ["```", ""])
+
+
+def _template_line(kind: str, gguf: bool) -> str:
+    """Where the run's chat template is in the output."""
+    if not gguf:
+        return "- Chat template: in the tokenizer files (`apply_chat_template` renders prompts as training did)"
+    if kind == "merged":
+        return "- Chat template: in the GGUF metadata (`tokenizer.chat_template`), as llama.cpp's converter writes it"
+    return ("- Chat template: `chat_template.jinja` (llama.cpp's LoRA converter writes none into the adapter: "
+            "pass it with `--chat-template-file`)")
 
 
 def _quantization_lines(quantization: Optional[str], kind: str) -> list[str]:
@@ -120,6 +132,12 @@ def export_adapter(
     With `checkpoint` (a lit_lora checkpoint of this module's run) its LoRA weights are written instead of
     the module's own, so the end of `fit` exports its best checkpoint without loading a second base model.
     """
+    fill = adapter_writer(module, checkpoint)
+    return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
+
+
+def adapter_writer(module: AdapterSource, checkpoint: Optional[dict[str, Any]]) -> Callable[[Path], None]:
+    """What `export_adapter` writes into a folder, checked (finite weights) and prepared before any writing."""
     peft_model = module.model
     check_finite(weights_of(module, checkpoint))
     tokenizer = _tokenizer_with_template(module, checkpoint, always=False)
@@ -138,7 +156,7 @@ def export_adapter(
         peft_model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights, save_embedding_layers=False,
                                    selected_adapters=["default"])
         rewrite_as_plain_lora(tmp, lora_scales(peft_model), initial)
-        (tmp / "README.md").write_text(_model_card(module, checkpoint, "adapter"), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(module, checkpoint, "adapter"), encoding="utf-8")
         # A converted PiSSA/OLoRA adapter fits the original base, not the changed one the fingerprint is of.
         info = {"base_model": module.hparams["model_name_or_path"],
                 "base_fingerprint": module.base_fingerprint() if initial is None else None,
@@ -155,13 +173,18 @@ def export_adapter(
         if tokenizer is not None:  # a chat model: its template travels with the adapter
             tokenizer.save_pretrained(str(tmp))
 
-    return write_dir_atomically(output_dir, "adapter", fill, "--output_dir", overwrite)
+    return fill
 
 
 def merge_to_dir(
     module: AdapterSource, output_dir: str, checkpoint: Optional[dict[str, Any]] = None, overwrite: bool = False
 ) -> Path:
     """Merge LoRA into the base weights (`merge_and_unload`) and save a plain transformers model + tokenizer."""
+    return write_dir_atomically(output_dir, "merged", merged_writer(module, checkpoint), "--output_dir", overwrite)
+
+
+def merged_writer(module: AdapterSource, checkpoint: Optional[dict[str, Any]]) -> Callable[[Path], None]:
+    """What `merge_to_dir` writes into a folder; the merge itself happens here, before any writing."""
     tokenizer = _tokenizer_with_template(module, checkpoint, always=True)
     check_finite(weights_of(module, checkpoint))
     merged = module.model.merge_and_unload()
@@ -170,6 +193,6 @@ def merge_to_dir(
         with no_loading_bar():
             merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        (tmp / "README.md").write_text(_model_card(module, checkpoint, "merged"), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(module, checkpoint, "merged"), encoding="utf-8")
 
-    return write_dir_atomically(output_dir, "merged", fill, "--output_dir", overwrite)
+    return fill

@@ -119,7 +119,7 @@ def test_merge_and_export_folders_appear_whole(trained, tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     # Fails after the weights are already in the temporary folder, as a full disk would.
-    monkeypatch.setattr("lit_lora.lora.export._model_card", disk_full)
+    monkeypatch.setattr("lit_lora.lora.export.model_card", disk_full)
     with pytest.raises(LitLoraError, match="No space left on device"):
         merge_to_dir(module_from_checkpoint(str(trained.ckpt)).module, str(tmp_path / "merged"))
     with pytest.raises(LitLoraError, match="nothing was changed"):
