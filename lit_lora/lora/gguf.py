@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from lit_lora.errors import LitLoraError
 from lit_lora.lora.export import AdapterSource, adapter_writer, merged_writer, model_card
+from lit_lora.lora.serving import llama_cpp_refusal
 from lit_lora.outputs import write_dir_atomically
 
 # The converters' --outtype choices (without their "auto", which picks by the first tensor it reads).
@@ -100,6 +101,10 @@ def export_adapter_gguf(module: AdapterSource, output_dir: str, llama_cpp: Path,
             # The converter names the GGUF (general.name) after the folder it reads.
             peft_dir, base_dir = tmp / _SOURCES / Path(output_dir).resolve().name, tmp / _SOURCES / "base"
             write_adapter(peft_dir)
+            refused = llama_cpp_refusal(json.loads((peft_dir / "adapter_config.json").read_text(encoding="utf-8")))
+            if refused:  # the converter would stop on it, or write a file llama.cpp reads wrongly
+                raise LitLoraError(f"llama.cpp cannot serve this adapter ({refused}): merge --format gguf writes "
+                                   "the merged model, which it serves")
             write_base_config(module, base_dir)
             command = converter_command(llama_cpp, "adapter", peft_dir, tmp / GGUF_FILE["adapter"], outtype, base_dir)
             run_converter(command)

@@ -60,10 +60,15 @@ def _refusal(rules: list[Rule], config: dict[str, Any]) -> Optional[str]:
     return None
 
 
+def llama_cpp_refusal(config: dict[str, Any]) -> Optional[str]:
+    """Why llama.cpp cannot serve the adapter `config` describes; None when it can."""
+    return _refusal(LLAMA_CPP_RULES, config)
+
+
 def engine_lines(config: dict[str, Any]) -> list[str]:
     """One line per engine for the adapter `config` describes: how it loads, or why not and that `merge`
     serves it."""
-    vllm, llama = _refusal(VLLM_RULES, config), _refusal(LLAMA_CPP_RULES, config)
+    vllm, llama = _refusal(VLLM_RULES, config), llama_cpp_refusal(config)
     rank = max_rank(config)
     return [
         f"vLLM: cannot serve this adapter ({vllm}); merge serves it" if vllm else

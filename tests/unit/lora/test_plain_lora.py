@@ -111,3 +111,14 @@ def test_base_changing_inits_are_converted_for_the_original_base(llama_dir, tmp_
     # The fingerprint was of the changed base; the converted adapter fits the original one.
     assert json.loads((tmp_path / "a" / "lit_lora.json").read_text())["base_fingerprint"] is None
     assert (_served(llama_dir, tmp_path / "a") - want).abs().max() <= 1e-5
+
+
+def test_gguf_export_refuses_an_adapter_llama_cpp_cannot_serve(llama_dir, tmp_path):
+    from lit_lora.errors import LitLoraError
+    from lit_lora.lora.gguf import export_adapter_gguf
+
+    # Refused before llama.cpp's converter runs: the checkout named here has none.
+    with pytest.raises(LitLoraError, match=r"^llama.cpp cannot serve this adapter \(DoRA: convert_lora_to_gguf.py "
+                       r"stops on lora_magnitude_vector\): merge --format gguf writes the merged model"):
+        export_adapter_gguf(_trained(llama_dir, use_dora=True), str(tmp_path / "out"), tmp_path, "f32")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))  # nor a half-written folder
