@@ -69,12 +69,13 @@ def validated_accuracy(text: str) -> float:
     return float(found[-1])
 
 
-def logged_accuracy(folder: Path, step: int) -> float:
-    """`val_rewards/accuracies` at the validation that ended at optimizer step `step` (logged at step-1)."""
+def logged_accuracy(version: Path, step: int) -> float:
+    """`val_rewards/accuracies` in the run folder `version` at the validation that ended at optimizer step
+    `step` (logged at step - 1)."""
     sys.path.insert(0, str(REPO))
     from tests.helpers import scalars
 
-    logged = dict(scalars(str(folder / "lightning_logs"), "val_rewards/accuracies"))
+    logged = dict(scalars(str(version), "val_rewards/accuracies"))
     return logged[step - 1]
 
 
@@ -124,7 +125,7 @@ def preference_run(out: Path, name: str, config: str, start: Path | None = None)
     before = validated_accuracy(text)
     text, wall, cpu = cli(folder, "fit", "--config", config, *extra, "--trainer.enable_progress_bar", "false")
     adapter, step = exported(text, folder)
-    after = logged_accuracy(folder, step)
+    after = logged_accuracy(adapter.parent, step)  # validate wrote version_0 before
     gen_before = rule_counts(folder, start, False) if start else rule_counts(folder, adapter, switched_off=True)
     gen_after = rule_counts(folder, adapter)
     return dict(run=name, before=before, after=after, gen_before=gen_before, gen_after=gen_after, wall=wall,
