@@ -2,7 +2,7 @@
 with " Bye!", before and after `fit --config conf/dpo.yaml` and `conf/orpo.yaml`, and for the chain SFT
 (conf/quickstart.yaml) -> DPO from the exported SFT adapter. docs/preference-tuning.md quotes its table.
 
-    python benchmarks/preference_example.py                   # all three runs, ~6 min on 2 idle cores
+    python benchmarks/preference_example.py                   # all three runs, ~5 min of CPU time
     python benchmarks/preference_example.py --runs dpo        # one of dpo, orpo, chain
 
 Each command runs as the docs give it, as a subprocess in its own folder under --out (the repository's
