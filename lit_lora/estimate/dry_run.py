@@ -67,20 +67,21 @@ def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gr
     `shape`: the objective's sequences per row and reference pass (`Objective.step_shape`); SFT's by default.
     """
     cache = model.__dict__.setdefault("_lit_lora_dry_runs", {})  # per model: its shape never changes
-    args = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss,
-            StepShape(shape.sequences, shape.no_grad_sequences))  # the description does not change the step
-    if args not in cache:  # the key is the arguments of `_step`
+    args = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
+    counted = StepShape(shape.sequences, shape.no_grad_sequences)  # the description does not change the step
+    key = (*args, counted)
+    if key not in cache:  # the key is the arguments of `_step`
         config = base_model(model).config
         layers, period = _depth(config)
         per_layer_lora = getattr(model.peft_config["default"], "layers_to_transform", None)
         if layers < _EXTRAPOLATE_FROM * period or layers % period or per_layer_lora is not None:
-            cache[args] = _step(model, *args, config)
+            cache[key] = _step(model, *args, config, counted)
         else:
             # Decoder layers of one kind hold and compute alike, so every count is a + b x layers: two short
             # copies give a and b (GPT-2 XL: 48 layers in 1.5 s, not 10 s). Checked against full dry runs.
-            short, longer = (_step(model, *args, _with_depth(config, n * period)) for n in (1, 2))
-            cache[args] = _extrapolate(short, longer, layers // period - 1)
-    return cache[args]
+            short, longer = (_step(model, *args, _with_depth(config, n * period), counted) for n in (1, 2))
+            cache[key] = _extrapolate(short, longer, layers // period - 1)
+    return cache[key]
 
 
 # Models at least this many layer patterns deep are counted from copies one and two patterns deep.
@@ -129,7 +130,7 @@ def dry_run_failure(err: BaseException) -> str:
 
 
 def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpointing: bool,
-          device_type: str, chunked_loss: bool, shape: StepShape, config: Any) -> StepCount:
+          device_type: str, chunked_loss: bool, config: Any, shape: StepShape = StepShape()) -> StepCount:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     device = torch.device("cuda" if device_type == "cuda" and torch.cuda.is_available() else "cpu")
