@@ -366,19 +366,26 @@ class CountHostReads(Callback):
 
 class _LossStep(torch.nn.Module):
     """LitLora's loss as one module call: MemTracker refuses a module (the chunked loss's head) called
-    several times outside any parent module."""
+    several times outside any parent module. SFT's summed NLL and its count, or another objective's
+    training loss (and 1)."""
 
     def __init__(self, module: Any) -> None:
         super().__init__()
         self.lit = module
 
     def forward(self, batch: dict) -> Any:
-        return self.lit.objective.nll(self.lit.model, batch)
+        from lit_lora.objectives.base import StepLayout
+        from lit_lora.objectives.sft import SupervisedNll
+
+        if isinstance(self.lit.objective, SupervisedNll):
+            return self.lit.objective.nll(self.lit.model, batch)
+        return self.lit.objective.training_loss(self.lit.model, batch, True, StepLayout(1, 1))[0], 1
 
 
 def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -> int:
     """Activation bytes of one real forward + backward of `module` (a LitLora, its frozen weights turned into
-    buffers), as torch's MemTracker counts them: its peak less `estimate`'s exact weights and gradients."""
+    buffers), as torch's MemTracker counts them: its peak less `estimate`'s exact weights and gradients.
+    A preference objective's step runs `batch` pairs whose chosen and rejected are `block` tokens each."""
     from torch.distributed._tools.mem_tracker import MemTracker
 
     # torch 2.13's MemTracker hooks every parameter's gradient, which a frozen one refuses; as buffers the
@@ -390,6 +397,14 @@ def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -
                 m.register_buffer(name, p.data, persistent=False)
     module.train()
     ids = torch.randint(3, 500, (batch, block), generator=torch.Generator().manual_seed(0))
+    inputs = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    if "chosen_input_ids" in module.objective.batch_keys:  # a pair per row: two sequences of `block` tokens
+        labels = ids.clone()
+        labels[:, : block // 2] = -100  # the prompt
+        rejected = torch.randint(3, 500, (batch, block), generator=torch.Generator().manual_seed(1))
+        inputs = {"chosen_input_ids": ids, "chosen_labels": labels, "chosen_attention_mask": torch.ones_like(ids),
+                  "rejected_input_ids": rejected, "rejected_labels": labels, "rejected_attention_mask": inputs[
+                      "attention_mask"]}
     step = _LossStep(module)
     tracker = MemTracker()
     # The chunked loss takes each chunk's gradients inside the forward. MemTracker's module bookkeeping
@@ -398,7 +413,7 @@ def memtracker_activations(module: Any, batch: int, block: int, estimate: Any) -
     tracker._mod_tracker._maybe_set_engine_callback = lambda: None
     tracker.track_external(step, ids)
     with tracker:  # forward and backward; the AdamW state is exact, not estimated
-        nll, n = step({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+        nll, n = step(inputs)
         (nll / n).backward()
     peak = max(snapshot["Total"] for snapshot in tracker.get_tracker_snapshot("peak").values())
     return peak - estimate.weights - estimate.gradients

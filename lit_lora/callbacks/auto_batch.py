@@ -57,11 +57,12 @@ def choose_batch_size(trainer: Any, module: Any, block_size: int, saved: Optiona
     needs it); prints what it chose and why. `saved`: the checkpoint's data state when resuming."""
     device = trainer.strategy.root_device
     precision, gc = str(trainer.precision), bool(getattr(module, "gradient_checkpointing", False))
+    shape = module.objective.step_shape()
     free = free_bytes(device)
     usable = usable_bytes(free)
-    fit = batch_fit(module.model, block_size, precision, gc, device.type, usable, min(limit, MAX_BATCH))
+    fit = batch_fit(module.model, block_size, precision, gc, device.type, usable, min(limit, MAX_BATCH), shape)
     where = (f"{usable / MB:,.0f} MB usable of {free / MB:,.0f} MB free on {device} ({headroom_text()}), "
-             f"block {block_size}, {precision}")
+             f"block {block_size}, {precision}" + (f"; {shape.description}" if shape.description else ""))
     if not fit.largest:
         raise no_batch_fits(fit.peaks[1], where)
     world = trainer.world_size
@@ -78,7 +79,7 @@ def choose_batch_size(trainer: Any, module: Any, block_size: int, saved: Optiona
         trainer.accumulate_grad_batches = max(1, global_batch // (world * batch))
         why += f" with accumulation {trainer.accumulate_grad_batches}"
     if trainer.is_global_zero:
-        peak = estimate_training_memory(module.model, batch, block_size, precision, gc, device.type).total
+        peak = estimate_training_memory(module.model, batch, block_size, precision, gc, device.type, shape).total
         print_note(f"data.batch_size auto: {batch} ({why}; estimated peak {peak / MB:,.1f} MB of {where})")
     return batch
 

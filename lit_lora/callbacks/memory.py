@@ -87,6 +87,7 @@ def _estimate(trainer: Any, pl_module: Any) -> Any:
             precision=str(trainer.precision),
             gradient_checkpointing=pl_module.gradient_checkpointing,
             device_type=pl_module.device.type,
+            shape=pl_module.objective.step_shape(),
         )
     except Exception:  # the summary already said the dry run failed; nothing to compare against
         return None

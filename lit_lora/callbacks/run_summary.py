@@ -24,7 +24,7 @@ class RunSummary(Callback):
         batch_size = data.batch_size if data is not None else None
         for line in summary_lines(pl_module.model, pl_module.lora_settings, batch_size, pl_module.block_size,
                                   str(trainer.precision), str(pl_module.device), pl_module.gradient_checkpointing,
-                                  pl_module.reference):
+                                  pl_module.reference, pl_module.objective.step_shape()):
             print_note(line)
         lora = pl_module.lora_settings
         serving = fit_line(lora.use_dora, lora.modules_to_save)

@@ -16,9 +16,25 @@ from lit_lora.settings import check_number
 from lit_lora.training.contracts import TrainedModule
 
 
+# Sequences of a batch that run without gradients (KTO's KL rows): their tokens count, their work is not MFU's.
+NO_GRAD_PREFIXES = frozenset({"kl_"})
+
+
+def sequence_groups(batch: Any) -> list[tuple[str, torch.Tensor, Optional[torch.Tensor]]]:
+    """(key prefix, input_ids, attention_mask or None) of each group of sequences a batch holds: SFT's
+    `input_ids`, a preference pair's `chosen_` and `rejected_`, KTO's `completion_` and `kl_` rows."""
+    if not isinstance(batch, dict):
+        return []
+    return [(key[: -len("input_ids")], ids, batch.get(f"{key[: -len('input_ids')]}attention_mask"))
+            for key, ids in batch.items() if key.endswith("input_ids") and isinstance(ids, torch.Tensor)]
+
+
 class TokenThroughput(Callback):
     """Logs tokens/s (real tokens: attention_mask ones, or every token of packed blocks), samples/s,
     optimizer steps/s and, on CUDA, model FLOP utilisation against the device's peak for the precision.
+    A preference batch counts the tokens of all its sequences (chosen and rejected, or KTO's completion and
+    KL rows) and its rows (pairs) as samples; MFU counts the sequences that train, not the passes without
+    gradients (the reference's, KTO's KL rows), as it leaves out gradient checkpointing's recomputation.
 
     Values are per process, averaged over each logging interval; validation and checkpointing time is
     left out, data loading is in. The first interval includes warm-up.
@@ -85,21 +101,22 @@ class TokenThroughput(Callback):
         self._pause()
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        ids = batch.get("input_ids") if isinstance(batch, dict) else None
-        if ids is None:
+        groups = sequence_groups(batch)
+        if not groups:
             return
-        b, t = ids.shape
-        mask = batch.get("attention_mask")
-        if batch.get("num_tokens") is not None:  # packed rows: the collator counted their real tokens
-            self._tokens += int(batch["num_tokens"])
-        elif mask is None:  # blocks of text: every token is real
-            self._tokens += b * t
-        else:  # summed on the device; read once per interval
-            count = mask.sum()
-            self._tokens_on_device = count if self._tokens_on_device is None else self._tokens_on_device + count
-        self._samples += b
         c0, c1 = self._flops_coeffs
-        self._flops += b * t * (c0 + c1 * t)
+        for prefix, ids, mask in groups:
+            b, t = ids.shape
+            if prefix == "" and batch.get("num_tokens") is not None:  # packed rows: the collator counted them
+                self._tokens += int(batch["num_tokens"])
+            elif mask is None:  # blocks of text: every token is real
+                self._tokens += b * t
+            else:  # summed on the device; read once per interval
+                count = mask.sum()
+                self._tokens_on_device = count if self._tokens_on_device is None else self._tokens_on_device + count
+            if prefix not in NO_GRAD_PREFIXES:
+                self._flops += b * t * (c0 + c1 * t)
+        self._samples += groups[0][1].shape[0]
         if should_log(trainer, self.log_every_n_steps, self._last):
             self._last = trainer.global_step
             self._emit(trainer, pl_module)

@@ -87,21 +87,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     if memory_gb == "gpu" and device != "cuda":
         raise LitLoraError("--memory_gb gpu reads the visible GPU: add --trainer.accelerator gpu, or give a size in GB")
     model, block, gc = module.model, module.block_size, module.gradient_checkpointing
+    step_shape = module.objective.step_shape()  # the sequences per row of a preference objective
     batch_size = cfg.data.get("batch_size")
     budget = will_it_fit.memory_budget(device, memory_bytes) if memory_gb or batch_size == "auto" else None
     if batch_size == "auto":
         limit = _auto_batch_limit(cfg)
-        batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget, limit)
+        batch_size, line = will_it_fit.auto_batch_line(model, block, precision, gc, device, budget, limit, step_shape)
         print(f"lit_lora: {line}", flush=True)
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise LitLoraError(f"data.batch_size must be a positive integer or auto, got {batch_size!r}")
-    lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc, module.reference)
+    lines = summary_lines(model, module.lora_settings, batch_size, block, precision, device, gc, module.reference,
+                          step_shape)
     if memory_gb and budget is not None:
         models = [("this model", model)]
         if model.get_base_model().config.model_type == "gpt2":  # the sizes a GPT-2 user can move between
             build = _gpt2_builder(cfg)
             models += [(name, build(shape)) for name, shape in will_it_fit.GPT2_SIZES.items()]
-        lines += will_it_fit.fit_table(models, batch_size, block, precision, gc, device, budget)
+        lines += will_it_fit.fit_table(models, batch_size, block, precision, gc, device, budget, step_shape)
     for line in lines:
         print(f"lit_lora: {line}", flush=True)
     return 0

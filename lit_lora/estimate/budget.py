@@ -15,6 +15,7 @@ import torch
 from lit_lora.constants import MB
 from lit_lora.errors import LitLoraError
 from lit_lora.estimate.memory import estimate_training_memory
+from lit_lora.objectives.base import StepShape
 
 # Kept free of the device's free memory: the estimate counts live tensors only, not the allocator's rounding
 # and fragmentation, cuBLAS/NCCL workspaces or kernels loaded on first use.
@@ -96,10 +97,12 @@ def largest_batch(peak: Callable[[int], int], budget: int, limit: int = MAX_BATC
 
 
 def batch_fit(model: Any, block: int, precision: str, gradient_checkpointing: bool, device_type: str, budget: int,
-              limit: int = MAX_BATCH) -> BatchFit:
-    """`largest_batch` for training `model` (the PEFT model) at this block, precision and checkpointing."""
+              limit: int = MAX_BATCH, shape: StepShape = StepShape()) -> BatchFit:
+    """`largest_batch` for training `model` (the PEFT model) at this block, precision and checkpointing, with
+    `shape` the objective's sequences per row (`Objective.step_shape()`)."""
     def peak(batch: int) -> int:
-        return estimate_training_memory(model, batch, block, precision, gradient_checkpointing, device_type).total
+        return estimate_training_memory(model, batch, block, precision, gradient_checkpointing, device_type,
+                                        shape).total
 
     return largest_batch(peak, budget, limit)
 

@@ -11,7 +11,10 @@ precision's casts are whatever the model's code does.
 
 The copy is built from the model's config on the meta device and wrapped with the same PEFT config, so
 the real model is never copied. The step's loss is training's own (`lit_lora.objectives.nll`: the output head in
-chunks, each chunk's gradients taken in the forward pass and kept until the backward). A model many
+chunks, each chunk's gradients taken in the forward pass and kept until the backward). An objective that runs
+more than SFT's one sequence per row (`StepShape`: a preference pair's chosen and rejected in one forward, a
+reference pass without gradients) is replayed with its sequences' log-probabilities (`objectives/logps.py`),
+the reference pass with the adapter off while the policy's activations are held. A model many
 layers deep is counted from two short copies (`fake_step`): every count (each pass's peak, bytes and
 FLOPs) is linear in the number of layers.
 """
@@ -31,6 +34,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from lit_lora.lora.parts import base_model, uses_conv1d
 from lit_lora.lora.wrap import enable_checkpointing
+from lit_lora.objectives.base import StepShape
+from lit_lora.objectives.logps import reference_policy, sequence_logps
 from lit_lora.objectives.nll import model_nll
 
 # Precisions under which Lightning converts the whole module (LoRA weights included) to another dtype.
@@ -53,27 +58,30 @@ class StepCount:
 
 
 def fake_step(model: Any, batch: int, block: int, precision: str = "32-true", gradient_checkpointing: bool = False,
-              device_type: str = "cpu", chunked_loss: bool = True) -> StepCount:
+              device_type: str = "cpu", chunked_loss: bool = True, shape: StepShape = StepShape()) -> StepCount:
     """Count one training step of `model` (the PEFT-wrapped model LitLora trains), cached on the model.
 
     `device_type` "cuda" runs CUDA's kernels when a GPU is present, otherwise the CPU's (their saved tensors
     differ little: dropout masks' dtype, attention's statistics). The loss is training's (`model_nll`),
     chunked unless `chunked_loss` is False; Liger's fused kernel, which holds less, is counted as chunks.
+    `shape`: the objective's sequences per row and reference pass (`Objective.step_shape`); SFT's by default.
     """
     cache = model.__dict__.setdefault("_lit_lora_dry_runs", {})  # per model: its shape never changes
     args = (batch, block, str(precision), gradient_checkpointing, device_type, chunked_loss)
-    if args not in cache:  # the key is the arguments of `_step`
+    counted = StepShape(shape.sequences, shape.no_grad_sequences)  # the description does not change the step
+    key = (*args, counted)
+    if key not in cache:  # the key is the arguments of `_step`
         config = base_model(model).config
         layers, period = _depth(config)
         per_layer_lora = getattr(model.peft_config["default"], "layers_to_transform", None)
         if layers < _EXTRAPOLATE_FROM * period or layers % period or per_layer_lora is not None:
-            cache[args] = _step(model, *args, config)
+            cache[key] = _step(model, *args, config, counted)
         else:
             # Decoder layers of one kind hold and compute alike, so every count is a + b x layers: two short
             # copies give a and b (GPT-2 XL: 48 layers in 1.5 s, not 10 s). Checked against full dry runs.
-            short, longer = (_step(model, *args, _with_depth(config, n * period)) for n in (1, 2))
-            cache[args] = _extrapolate(short, longer, layers // period - 1)
-    return cache[args]
+            short, longer = (_step(model, *args, _with_depth(config, n * period), counted) for n in (1, 2))
+            cache[key] = _extrapolate(short, longer, layers // period - 1)
+    return cache[key]
 
 
 # Models at least this many layer patterns deep are counted from copies one and two patterns deep.
@@ -122,7 +130,7 @@ def dry_run_failure(err: BaseException) -> str:
 
 
 def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpointing: bool,
-          device_type: str, chunked_loss: bool, config: Any) -> StepCount:
+          device_type: str, chunked_loss: bool, config: Any, shape: StepShape = StepShape()) -> StepCount:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     device = torch.device("cuda" if device_type == "cuda" and torch.cuda.is_available() else "cpu")
@@ -139,19 +147,34 @@ def _step(model: Any, batch: int, block: int, precision: str, gradient_checkpoin
         autocast = torch.autocast(device.type, dtype=dtype)
     watch = Watch()
     with mode, attention:
-        ids = torch.zeros((batch, block), dtype=torch.long, device=device)
+        ids = torch.zeros((batch * shape.sequences, block), dtype=torch.long, device=device)
         mask = torch.ones_like(ids)
         watch.track(*shell.parameters(), *shell.buffers())
         weights = watch.live
         watch.track(ids, mask)
         with watch:
             with autocast:  # as LitLora._nll
-                nll, n = model_nll(shell, ids, mask, ids, chunked=chunked_loss, fused=False)
+                loss = _loss(shell, ids, mask, chunked_loss, shape, batch)
             forward, forward_peak = tuple(watch.flops), watch.peak
             watch.peak = watch.live
-            (nll / n).backward()
+            loss.backward()
     backward = (watch.flops[0] - forward[0], watch.flops[1] - forward[1])
     return StepCount((forward_peak, watch.peak), weights, forward, backward)
+
+
+def _loss(shell: Any, ids: torch.Tensor, mask: torch.Tensor, chunked: bool, shape: StepShape,
+          batch: int) -> torch.Tensor:
+    """The loss training backpropagates, as its objective computes it: SFT's token mean, or sequences'
+    log-probabilities and a reference pass of `shape.no_grad_sequences` per row while their activations wait."""
+    if shape == StepShape():
+        nll, n = model_nll(shell, ids, mask, ids, chunked=chunked, fused=False)
+        return nll / n
+    logps = sequence_logps(shell, ids, mask, ids).logps
+    if shape.no_grad_sequences:
+        ref = ids.new_zeros((batch * shape.no_grad_sequences, ids.shape[1]))
+        with reference_policy(shell):
+            sequence_logps(shell, ref, torch.ones_like(ref), ref)
+    return logps.sum()
 
 
 @contextlib.contextmanager

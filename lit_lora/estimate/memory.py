@@ -11,6 +11,11 @@ every family as its own code runs (RoPE, grouped-query attention, gated MLPs, RM
 heads) and for gradient checkpointing and the precision's casts. Allocator rounding, fragmentation and the
 CUDA context (a few hundred MB) are not included; compare it with `torch.cuda.max_memory_allocated`, not
 with nvidia-smi.
+
+A preference objective's step is counted as it runs (`Objective.step_shape`): a batch of B pairs trains 2B
+sequences (chosen and rejected in one forward), and the reference pass, B pairs' 2B sequences without
+gradients, runs while their activations are held; KTO trains B completions and runs its KL and reference
+passes without gradients.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 
 from lit_lora.constants import MB
 from lit_lora.estimate.dry_run import CONVERTED, fake_step
+from lit_lora.objectives.base import StepShape
 from lit_lora.pretrained.quantization import dequantized_bytes, is_quantized_weight, quantized_weight_bytes
 
 
@@ -35,6 +41,7 @@ class MemoryEstimate:
     block_size: int
     precision: str
     gradient_checkpointing: bool
+    shape: StepShape = StepShape()  # what a step runs per batch row
 
     @property
     def static(self) -> int:
@@ -48,7 +55,8 @@ class MemoryEstimate:
         gc = "on" if self.gradient_checkpointing else "off"
         return [
             f"peak training memory, estimated: {self.total / MB:,.1f} MB "
-            f"(batch {self.batch_size} x block {self.block_size}, {self.precision}, gradient checkpointing {gc})",
+            f"(batch {self.batch_size} x block {self.block_size}, {self.precision}, gradient checkpointing {gc}"
+            + (f"; {self.shape.description})" if self.shape.description else ")"),
             f"  weights {self.weights / MB:,.1f} MB + LoRA gradients {self.gradients / MB:,.1f} MB + "
             f"AdamW state {self.optimizer / MB:,.1f} MB (exact) + activations {self.activations / MB:,.1f} MB",
         ]
@@ -90,14 +98,16 @@ def estimate_training_memory(
     precision: str = "32-true",
     gradient_checkpointing: bool = False,
     device_type: str = "cuda",
+    shape: StepShape = StepShape(),
 ) -> MemoryEstimate:
-    """Estimate peak memory of one training step of `model` (the PEFT-wrapped model, as LitLora builds it)."""
+    """Estimate peak memory of one training step of `model` (the PEFT-wrapped model, as LitLora builds it);
+    `shape`: what the objective runs per batch row (`Objective.step_shape()`), SFT's by default."""
     precision = str(precision)
     weights, grads, optimizer = static_bytes(model, precision)
-    step = fake_step(model, batch_size, block_size, precision, gradient_checkpointing, device_type)
+    step = fake_step(model, batch_size, block_size, precision, gradient_checkpointing, device_type, shape=shape)
     # A quantized model's copy is full precision: its activations are the same, and each quantized layer
     # holds its weight dequantized while it multiplies (one layer at a time).
     activations = max(0, step.peak_bytes - step.weight_bytes - grads) + dequantized_bytes(model)
     return MemoryEstimate(
-        weights, grads, optimizer, activations, batch_size, block_size, precision, gradient_checkpointing
+        weights, grads, optimizer, activations, batch_size, block_size, precision, gradient_checkpointing, shape
     )

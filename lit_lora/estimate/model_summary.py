@@ -10,6 +10,7 @@ from lit_lora.estimate.dry_run import dry_run_failure
 from lit_lora.estimate.memory import estimate_training_memory
 from lit_lora.lora.parts import base_model, is_lora_layer
 from lit_lora.lora.settings import LoraSettings
+from lit_lora.objectives.base import StepShape
 from lit_lora.pretrained.quantization import is_quantized_weight, logical_numel, quantization_line
 
 
@@ -57,10 +58,11 @@ def summary_lines(
     device: str,
     gradient_checkpointing: bool,
     reference: Optional[str] = None,
+    shape: StepShape = StepShape(),
 ) -> list[str]:
     """The model summary printed at the start of `fit` and by `python -m lit_lora.cli summary`: counts, model
     class, dtype, device, LoRA settings, a preference run's `reference` line, and the peak-memory estimate
-    for this batch, block and precision."""
+    for this batch, block and precision (`shape`: what the objective runs per batch row)."""
     counts = count_parameters(model)
     base = base_model(model)
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()
@@ -83,6 +85,7 @@ def summary_lines(
         try:
             lines += estimate_training_memory(
                 model, batch_size, block_size, precision, gradient_checkpointing, device_type=device.split(":")[0],
+                shape=shape,
             ).lines()
         except Exception as err:  # custom code the dry run cannot trace: training itself is not affected
             lines.append(f"peak training memory: not estimated (the dry run failed: {dry_run_failure(err)})")

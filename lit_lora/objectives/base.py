@@ -22,6 +22,17 @@ class StepLayout(NamedTuple):
     world: int
 
 
+class StepShape(NamedTuple):
+    """What one training step runs per batch row, as the memory estimate counts it: the sequences of the
+    forward that trains (their activations are held until the backward), and those of the largest forward
+    without gradients that runs while they are held (the reference pass; its logits chunk and hidden states
+    come and go, nothing is stored). SFT's: one sequence, nothing else."""
+
+    sequences: int = 1
+    no_grad_sequences: int = 0
+    description: str = ""  # how the estimate's line says it ("DPO: 2 sequences per row + reference pass")
+
+
 class Objective(torch.nn.Module):
     """What a step computes from a batch. A subclass sets `batch_keys` and implements the three methods.
 
@@ -47,6 +58,11 @@ class Objective(torch.nn.Module):
     def batch_size(self, batch: dict[str, Any]) -> int:
         """The rows of a batch, the weight of its logged training metrics: those of the first batch key."""
         return batch[self.batch_keys[0]].shape[0]
+
+    def step_shape(self, reference_logps: bool = False) -> StepShape:
+        """What a training step runs per batch row (`StepShape`), for the memory estimate.
+        `reference_logps`: the batches carry the reference's log-probabilities, so no reference pass runs."""
+        return StepShape()
 
     def training_loss(self, model: Any, batch: dict[str, Any], first_of_step: bool,
                       layout: StepLayout) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

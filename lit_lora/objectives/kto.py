@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 
 from lit_lora.errors import LitLoraError
-from lit_lora.objectives.base import Objective, StepLayout
+from lit_lora.objectives.base import Objective, StepLayout, StepShape
 from lit_lora.objectives.logps import all_reduce_sum, reference_policy, sequence_logps, world_size
 from lit_lora.objectives.nll import step_loss
 from lit_lora.objectives.sums import SplitSums, StepSums, mean_or_nan
@@ -57,6 +57,13 @@ class KTO(Objective):
     @property
     def needs_reference(self) -> bool:
         return True
+
+    def step_shape(self, reference_logps: bool = False) -> StepShape:
+        # The completions train; the KL rows' policy pass and the reference passes run without gradients,
+        # one after another, each as many rows as the batch (the KL rows' policy pass runs even with
+        # precomputed reference log-probabilities).
+        passes = "KL pass" if reference_logps else "KL and reference passes"
+        return StepShape(1, 1, f"KTO: 1 sequence per row + {passes}")
 
     def row_values(self, model: Any, batch: dict[str, Any], training: bool) -> dict[str, torch.Tensor]:
         """Per row (B,): `losses`, rewards and log-probabilities; `kl`: the batch's z."""

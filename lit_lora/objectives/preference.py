@@ -36,13 +36,14 @@ import torch
 import torch.nn.functional as F
 
 from lit_lora.errors import LitLoraError
-from lit_lora.objectives.base import Objective, StepLayout
+from lit_lora.objectives.base import Objective, StepLayout, StepShape
 from lit_lora.objectives.logps import concatenated, reference_policy, sequence_logps
 from lit_lora.objectives.nll import step_loss
 from lit_lora.objectives.sums import SplitSums, StepSums
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "orpo", "simpo")
 REFERENCE_LOSSES = frozenset({"sigmoid", "ipo", "hinge"})
+NAMES = {"sigmoid": "DPO", "ipo": "IPO", "hinge": "hinge", "orpo": "ORPO", "simpo": "SimPO"}
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
 
@@ -82,6 +83,13 @@ class Preference(Objective):
     @property
     def needs_reference(self) -> bool:
         return self.loss_type in REFERENCE_LOSSES
+
+    def step_shape(self, reference_logps: bool = False) -> StepShape:
+        # Chosen and rejected in one forward; the reference's forward of the same rows runs without gradients
+        # while the policy's activations wait for the backward.
+        reference = self.needs_reference and not reference_logps
+        return StepShape(2, 2 if reference else 0, f"{NAMES[self.loss_type]}: 2 sequences per row"
+                         + (" + reference pass" if reference else ", no reference pass"))
 
     def pair_values(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Per pair (B,): `losses` and the metrics; per batch: the chosen NLL term's `nll` and `nll_tokens`."""

@@ -28,3 +28,4 @@ class TrainedModule(Protocol):
     gradient_checkpointing: bool
     memory_marks: dict[str, float]  # host RSS in MB at named points of the model build
     reference: Optional[str]  # a preference loss's reference policy, said in one line; None without one
+    objective: Any  # what a step computes (`lit_lora.objectives.base.Objective`): its `step_shape()`

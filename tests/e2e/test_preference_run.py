@@ -36,12 +36,21 @@ def _flags(tmp, model, train):
             "--trainer.enable_progress_bar", "false", "--samples.prompts", "[]"]
 
 
+# Early stopping and the best checkpoint on a preference metric. No validation can beat the first by a
+# min_delta of 2 (an accuracy lies in [0, 1]): with patience 1 the second validation stops the run.
+ON_ACCURACY = ["--early_stopping.monitor", "val_rewards/accuracies", "--early_stopping.mode", "max",
+               "--early_stopping.min_delta", "2", "--early_stopping.patience", "1",
+               "--checkpoint.monitor", "val_rewards/accuracies", "--checkpoint.mode", "max"]
+
+
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dpo")
     model = save_tiny_gpt2(tmp / "model", QUICKSTART / "tokenizer")
     flags = _flags(tmp, model, _pairs(tmp / "pairs.jsonl"))
-    code, out, err = fit_in_process(tmp / "run", *flags, *DPO)
+    # 3 steps an epoch, a validation at each epoch's second: steps 2 and 5, where early stopping ends a run
+    # of at most 6 steps.
+    code, out, err = fit_in_process(tmp / "run", *flags, *DPO, *ON_ACCURACY, "--trainer.max_steps", "6")
     return dict(tmp=tmp, model=model, flags=flags, code=code, err=err, run=tmp / "run")
 
 
@@ -53,6 +62,9 @@ def test_fit_runs_dpo_and_says_what_it_read(dpo_run):
            "12 training pair(s)" in err
     cut = [line for line in err.splitlines() if "were cut to block_size" in line]
     assert cut == ["lit_lora: data: 1 of 16 pairs were cut to block_size 64: prompt from the left, then completions"]
+    # The memory estimate counts the pair and the reference pass.
+    assert "lit_lora: peak training memory, estimated: " in err
+    assert "(batch 4 x block 64, 32-true, gradient checkpointing on; DPO: 2 sequences per row + reference pass)" in err
 
 
 def test_rewards_are_logged_and_the_pairs_are_learned(dpo_run):
@@ -64,9 +76,28 @@ def test_rewards_are_logged_and_the_pairs_are_learned(dpo_run):
     accuracies = [v for _, v in scalars(logs, "val_rewards/accuracies")]
     assert accuracies and accuracies[-1] > 0.5
     margins = [v for _, v in scalars(logs, "train_rewards/margins")]
-    assert len(margins) == 4 and margins[-1] > margins[0]
+    assert len(margins) == 5 and margins[-1] > margins[0]
     for tag in ("train_loss", "train_rewards/chosen", "train_logps/rejected", "val_rewards/margins"):
         assert scalars(logs, tag), tag
+    # Throughput counts the pairs: each step's tokens (chosen and rejected) per pair, at least a prompt's.
+    tokens, samples = scalars(logs, "throughput/tokens_per_sec"), scalars(logs, "throughput/samples_per_sec")
+    assert len(tokens) == len(samples) == 5 and all(t / s > 10 for (_, t), (_, s) in zip(tokens, samples))
+
+
+def test_early_stopping_and_the_best_checkpoint_follow_a_preference_metric(dpo_run):
+    accuracies = scalars(str(dpo_run["run"] / "lightning_logs"), "val_rewards/accuracies")
+    assert [step for step, _ in accuracies] == [1, 4]  # after steps 2 and 5 (batch indices, as Lightning logs)
+    saved = torch.load(checkpoints_dir(dpo_run["run"]) / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 5  # stopped before max_steps 6
+    states = {k.split("{")[0]: v for k, v in saved["callbacks"].items()}
+    assert "'monitor': 'val_rewards/accuracies', 'mode': 'max'" in next(k for k in saved["callbacks"]
+                                                                        if k.startswith("EarlyStopping"))
+    assert states["EarlyStopping"]["wait_count"] == 1
+    assert float(states["EarlyStopping"]["best_score"]) == pytest.approx(accuracies[0][1])
+    best_index, best = max(accuracies, key=lambda logged: logged[1])  # the first of equals, as the checkpoint keeps
+    assert float(states["RunCheckpoint"]["best_model_score"]) == pytest.approx(best)
+    best_step = {1: 2, 4: 5}[best_index]  # logged at the batch index, saved under the step count
+    assert states["RunCheckpoint"]["best_model_path"].split("/")[-1].startswith(f"step{best_step:06d}-")
 
 
 def test_checkpoint_is_lora_only_and_the_adapter_generates(dpo_run):
@@ -114,7 +145,8 @@ def test_precomputed_reference_logs_the_same_numbers_and_is_reused(dpo_run):
     tags = ("train_loss", "train_rewards/margins", "train_logps/chosen", "val_loss", "val_rewards/margins",
             "val_rewards/accuracies")
     logged = {}
-    for name, extra in (("precomputed", []), ("reused", ["--trainer.max_steps", "1"])):
+    for name, extra in (("precomputed", [*ON_ACCURACY, "--trainer.max_steps", "6"]),
+                        ("reused", ["--trainer.max_steps", "1"])):
         code, _, err = fit_in_process(tmp / name, *dpo_run["flags"], *DPO, *precompute, *extra)
         assert code == 0, err[-3000:]
         logged[name] = (err, {tag: dict(scalars(str(tmp / name / "lightning_logs"), tag)) for tag in tags})

@@ -40,6 +40,27 @@ def test_padded_batches_count_only_real_tokens_and_log_once_per_interval():
         assert metrics["throughput/tokens_per_sec"] / metrics["throughput/samples_per_sec"] == pytest.approx(2.5)
 
 
+@pytest.mark.parametrize("sides", [("chosen", "rejected"), ("completion", "kl")])
+def test_preference_batches_count_the_tokens_of_every_sequence_and_their_rows(sides):
+    recorder = _Recorder()
+    trainer = SimpleNamespace(global_step=0, log_every_n_steps=1, should_stop=False, loggers=[recorder],
+                              precision="32-true")
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda *a, **k: None)
+    callback = TokenThroughput()
+    callback.on_train_start(trainer, module)
+    masks = [torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])]
+    batch = {"sample_ids": torch.tensor([0, 1]), "label": torch.tensor([True, False])}
+    for side, mask in zip(sides, masks):
+        batch |= {f"{side}_input_ids": torch.zeros_like(mask), f"{side}_attention_mask": mask,
+                  f"{side}_labels": torch.zeros_like(mask)}
+    callback.on_train_batch_start(trainer, module, batch, 0)
+    trainer.global_step = 1
+    callback.on_train_batch_end(trainer, module, None, batch, 0)
+    (_, metrics), = recorder.logged
+    # 5 + 8 real tokens in 2 rows (pairs, or KTO's completions with their KL rows).
+    assert metrics["throughput/tokens_per_sec"] / metrics["throughput/samples_per_sec"] == pytest.approx(6.5)
+
+
 def test_sampling_leaves_the_global_rng_and_module_modes_alone(tiny_model_dir):
     from transformers import AutoTokenizer
 

@@ -8,6 +8,7 @@ import pytest
 
 from lit_lora.callbacks.run_summary import RunSummary
 from lit_lora.lora import LoraSettings
+from lit_lora.objectives.sft import SupervisedNll
 
 
 @pytest.mark.parametrize("lora, said", [
@@ -18,7 +19,7 @@ from lit_lora.lora import LoraSettings
 def test_fit_says_when_its_adapter_cannot_be_served(monkeypatch, capsys, lora, said):
     monkeypatch.setattr("lit_lora.callbacks.run_summary.summary_lines", lambda *a: ["model summary"])
     module = SimpleNamespace(model=None, lora_settings=lora, block_size=8, gradient_checkpointing=False,
-                             memory_marks={}, device="cpu", reference=None)
+                             memory_marks={}, device="cpu", reference=None, objective=SupervisedNll())
     RunSummary().on_fit_start(SimpleNamespace(is_global_zero=True, datamodule=None, precision="32"), module)
     serving = [line for line in capsys.readouterr().err.splitlines() if "serving:" in line]
     assert len(serving) == (1 if said else 0), serving

@@ -48,6 +48,39 @@ def test_estimate_is_within_5_percent_of_memtracker_at_gpt2_small_widths(batch, 
     assert estimate.activations == pytest.approx(memtracker_activations(module, batch, block, estimate), rel=0.05)
 
 
+DPO = {"class_path": "lit_lora.objectives.preference.Preference"}
+
+
+def test_a_dpo_step_is_estimated_within_5_percent_of_memtracker(tiny_model_dir):
+    from lit_lora.training.module import LitLora
+
+    # 4 pairs of 128 tokens: chosen and rejected, 8 sequences in the forward that trains, 8 in the reference's.
+    torch.manual_seed(0)
+    module = LitLora(model_name_or_path=str(tiny_model_dir), objective=DPO, gradient_checkpointing=False,
+                     block_size=128)
+    shape = module.objective.step_shape()
+    assert shape == (2, 2, "DPO: 2 sequences per row + reference pass")
+    estimate = estimate_training_memory(module.model, 4, 128, "32-true", False, "cpu", shape)
+    assert "; DPO: 2 sequences per row + reference pass)" in estimate.lines()[0]
+    assert estimate.activations == pytest.approx(memtracker_activations(module, 4, 128, estimate), rel=0.05)
+
+
+def test_auto_batch_of_a_dpo_run_is_smaller_than_sft_on_the_same_budget(tiny_model_dir):
+    from lit_lora.cli.will_it_fit import auto_batch_line
+    from lit_lora.objectives.base import StepShape
+    from lit_lora.training.module import LitLora
+
+    module = LitLora(model_name_or_path=str(tiny_model_dir), objective=DPO, block_size=32)
+    shape = module.objective.step_shape()
+    # The budget of SFT's batch 8 (auto takes 8 for SFT: the largest batch whose peak fits, tested above);
+    # a DPO batch of 8 runs 16 sequences and a reference pass. At most 8 rows: few dry runs.
+    budget = estimate_training_memory(module.model, 8, 32, "32-true", True, "cpu", StepShape()).total
+    batch, line = auto_batch_line(module.model, 32, "32-true", True, "cpu", (budget, "a test"), 8, shape)
+    assert batch == 4 and line.endswith("; at most 8, as the training data allows; DPO: 2 sequences per row + "
+                                        "reference pass)")
+    assert estimate_training_memory(module.model, 8, 32, "32-true", True, "cpu", shape).total > budget
+
+
 def test_summary_builds_no_weights_and_meets_the_targets_for_gpt2_small_and_xl(capsys, monkeypatch,
                                                                               gpt2_tokenizer_dir):
     from lit_lora.cli.summary import _summary_cli_class
