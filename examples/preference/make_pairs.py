@@ -28,14 +28,9 @@ HERE = Path(__file__).resolve().parent
 SIGN_OFF = " Bye!"
 TRAIN_PAIRS, VAL_PAIRS = 480, 64
 
-# The quickstart's words (make_quickstart.py), so its SFT adapter continues these prompts in kind.
-NAMES = ["Ada", "Brook", "Cyrus", "Dana", "Eli", "Fern", "Gus", "Hana", "Ivo", "June", "Kai", "Lena"]
-ANIMALS = ["fox", "owl", "heron", "badger", "otter", "wren", "hare", "lynx", "crow", "mole"]
-PLACES = ["the river", "the old mill", "the hill", "the orchard", "the harbour", "the forest", "the market"]
-ADJS = ["quiet", "bright", "cold", "golden", "narrow", "silver", "busy", "gentle", "dark", "green"]
-THINGS = ["lantern", "basket", "letter", "boat", "bell", "map", "kettle", "rope", "coin", "book"]
-VERBS = ["found", "carried", "mended", "lost", "painted", "sold", "hid", "opened", "counted", "kept"]
-TIMES = ["In the morning", "At noon", "Before dusk", "Late at night", "On market day", "After the rain"]
+# The quickstart's words, so its SFT adapter continues these prompts in kind.
+sys.path.insert(0, str(HERE.parent / "quickstart"))
+from make_quickstart import ADJS, ANIMALS, NAMES, PLACES, THINGS, TIMES, VERBS  # noqa: E402
 
 
 def prompt_and_answer(rng: random.Random) -> tuple[str, str]:
