@@ -36,6 +36,11 @@ from lit_lora.objectives.logps import REFERENCE_ADAPTER, reference_columns
 from lit_lora.outputs import shown
 
 
+def precomputed(trainer: Any) -> bool:
+    """Whether this run's batches will carry the reference's log-probabilities (no reference pass a step)."""
+    return any(isinstance(c, ReferenceLogps) and c.precompute_ref_log_probs for c in trainer.callbacks)
+
+
 class ReferenceLogps(Callback):
     """Precomputes the reference log-probabilities of the training and validation pairs before training."""
 

@@ -87,7 +87,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if memory_gb == "gpu" and device != "cuda":
         raise LitLoraError("--memory_gb gpu reads the visible GPU: add --trainer.accelerator gpu, or give a size in GB")
     model, block, gc = module.model, module.block_size, module.gradient_checkpointing
-    step_shape = module.objective.step_shape()  # the sequences per row of a preference objective
+    # The sequences per row of a preference objective, and whether its reference pass runs each step.
+    step_shape = module.objective.step_shape(bool((cfg.get("reference") or {}).get("precompute_ref_log_probs")))
     batch_size = cfg.data.get("batch_size")
     budget = will_it_fit.memory_budget(device, memory_bytes) if memory_gb or batch_size == "auto" else None
     if batch_size == "auto":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-# vLLM's `MaxLoRARanks`: the only values `--max-lora-rank` takes (vllm/config/lora.py).
+# vLLM's `MaxLoRARanks`: the only values its `--max-lora-rank` takes.
 VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 # Inits that rewrite the base weights in memory: their adapter fits only that changed base.

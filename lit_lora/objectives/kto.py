@@ -3,11 +3,12 @@
     --model.objective lit_lora.objectives.kto.KTO --model.objective.init_args.beta 0.1
 
 Each row is a prompt with one completion and a `label` (True: desirable). With r = log p(y|x) - log p_ref(y|x)
-(summed over the completion; the reference is the adapter switched off, or the batch's `ref_logps`) and z the
+(summed over the completion; the reference is the adapter switched off, the frozen "ref" adapter of a
+run started from an adapter, or the batch's `ref_logps`) and z the
 KL estimate, a row's loss is desirable_weight (1 - σ(beta (r - z))) when desirable and undesirable_weight
 (1 - σ(beta (z - r))) when not, and the batch's loss is their mean over rows. z is TRL's: the mean over the
 batch of log p(y'|x) - log p_ref(y'|x) on mismatched pairs (`kl_*`: each prompt with another row's
-completion), without gradient, averaged over the processes, clamped at 0; 0 when the batch has no `kl_*`.
+completion), without gradient, averaged over the processes in training, clamped at 0; 0 when the batch has no `kl_*`.
 Like TRL's, z is estimated per micro-batch, so under accumulation it is not the whole step's.
 
 Metrics, TRL's names: rewards/chosen and rewards/rejected (beta r, over the desirable and the undesirable rows),
@@ -60,9 +61,9 @@ class KTO(Objective):
 
     def step_shape(self, reference_logps: bool = False) -> StepShape:
         # The completions train; the KL rows' policy pass and the reference passes run without gradients,
-        # one after another, each as many rows as the batch (the KL rows' policy pass runs even with
-        # precomputed reference log-probabilities).
-        passes = "KL pass" if reference_logps else "KL and reference passes"
+        # one after another, each as many rows as the batch (with precomputed reference log-probabilities the
+        # KL rows' policy and reference passes still run: a batch pairs its own rows).
+        passes = "KL and KL-reference passes" if reference_logps else "KL and reference passes"
         return StepShape(1, 1, f"KTO: 1 sequence per row + {passes}")
 
     def row_values(self, model: Any, batch: dict[str, Any], training: bool) -> dict[str, torch.Tensor]:

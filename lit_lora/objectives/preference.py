@@ -6,8 +6,8 @@ metrics, so a TRL recipe carries over.
 Each row of a batch is a prompt with a chosen and a rejected completion (the keys of `batch_keys`; labels are
 -100 on the prompt and the padding). Chosen and rejected run in one forward, padded to the longer. The
 losses, with c and r a pair's chosen and rejected completions, log p their summed log-probabilities under
-the policy, log p_ref under the reference (the adapter switched off, or the batch's `ref_chosen_logps` /
-`ref_rejected_logps`), |c| their token counts, and d = (log p(c) - log p_ref(c)) - (log p(r) - log p_ref(r)):
+the policy, log p_ref under the reference (the adapter switched off, the frozen "ref" adapter of a run
+started from an adapter, or the batch's `ref_chosen_logps` / `ref_rejected_logps`), |c| their token counts, and d = (log p(c) - log p_ref(c)) - (log p(r) - log p_ref(r)):
 
 - "sigmoid" (DPO): -(1 - label_smoothing) log σ(beta d) - label_smoothing log σ(-beta d). With label_smoothing
   > 0 this is conservative DPO, as TRL's DPOTrainer computed it before 1.0 and its CPOTrainer still does (TRL

@@ -151,6 +151,7 @@ def test_precomputed_reference_logs_the_same_numbers_and_is_reused(dpo_run):
         assert code == 0, err[-3000:]
         logged[name] = (err, {tag: dict(scalars(str(tmp / name / "lightning_logs"), tag)) for tag in tags})
     assert "reference log-probs: computed for 12 train / 4 val pairs in " in logged["precomputed"][0]
+    assert "gradient checkpointing on; DPO: 2 sequences per row, no reference pass)" in logged["precomputed"][0]
     assert "reference log-probs: reused from cache for 12 train / 4 val pairs (cached in " in logged["reused"][0]
     assert "reference log-probs" not in dpo_run["err"]
     each_step = {tag: dict(scalars(str(dpo_run["run"] / "lightning_logs"), tag)) for tag in tags}
