@@ -38,7 +38,7 @@ from lit_lora.outputs import shown
 
 def precomputed(trainer: Any) -> bool:
     """Whether this run's batches will carry the reference's log-probabilities (no reference pass a step)."""
-    return any(isinstance(c, ReferenceLogps) and c.precompute_ref_log_probs for c in trainer.callbacks)
+    return any(isinstance(c, ReferenceLogps) and c.precompute_ref_log_probs for c in getattr(trainer, "callbacks", ()))
 
 
 class ReferenceLogps(Callback):
