@@ -54,7 +54,8 @@ class ReferenceLogps(Callback):
         """
         if precompute_ref_batch_size is not None and precompute_ref_batch_size < 1:
             raise LitLoraError(f"reference.precompute_ref_batch_size={precompute_ref_batch_size} must be at least 1")
-        self.precompute_ref_log_probs, self.precompute_ref_batch_size = precompute_ref_log_probs, precompute_ref_batch_size
+        self.precompute_ref_log_probs = precompute_ref_log_probs
+        self.precompute_ref_batch_size = precompute_ref_batch_size
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not self.precompute_ref_log_probs:
