@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.callbacks.reference_logps import precomputed
+from lit_lora.callbacks.reference_logps import run_step_shape
 from lit_lora.constants import MB
 from lit_lora.estimate.budget import MAX_BATCH, batch_fit, free_bytes, headroom_text, no_batch_fits, usable_bytes
 from lit_lora.estimate.memory import estimate_training_memory
@@ -58,7 +58,7 @@ def choose_batch_size(trainer: Any, module: Any, block_size: int, saved: Optiona
     needs it); prints what it chose and why. `saved`: the checkpoint's data state when resuming."""
     device = trainer.strategy.root_device
     precision, gc = str(trainer.precision), bool(getattr(module, "gradient_checkpointing", False))
-    shape = module.objective.step_shape(precomputed(trainer))
+    shape = run_step_shape(trainer, module)
     free = free_bytes(device)
     usable = usable_bytes(free)
     fit = batch_fit(module.model, block_size, precision, gc, device.type, usable, min(limit, MAX_BATCH), shape)

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.callbacks.intervals import batch_step, log_metrics, should_log
-from lit_lora.callbacks.reference_logps import precomputed
+from lit_lora.callbacks.reference_logps import run_step_shape
 from lit_lora.constants import MB
 from lit_lora.estimate.memory import estimate_training_memory
 from lit_lora.host_memory import device_memory_mb, memory_metrics
@@ -88,7 +88,7 @@ def _estimate(trainer: Any, pl_module: Any) -> Any:
             precision=str(trainer.precision),
             gradient_checkpointing=pl_module.gradient_checkpointing,
             device_type=pl_module.device.type,
-            shape=pl_module.objective.step_shape(precomputed(trainer)),
+            shape=run_step_shape(trainer, pl_module),
         )
     except Exception:  # the summary already said the dry run failed; nothing to compare against
         return None

@@ -17,7 +17,6 @@ and writes the cache and broadcasts what it read, so each process makes the same
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -28,6 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lit_lora.data.batches import RowsView, collator_for
+from lit_lora.data.corpus import _hash
 from lit_lora.data.reference_logps import (cache_folder, load_columns, reference_key, reference_names,
                                            save_columns, with_columns)
 from lit_lora.errors import LitLoraError
@@ -36,9 +36,12 @@ from lit_lora.objectives.logps import REFERENCE_ADAPTER, reference_columns
 from lit_lora.outputs import shown
 
 
-def precomputed(trainer: Any) -> bool:
-    """Whether this run's batches will carry the reference's log-probabilities (no reference pass a step)."""
-    return any(isinstance(c, ReferenceLogps) and c.precompute_ref_log_probs for c in getattr(trainer, "callbacks", ()))
+def run_step_shape(trainer: Any, module: Any) -> Any:
+    """What a step of this run computes per batch row (`Objective.step_shape`), for the memory estimate: no
+    reference pass when this run's batches carry the reference's log-probabilities."""
+    precomputed = any(isinstance(c, ReferenceLogps) and c.precompute_ref_log_probs
+                      for c in getattr(trainer, "callbacks", ()))
+    return module.objective.step_shape(precomputed)
 
 
 class ReferenceLogps(Callback):
@@ -122,7 +125,7 @@ def reference_fingerprint(trainer: Any, pl_module: Any) -> str:
     fingerprint = pl_module.base_fingerprint() if hasattr(pl_module, "base_fingerprint") else ""
     parts = [fingerprint, adapter.hexdigest(), str(trainer.precision),
              *(str(hp.get(k)) for k in ("base_dtype", "quantization", "quantization_options", "attn_implementation"))]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+    return _hash(*parts)
 
 
 def summary_line(done: dict[bool, list[str]], unit: str, seconds: float, folder: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lit_lora.callbacks.reference_logps import precomputed
+from lit_lora.callbacks.reference_logps import run_step_shape
 from lit_lora.estimate.model_summary import global_batch_line, summary_lines
 from lit_lora.lora.serving import fit_line
 from lit_lora.notes import print_note
@@ -25,7 +25,7 @@ class RunSummary(Callback):
         batch_size = data.batch_size if data is not None else None
         for line in summary_lines(pl_module.model, pl_module.lora_settings, batch_size, pl_module.block_size,
                                   str(trainer.precision), str(pl_module.device), pl_module.gradient_checkpointing,
-                                  pl_module.reference, pl_module.objective.step_shape(precomputed(trainer))):
+                                  pl_module.reference, run_step_shape(trainer, pl_module)):
             print_note(line)
         lora = pl_module.lora_settings
         serving = fit_line(lora.use_dora, lora.modules_to_save)

@@ -112,7 +112,7 @@ def export_adapter_gguf(module: AdapterSource, output_dir: str, llama_cpp: Path,
             shutil.rmtree(tmp / _SOURCES, ignore_errors=True)
         if template:
             (tmp / "chat_template.jinja").write_text(template, encoding="utf-8")
-        (tmp / "README.md").write_text(model_card(module, checkpoint, "adapter", _usage("adapter", command)),
+        (tmp / "README.md").write_text(model_card(module, checkpoint, "adapter", _usage("adapter", outtype)),
                                        encoding="utf-8")
 
     return write_dir_atomically(output_dir, "adapter-gguf", fill, "--output_dir", overwrite)
@@ -132,7 +132,7 @@ def merge_gguf(module: AdapterSource, output_dir: str, llama_cpp: Path, outtype:
             run_converter(command)
         finally:
             shutil.rmtree(tmp / _SOURCES, ignore_errors=True)
-        (tmp / "README.md").write_text(model_card(module, checkpoint, "merged", _usage("merged", command)),
+        (tmp / "README.md").write_text(model_card(module, checkpoint, "merged", _usage("merged", outtype)),
                                        encoding="utf-8")
 
     return write_dir_atomically(output_dir, "merged-gguf", fill, "--output_dir", overwrite)
@@ -150,10 +150,9 @@ def write_base_config(module: AdapterSource, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def _usage(kind: str, command: list[str]) -> list[str]:
+def _usage(kind: str, outtype: str) -> list[str]:
     """The model card's lines on running the file, and how it was converted."""
-    outtype = command[command.index("--outtype") + 1]
-    lines = [f"Converted with llama.cpp's `{Path(command[1]).name} --outtype {outtype}`.", "", "Run with:", "",
+    lines = [f"Converted with llama.cpp's `{CONVERTER[kind]} --outtype {outtype}`.", "", "Run with:", "",
              "```bash"]
     if kind == "adapter":
         lines += ["llama-cli -m BASE.gguf --lora adapter.gguf   # BASE.gguf: the base model, by convert_hf_to_gguf.py"]
