@@ -50,14 +50,17 @@ import torch  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
-LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["c_attn", "c_proj"]}  # conf/gpt2/lora.yaml
+LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05}  # conf/gpt2/lora.yaml
+# Each family's LoRA targets: conf/gpt2/lora.yaml's, and lit_lora's defaults for Llama (every linear layer).
+TARGETS = {"gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 TRAINER_LR, TRAINER_WD = 1e-3, 0.01  # PEFT quicktour's TrainingArguments for LoRA
 PRETRAIN_BATCH = 8
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="4x64,4x128", help="bases as LAYERSxWIDTH (4 heads each)")
+    p.add_argument("--sizes", default="gpt2:4x128,llama:4x384,gpt2:4x768",
+                   help="bases as [FAMILY:]LAYERSxWIDTH, FAMILY gpt2 (4 heads, the default) or llama (64-wide heads)")
     p.add_argument("--steps", default="30,90", help="optimizer-step budgets")
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3", help="the plain loop's constant learning rates")
@@ -85,12 +88,32 @@ def tokenizer() -> Any:
 # -- bases ---------------------------------------------------------------------------------------------------
 
 
-def pretrained_base(size: str, args: argparse.Namespace) -> str:
-    """A GPT-2 of shape `size` pretrained from scratch on the pretraining text; cached by shape and steps."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def family_of(size: str) -> tuple[str, int, int]:
+    """'llama:4x384' -> ('llama', 4, 384); a size without a family is a GPT-2."""
+    family, _, shape = size.rpartition(":")
+    layers, width = (int(v) for v in shape.split("x"))
+    return family or "gpt2", layers, width
 
-    layers, width = (int(v) for v in size.split("x"))
-    out = os.path.join(args.cache_dir, f"gpt2-{size}-block{args.block_size}-{args.pretrain_steps}steps")
+
+def new_model(size: str, block: int) -> Any:
+    """A randomly initialised causal LM of shape `size`, with GPT-2's vocabulary."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    family, layers, width = family_of(size)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, n_positions=block))
+    if family == "llama":  # SmolLM2's proportions: 64-wide heads, an MLP 8/3 as wide, tied embeddings
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=50257, hidden_size=width, intermediate_size=width * 8 // 3 // 64 * 64,
+            num_hidden_layers=layers, num_attention_heads=width // 64, max_position_embeddings=block,
+            tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256))
+    raise SystemExit(f"--sizes: family {family!r} in {size!r}; expected gpt2 or llama")
+
+
+def pretrained_base(size: str, args: argparse.Namespace) -> str:
+    """A model of shape `size` pretrained from scratch on the pretraining text; cached by shape and steps."""
+    family, layers, width = family_of(size)
+    out = os.path.join(args.cache_dir, f"{family}-{layers}x{width}-block{args.block_size}-{args.pretrain_steps}steps")
     if os.path.exists(os.path.join(out, "pretraining.json")):
         with open(os.path.join(out, "pretraining.json")) as f:
             print(f"base {size}: cached in {out}: {json.load(f)['line']}", flush=True)
@@ -103,7 +126,7 @@ def pretrained_base(size: str, args: argparse.Namespace) -> str:
     n_val = max(1, len(blocks) // 20)
     train, val = blocks[:-n_val], blocks[-n_val:]
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=4, n_positions=block))
+    model = new_model(size, block)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1, betas=(0.9, 0.95))
     steps, warm, gen = args.pretrain_steps, max(1, args.pretrain_steps // 20), torch.Generator().manual_seed(0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps))))
@@ -130,6 +153,11 @@ def pretrained_base(size: str, args: argparse.Namespace) -> str:
         json.dump({"line": line}, f)
     print(f"base {size}: {line}", flush=True)
     return out
+
+
+def family_of_base(base: str) -> str:
+    with open(os.path.join(base, "config.json")) as f:
+        return json.load(f)["model_type"]
 
 
 def split_text(path: str, percent: float, out_dir: str) -> tuple[str, str]:
@@ -196,7 +224,9 @@ def peft_model(base: str, seed: int) -> Any:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=True, **LORA))
+    family = model.config.model_type
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", fan_in_fan_out=family == "gpt2",
+                                            target_modules=TARGETS[family], **LORA))
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -263,7 +293,8 @@ def run_lit_lora(base: str, files: tuple[str, str], dm: Any, steps: int, seed: i
             "--data.cache_dir", dm.hparams.cache_dir,
             "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
             "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", os.path.join(work, "logs"),
-            "--early_stopping.patience", "1000000", "--model.gradient_checkpointing", "false", *extra]
+            "--early_stopping.patience", "1000000", "--model.gradient_checkpointing", "false",
+            "--model.lora.target_modules", json.dumps(TARGETS[family_of_base(base)]), *extra]
     log = io.StringIO()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         cli = LitLoraCLI(args=args)

@@ -58,7 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 KINDS = {"a": "lit_lora", "b": "plain", "c": "trainer", "q": "QLoRA"}  # q: run a on the base quantized to nf4
 SEED = 1234
-LR, BETAS, WARMUP_LR_STEPS = 2e-4, (0.9, 0.999), 100  # lit_lora's defaults, used by all three runs
+# The plain loop's and the Trainer's optimizer (lit_lora's run keeps its own defaults).
+LR, BETAS, WARMUP_LR_STEPS = 2e-4, (0.9, 0.999), 100
+TARGET, LOSS_TOLERANCE = 1.10, 0.01  # lit_lora's lead over each, at a validation loss no worse than theirs
 
 # Dense bf16 peak TFLOP/s for the MFU report (override with --peak_tflops).
 PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0,
@@ -182,13 +184,13 @@ def _common(args: argparse.Namespace) -> dict[str, str]:
     return {
         "data": f"{Path(args.corpus).name}, block {args.block_size} x batch {args.batch_size}",
         "steps": f"{args.warmup} warm-up + {args.repeats} x {args.steps} timed",
-        "optimizer": "AdamW lr 2e-4 betas (0.9, 0.999) wd 0 (implementation: see each run)",
+        "optimizer": f"AdamW betas {BETAS} wd 0; lr: lit_lora's default and schedule, {LR:g} for the others",
     }
 
 
 # -- a: lit_lora ----------------------------------------------------------------------------------------
 
-def run_lit_lora(args: argparse.Namespace, gate: Gate, quantization: Optional[str] = None) -> None:
+def run_lit_lora(args: argparse.Namespace, gate: Gate, quantization: Optional[str] = None) -> Any:
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 
     from lit_lora.cli.trainer_cli import TRAINER_DEFAULTS, LitLoraCLI
@@ -245,12 +247,13 @@ def run_lit_lora(args: argparse.Namespace, gate: Gate, quantization: Optional[st
         cli_args += ["--model.compile", "true"]
     if quantization:
         cli_args += ["--model.quantization", quantization]
-    LitLoraCLI(args=cli_args, trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [GateCallback()]})
+    cli_args += args.lit_lora_args.split()
+    return LitLoraCLI(args=cli_args, trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [GateCallback()]}).model.model
 
 
 # -- b: plain PyTorch loop ----------------------------------------------------------------------------------
 
-def run_plain(args: argparse.Namespace, gate: Gate) -> None:
+def run_plain(args: argparse.Namespace, gate: Gate) -> Any:
     import torch
     from transformers import AutoTokenizer
 
@@ -293,11 +296,12 @@ def run_plain(args: argparse.Namespace, gate: Gate) -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         gate.step_done()
+    return model
 
 
 # -- c: transformers.Trainer + group_texts ------------------------------------------------------------------
 
-def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
+def run_trainer(args: argparse.Namespace, gate: Gate) -> Any:
     from itertools import chain
 
     from datasets import load_dataset
@@ -374,6 +378,7 @@ def run_trainer(args: argparse.Namespace, gate: Gate) -> None:
     trainer = Trainer(model=model, args=targs, train_dataset=lm_datasets["train"],
                       data_collator=default_data_collator, callbacks=[GateCallback()])
     trainer.train()
+    return model
 
 
 RUNNERS = {"a": run_lit_lora, "b": run_plain, "c": run_trainer,
@@ -387,14 +392,45 @@ def worker(kind: str, args: argparse.Namespace, conn: Any) -> None:
     os.chdir(Path(args.workdir))  # lightning_logs/, Trainer output and caches stay out of the repository
     gate = Gate(conn, args)
     try:
-        RUNNERS[kind](args, gate)
+        model = RUNNERS[kind](args, gate)
         if gate.n != gate.total:
             raise RuntimeError(f"{KINDS[kind]} ran {gate.n} steps, expected {gate.total}")
-        conn.send(("done", _peak_memory(args.device == "cuda")))
+        conn.send(("done", {**_peak_memory(args.device == "cuda"), "val_loss": validation_loss(model, args)}))
     except BaseException:
         traceback.print_exc()
         conn.send(("error", traceback.format_exc()))
         raise
+
+
+def validation_loss(model: Any, args: argparse.Namespace) -> float:
+    """The token-mean NLL of the trained model on the held-out blocks, one function for every run."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from lit_lora.eval_mode import evaluating
+    from lit_lora.objectives.nll import model_nll
+
+    ids = AutoTokenizer.from_pretrained(args.tokenizer)(Path(args.val_text).read_text(encoding="utf-8"))["input_ids"]
+    n = min(args.val_blocks, len(ids) // args.block_size)
+    blocks = torch.tensor(ids[: n * args.block_size]).view(n, args.block_size)
+    device = next(p.device for p in model.parameters())
+    total = count = 0.0
+    with evaluating(model), torch.no_grad():
+        for i in range(0, n, args.batch_size):
+            x = blocks[i : i + args.batch_size].to(device)
+            nll, tokens = model_nll(model, x, None, x)
+            total, count = total + float(nll), count + int(tokens)
+    return total / count
+
+
+def split_corpus(args: argparse.Namespace) -> tuple[str, str]:
+    """The corpus's last `--val_percent` percent (from a line start) as held-out text, the rest to train on."""
+    text = Path(args.corpus).read_text(encoding="utf-8")
+    cut = text.find("\n", int(len(text) * (1 - args.val_percent / 100))) + 1
+    train, val = Path(args.workdir) / "train.txt", Path(args.workdir) / "val.txt"
+    train.write_text(text[:cut], encoding="utf-8")
+    val.write_text(text[cut:], encoding="utf-8")
+    return str(train), str(val)
 
 
 # -- the parent ---------------------------------------------------------------------------------------------
@@ -411,7 +447,9 @@ def _recv(kind: str, proc: Any, conn: Any, args: argparse.Namespace, expect: str
     return payload
 
 
-MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "dropout", "attention", "torch.compile",
+# Not dropout: lit_lora's default turns the base model's off (--model.base_dropout); the validation loss
+# after the same steps says what that costs.
+MUST_MATCH = ("model", "frozen base dtype", "gradient checkpointing", "attention", "torch.compile",
               "fp32 matmul precision", "precision", "clipping",
               "dataloader workers", "log every")
 
@@ -471,10 +509,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--tokenizer", default=str(SHARED_DATA / "gpt2-tokenizer"))
     p.add_argument("--peak_tflops", type=float, default=None, help="for MFU on CUDA (default: by device name)")
     p.add_argument("--workdir", default=None, help="logs and caches (default: a new /tmp directory)")
+    p.add_argument("--lit_lora_args", default="", help="extra `fit` options for run a, e.g. a default turned off: "
+                   "'--model.base_dropout null'")
+    p.add_argument("--val_percent", type=float, default=2.0, help="the corpus's tail held out for the loss")
+    p.add_argument("--val_blocks", type=int, default=16, help="held-out blocks each run is scored on")
     args = p.parse_args(argv)
     args.corpus, args.tokenizer = str(Path(args.corpus).resolve()), str(Path(args.tokenizer).resolve())
     args.workdir = str(Path(args.workdir or tempfile.mkdtemp(prefix="lit_lora_throughput-")).resolve())
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    args.corpus, args.val_text = split_corpus(args)
     kinds = [k for k in "abcq" if k in args.kinds]
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(var, "1")
@@ -548,7 +591,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             line += f"  MFU {med * flops_per_token(args, n_params) / (peak * 1e12):.1%} of {peak} TFLOP/s"
         print(line)
     if "a" in kinds:
-        for other, target in (("b", 0.97), ("c", 1.0)):
+        for other, target in (("b", TARGET), ("c", TARGET)):
             if other in kinds:
                 ratios = [x / y for x, y in zip(rates["a"], rates[other])]
                 med = statistics.median(ratios)
@@ -559,6 +602,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                     ratios = [x / y for x, y in zip(cpu_rates["a"], cpu_rates[other])]
                     print(f"      by CPU time (tokens per CPU-second of the worker): median "
                           f"{statistics.median(ratios):.3f} (rounds: {min(ratios):.3f} .. {max(ratios):.3f})")
+    losses = {k: at_exit[k]["val_loss"] for k in kinds}
+    print(f"  validation loss after {args.warmup + args.repeats * args.steps} steps ({args.val_blocks} held-out "
+          "blocks): " + ", ".join(f"{k} {KINDS[k]} {v:.4f}" for k, v in losses.items()))
+    if "a" in kinds and len(losses) > 1:
+        best = min(v for k, v in losses.items() if k not in "aq")
+        print(f"  lit_lora's loss minus the best other run's: {losses['a'] - best:+.4f}; target <= {LOSS_TOLERANCE}: "
+              f"{'met' if losses['a'] - best <= LOSS_TOLERANCE else 'NOT met'}")
     if "a" in kinds and "q" in kinds:  # what the 4-bit base costs in speed, round by round
         for label, series in (("wall time", rates), ("CPU time", cpu_rates)):
             ratios = [x / y for x, y in zip(series["q"], series["a"])]

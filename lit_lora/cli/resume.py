@@ -37,6 +37,7 @@ RESUME_RULES: dict[str, str] = {
     # reference is a frozen copy of this one, so left out it is read again from the checkpoint's path.
     "adapter_path": "refused",
     "gradient_checkpointing": "used",
+    "base_dropout": "used",  # acts in the step only, as LoRA's dropout
     "learning_rate": "applied",
     "weight_decay": "applied",
     "betas": "applied",

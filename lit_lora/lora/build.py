@@ -55,6 +55,7 @@ class ModelSettings:
     adapter_path: Optional[str]
     gradient_checkpointing: bool
     lora: LoraSettings
+    base_dropout: Optional[float] = None
 
     tokenizer_name_or_path: Optional[str] = None
 
@@ -80,6 +81,7 @@ def build_peft_model(hp: ModelSettings) -> tuple[Any, LoraSettings, dict[str, fl
         hp.model_name_or_path, hp.model_config, hp.base_dtype, hp.attn_implementation,
         hp.trust_remote_code, weights=weights,
         quantization=bnb_config(method, hp.quantization_options, hp.base_dtype) if method else None,
+        dropout=hp.base_dropout,
     )
     memory_marks = {"after_model_load": host_memory_mb()[0]}
     initial = None

@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional
 
 from lit_lora.errors import LitLoraError
 from lit_lora.notes import print_note
+from lit_lora.pretrained.dropout import set_dropout
 from lit_lora.pretrained.quantization import quantized_layers
 
 _OFFLINE_HINT = (
@@ -100,13 +101,14 @@ def load_base_model(
     trust_remote_code: bool = False,
     weights: bool = True,
     quantization: Any = None,
+    dropout: Optional[float] = None,
 ) -> Any:
     """Load the causal LM to adapt: `from_pretrained(name_or_path)`, or a randomly initialised model of the
     shape `model_config` when that is given (config fields, with `model_type` naming the family; GPT-2
     without it), which needs no download. `attn_implementation` None: SDPA where the family has it.
     `weights=False`: the same model on the meta device, from its config alone (`summary`: shapes, no data).
     `quantization`: a `BitsAndBytesConfig` (lit_lora.pretrained.quantization); its layers are quantized on the CPU as
-    they load, and Lightning moves them to the GPU."""
+    they load, and Lightning moves them to the GPU. `dropout`: the base's dropout (None: the config's)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -119,6 +121,7 @@ def load_base_model(
                 config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise _not_found("model.model_name_or_path", name_or_path, err) from err
+    set_dropout(config, dropout)
     model_class = causal_lm_class(config, trust_remote_code)
     kwargs: dict[str, Any] = {"attn_implementation": _attention(model_class, attn_implementation)}
     try:

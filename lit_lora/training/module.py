@@ -42,6 +42,7 @@ class LitLora(pl.LightningModule):
         lora: LoraSettings = LoraSettings(),  # noqa: B008  (dataclass default: jsonargparse expands its fields)
         adapter_path: Optional[str] = None,
         gradient_checkpointing: bool = True,
+        base_dropout: Optional[float] = 0.0,
         learning_rate: float = 7e-3,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -71,6 +72,8 @@ class LitLora(pl.LightningModule):
             lora: LoRA settings (PEFT's LoraConfig names).
             adapter_path: A PEFT adapter to train further (its LoRA settings replace `lora`; DPO's reference: a frozen copy).
             gradient_checkpointing: Recompute activations in the backward pass (non-reentrant) to save memory.
+            base_dropout: Dropout of the frozen base's own layers (GPT-2's config: 0.1). 0: off, LoRA's dropout
+                alone regularises, faster (docs/models-and-training.md). None: the config's values.
             learning_rate: Peak AdamW learning rate. The default was measured on small models: for GPT-2 small
                 and wider ones start lower (docs/models-and-training.md).
             weight_decay: AdamW weight decay on the trainable (LoRA) parameters.
@@ -82,23 +85,20 @@ class LitLora(pl.LightningModule):
                 set: 0.05. A resumed run keeps the step count its schedule started with.
             min_lr_ratio: Cosine decay floor, as a fraction of the peak learning rate.
             block_size: Sequence length the data is packed to; set from --data.block_size by the CLI.
-            base_dtype: Hold the frozen base weights in this dtype ("bfloat16", "float16"); LoRA weights and
-                optimizer state stay float32. Default: float32.
+            base_dtype: The frozen base weights' dtype ("bfloat16", ...; default float32); LoRA's stay float32.
             quantization: QLoRA: bitsandbytes quantizes the base's linear layers as they load, "nf4" or "fp4"
                 (4-bit) or "int8"; the other layers keep base_dtype (docs/memory-and-qlora.md; needs the qlora extra).
             quantization_options: BitsAndBytesConfig fields: bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
                 (default: base_dtype), bnb_4bit_quant_storage, llm_int8_skip_modules, llm_int8_threshold.
             attn_implementation: Attention kernel ("sdpa", "eager", ...); default SDPA, else eager (said).
-            tf32: On CUDA GPUs with TensorFloat-32 (Ampere and newer), let float32 matmuls use it
-                (`torch.set_float32_matmul_precision("high")`). No effect on CPUs.
+            tf32: Let float32 matmuls use TensorFloat-32 on CUDA GPUs that have it (Ampere and newer).
             compile: Compile the model's forward with `torch.compile` for `fit` (in place: checkpoint keys
                 keep their names). The first steps are slower while it compiles; pays off on long GPU runs.
             compile_options: Keyword arguments for `torch.compile`, e.g. `{"mode": "max-autotune"}`.
             trust_remote_code: Allow model repositories to run their own code. Off unless you turn it on.
             generation: How `predict` completes prompts (the settings of `python -m lit_lora.cli generate`).
-            objective: What a step computes from its batch; default: supervised next-token NLL on the
-                batch's labels (`lit_lora.objectives.sft.SupervisedNll`). Another is a class_path to an
-                `lit_lora.objectives.base.Objective` subclass.
+            objective: What a step computes from its batch: a class_path to an `lit_lora.objectives.base.Objective`
+                subclass; default: next-token NLL on the batch's labels (`lit_lora.objectives.sft.SupervisedNll`).
         """
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])

@@ -55,3 +55,38 @@ def test_a_family_without_sdpa_falls_back_to_eager_and_one_without_a_table_to_al
     assert output_head(starcoder) == (None, "lit_lora: the loss computes the full logits for model type 'starcoder2' "
                                             "(the chunked output head is checked for gpt2, llama and the README's "
                                             "other families only)")
+
+
+def test_the_base_models_dropout_is_set_in_its_config():
+    import torch
+
+    from lit_lora.pretrained.hub import load_base_model
+
+    shape = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": VOCAB}
+    model = load_base_model("unused", model_config=shape, dropout=0.0)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    assert (model.config.attn_pdrop, model.config.resid_pdrop, model.config.summary_first_dropout) == (0.0, 0.0, 0.1)
+    model = load_base_model("unused", model_config=shape)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    # Llama's attention reads a float from its config, not a Dropout module.
+    llama = load_base_model("unused", model_config={"model_type": "llama", "hidden_size": 16, "intermediate_size": 32,
+                                                    "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                    "vocab_size": VOCAB, "attention_dropout": 0.2}, dropout=0.0)
+    assert llama.model.layers[0].self_attn.attention_dropout == 0.0
+
+
+def test_training_steps_draw_dropout_only_in_lora_by_default():
+    """Two forward passes in train mode: equal outputs when only LoRA's dropout is left and it is 0, so no
+    randomness is left in the base; different ones with the config's dropout kept."""
+    import torch
+
+    from lit_lora.training.module import LitLora
+    from tests.helpers import TOKENIZER
+
+    shape = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": VOCAB}
+    x = torch.randint(0, 100, (2, 8))
+    for base_dropout, same in ((0.0, True), (None, False)):
+        module = LitLora(model_config=shape, tokenizer_name_or_path=TOKENIZER,
+                         lora={"dropout": 0.0}, base_dropout=base_dropout).train()
+        first, second = (module.model(input_ids=x).logits for _ in range(2))
+        assert torch.equal(first, second) is same
