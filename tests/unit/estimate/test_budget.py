@@ -279,4 +279,4 @@ def test_gpu_check_dry_run_writes_its_rows_on_a_cpu(tmp_path, monkeypatch):
     rows = out.read_text().splitlines()
     assert rows[2].startswith("| setup | cpu | ok | torch ")
     assert "| memory | gpt2 (small) 8 x 512 | estimated | 711.2 MB (no GPU: not measured) |" in rows[3]
-    assert "| memory | gpt2-xl 8 x 512 | estimated | 4,476.2 MB (no GPU: not measured) |" in rows[4]
+    assert "| memory | gpt2-xl 8 x 512 | estimated | 4,463.7 MB (no GPU: not measured) |" in rows[4]
